@@ -1,0 +1,9 @@
+//! Types shared by every Flotilla crate: the raft protocol's data (entries, hard state,
+//! messages, snapshots, configuration changes) and [`codec`], the only module allowed to
+//! encode or decode bytes for the disk or the network.
+#![deny(missing_docs)]
+
+pub mod codec;
+mod types;
+
+pub use types::*;
