@@ -37,7 +37,12 @@ pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
 impl Entry {
     /// Builds an entry.
     pub fn new(kind: EntryKind, term: u64, index: u64, data: impl Into<Bytes>) -> Self {
-        Entry { term, index, kind, data: data.into() }
+        Entry {
+            term,
+            index,
+            kind,
+            data: data.into(),
+        }
     }
 
     /// The bytes this entry counts for in message and batch size limits.
@@ -77,7 +82,10 @@ pub struct ConfState {
 impl ConfState {
     /// A configuration of the given voters and no learners.
     pub fn with_voters(voters: impl IntoIterator<Item = u64>) -> Self {
-        ConfState { voters: voters.into_iter().collect(), ..Default::default() }
+        ConfState {
+            voters: voters.into_iter().collect(),
+            ..Default::default()
+        }
     }
 }
 
@@ -124,12 +132,19 @@ pub struct ConfChange {
     pub changes: Vec<ConfChangeSingle>,
     /// Opaque application data carried with the change (for example the new member's address).
     pub context: Bytes,
+    /// The membership after this change. Left `None` by the proposer; the leader fills it in
+    /// when it appends the change, so that every peer adopts exactly that membership when
+    /// the entry reaches its log (changes take effect on append) and replaying is idempotent.
+    pub result: Option<ConfState>,
 }
 
 impl ConfChange {
     /// A change of a single member.
     pub fn single(kind: ConfChangeKind, node_id: u64) -> Self {
-        ConfChange { changes: vec![ConfChangeSingle { kind, node_id }], ..Default::default() }
+        ConfChange {
+            changes: vec![ConfChangeSingle { kind, node_id }],
+            ..Default::default()
+        }
     }
 
     /// The empty change that leaves a joint configuration.
@@ -143,7 +158,10 @@ impl ConfChange {
         if !joint || self.changes.is_empty() {
             return None;
         }
-        Some(matches!(self.transition, ConfChangeTransition::Auto | ConfChangeTransition::JointImplicit))
+        Some(matches!(
+            self.transition,
+            ConfChangeTransition::Auto | ConfChangeTransition::JointImplicit
+        ))
     }
 
     /// Whether this is the empty change that leaves a joint configuration.
@@ -240,12 +258,21 @@ pub struct Message {
     pub reject_hint: u64,
     /// Opaque data: read-request ids, or a campaign marker for leader transfer.
     pub context: bytes::Bytes,
+    /// On a rejected append: the follower has no membership yet (a new peer) and needs a
+    /// snapshot before it can take entries.
+    pub request_snapshot: bool,
 }
 
 impl Message {
     /// A message with the addressing fields set and everything else at its default.
     pub fn new(kind: MessageKind, from: u64, to: u64, term: u64) -> Self {
-        Message { kind, from, to, term, ..Default::default() }
+        Message {
+            kind,
+            from,
+            to,
+            term,
+            ..Default::default()
+        }
     }
 
     /// Whether this is a response that a peer sends back to a request.

@@ -1,3 +1,7 @@
-//! Flotilla's regions: the raft core (pure, no I/O) and, later, the region actor and the
-//! node that hosts many regions.
+//! Flotilla's regions: the raft core (pure, no I/O) in [`raft`] and, later, the region
+//! actor and the node that hosts many regions.
 #![deny(missing_docs)]
+
+pub mod raft;
+
+pub use raft::{Config, MemStorage, RawNode, Ready, Role, Storage};
