@@ -1,0 +1,379 @@
+//! The key-value state machine on RocksDB.
+//!
+//! Column families: `default` holds user data under `z` + user key, so a region's key range
+//! is one contiguous range of RocksDB keys; `meta` holds per-region metadata: `a` + region
+//! id → applied index, `d` + region id → descriptor, `s` + region id + client id → client
+//! session. One apply round is one WriteBatch that also records the applied index of every
+//! region it touches, so data and applied index can never disagree after a crash.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use flotilla_common::codec;
+use parking_lot::Mutex;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::config::RocksConfig;
+use crate::error::{EngineError, Result};
+use crate::log::CompactPermit;
+
+pub(crate) const CF_DEFAULT: &str = "default";
+pub(crate) const CF_META: &str = "meta";
+
+const DATA_PREFIX: u8 = b'z';
+const APPLIED_PREFIX: u8 = b'a';
+const DESCRIPTOR_PREFIX: u8 = b'd';
+const SESSION_PREFIX: u8 = b's';
+
+/// A range of user keys: `start` inclusive, `end` exclusive; an empty `end` means no end.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KeyRange {
+    /// The first key.
+    pub start: Bytes,
+    /// The key after the last (empty: unbounded).
+    pub end: Bytes,
+}
+
+impl KeyRange {
+    /// The range `start..end`.
+    pub fn new(start: impl Into<Bytes>, end: impl Into<Bytes>) -> Self {
+        KeyRange {
+            start: start.into(),
+            end: end.into(),
+        }
+    }
+
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= &self.start[..] && (self.end.is_empty() || key < &self.end[..])
+    }
+
+    /// The RocksDB keys of the range's data: `(lower inclusive, upper exclusive)`.
+    pub(crate) fn data_bounds(&self) -> (Vec<u8>, Vec<u8>) {
+        let upper = if self.end.is_empty() {
+            vec![DATA_PREFIX + 1]
+        } else {
+            data_key(&self.end)
+        };
+        (data_key(&self.start), upper)
+    }
+}
+
+pub(crate) fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(DATA_PREFIX);
+    k.extend_from_slice(key);
+    k
+}
+
+pub(crate) fn meta_key(prefix: u8, region_id: u64) -> [u8; 9] {
+    let mut k = [0; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&region_id.to_be_bytes());
+    k
+}
+
+pub(crate) fn applied_key(region_id: u64) -> [u8; 9] {
+    meta_key(APPLIED_PREFIX, region_id)
+}
+
+pub(crate) fn descriptor_key(region_id: u64) -> [u8; 9] {
+    meta_key(DESCRIPTOR_PREFIX, region_id)
+}
+
+pub(crate) fn session_key(region_id: u64, client_id: u64) -> [u8; 17] {
+    let mut k = [0; 17];
+    k[..9].copy_from_slice(&meta_key(SESSION_PREFIX, region_id));
+    k[9..].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// The bounds of a region's session keys in `meta`.
+pub(crate) fn session_bounds(region_id: u64) -> ([u8; 17], [u8; 17]) {
+    (session_key(region_id, 0), {
+        let mut end = [0xff; 17];
+        end[..9].copy_from_slice(&meta_key(SESSION_PREFIX, region_id));
+        end
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+}
+
+/// The writes of one apply round, for any number of regions. Every region whose data the
+/// round changes must also get its new applied index ([`ApplyRound::set_applied`]):
+/// [`KvStore::apply`] refuses a round that forgets one.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyRound {
+    ops: Vec<Op>,
+    touched: BTreeSet<u64>,
+    applied: BTreeMap<u64, u64>,
+    descriptors: Vec<(u64, Bytes)>,
+    sessions: Vec<(u64, u64, Bytes)>,
+}
+
+impl ApplyRound {
+    /// An empty round.
+    pub fn new() -> Self {
+        ApplyRound::default()
+    }
+
+    /// Writes `key = value` on behalf of `region_id`.
+    pub fn put(&mut self, region_id: u64, key: impl Into<Bytes>, value: impl Into<Bytes>) {
+        self.touched.insert(region_id);
+        self.ops.push(Op::Put {
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Deletes `key` on behalf of `region_id`.
+    pub fn delete(&mut self, region_id: u64, key: impl Into<Bytes>) {
+        self.touched.insert(region_id);
+        self.ops.push(Op::Delete { key: key.into() });
+    }
+
+    /// Records that `region_id` has applied its log up to `index`.
+    pub fn set_applied(&mut self, region_id: u64, index: u64) {
+        self.applied.insert(region_id, index);
+    }
+
+    /// Stores the region's descriptor (opaque to the engine).
+    pub fn set_descriptor(&mut self, region_id: u64, descriptor: impl Into<Bytes>) {
+        self.touched.insert(region_id);
+        self.descriptors.push((region_id, descriptor.into()));
+    }
+
+    /// Stores a client session of the region (opaque to the engine).
+    pub fn set_session(&mut self, region_id: u64, client_id: u64, session: impl Into<Bytes>) {
+        self.touched.insert(region_id);
+        self.sessions.push((region_id, client_id, session.into()));
+    }
+
+    /// Whether the round writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.applied.is_empty() && self.touched.is_empty()
+    }
+}
+
+/// The applied indexes the store knows: written, and durable (its WAL synced after them).
+#[derive(Debug, Default)]
+struct AppliedIndexes {
+    written: HashMap<u64, u64>,
+    durable: HashMap<u64, u64>,
+}
+
+/// The key-value state of a node (see the module docs).
+pub struct KvStore {
+    pub(crate) db: DB,
+    path: PathBuf,
+    applied: Mutex<AppliedIndexes>,
+    /// Serialises syncs so that `durable` only moves forward.
+    sync_lock: Mutex<()>,
+}
+
+impl KvStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: impl AsRef<Path>, config: &RocksConfig) -> Result<KvStore> {
+        let opts = config.options()?;
+        let cfs = [CF_DEFAULT, CF_META]
+            .map(|name| Ok(ColumnFamilyDescriptor::new(name, config.options()?)));
+        let cfs: Vec<ColumnFamilyDescriptor> = cfs.into_iter().collect::<Result<_>>()?;
+        let db = DB::open_cf_descriptors(&opts, path.as_ref(), cfs)?;
+        // What recovery replayed may still sit only in the page cache: sync before calling
+        // it durable.
+        db.flush_wal(true)?;
+        let store = KvStore {
+            db,
+            path: path.as_ref().to_path_buf(),
+            applied: Mutex::new(AppliedIndexes::default()),
+            sync_lock: Mutex::new(()),
+        };
+        let mut written = HashMap::new();
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(vec![APPLIED_PREFIX + 1]);
+        let lower = [APPLIED_PREFIX];
+        for item in store.db.iterator_cf_opt(
+            store.cf(CF_META)?,
+            opts,
+            IteratorMode::From(&lower, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            let region = key
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| EngineError::Corruption {
+                    file: store.path.clone(),
+                    offset: 0,
+                    reason: "bad applied-index key".into(),
+                })?;
+            written.insert(region, codec::decode::<u64>(&value)?);
+        }
+        *store.applied.lock() = AppliedIndexes {
+            durable: written.clone(),
+            written,
+        };
+        Ok(store)
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| EngineError::InvalidConfig(format!("column family {name} missing")))
+    }
+
+    /// Writes one apply round as one WriteBatch (not synced: the raft log holds the entries,
+    /// and [`KvStore::compaction_permit`] syncs before the log may drop them).
+    pub fn apply(&self, round: ApplyRound) -> Result<()> {
+        if let Some(region) = round
+            .touched
+            .iter()
+            .find(|r| !round.applied.contains_key(r))
+        {
+            return Err(EngineError::InvalidBatch {
+                region_id: *region,
+                reason: "an apply round that writes a region must set its applied index".into(),
+            });
+        }
+        let data = self.cf(CF_DEFAULT)?;
+        let meta = self.cf(CF_META)?;
+        let mut wb = WriteBatch::default();
+        for op in &round.ops {
+            match op {
+                Op::Put { key, value } => wb.put_cf(data, data_key(key), value),
+                Op::Delete { key } => wb.delete_cf(data, data_key(key)),
+            }
+        }
+        for (region, descriptor) in &round.descriptors {
+            wb.put_cf(meta, descriptor_key(*region), descriptor);
+        }
+        for (region, client, session) in &round.sessions {
+            wb.put_cf(meta, session_key(*region, *client), session);
+        }
+        let mut applied = self.applied.lock();
+        for (&region, &index) in &round.applied {
+            let current = applied.written.get(&region).copied().unwrap_or(0);
+            if index < current {
+                return Err(EngineError::InvalidBatch {
+                    region_id: region,
+                    reason: format!("applied index {index} is behind {current}"),
+                });
+            }
+            wb.put_cf(meta, applied_key(region), codec::encode(&index)?);
+        }
+        // Under the lock so that the written indexes follow the order of the writes.
+        self.db.write(wb)?;
+        applied.written.extend(round.applied);
+        Ok(())
+    }
+
+    /// The value of a user key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_DEFAULT)?, data_key(key))?)
+    }
+
+    /// Every user key and value in `range`, in order.
+    pub fn scan(&self, range: &KeyRange) -> Result<Vec<(Bytes, Bytes)>> {
+        let (lower, upper) = range.data_bounds();
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(upper);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_DEFAULT)?,
+            opts,
+            IteratorMode::From(&lower, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            out.push((
+                Bytes::copy_from_slice(&key[1..]),
+                Bytes::copy_from_slice(&value),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The region's applied index as last written (0 if never).
+    pub fn applied_index(&self, region_id: u64) -> u64 {
+        self.applied
+            .lock()
+            .written
+            .get(&region_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The region's applied index as held durably.
+    pub fn durable_applied_index(&self, region_id: u64) -> u64 {
+        self.applied
+            .lock()
+            .durable
+            .get(&region_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The region's descriptor.
+    pub fn descriptor(&self, region_id: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_META)?, descriptor_key(region_id))?)
+    }
+
+    /// A client session of the region.
+    pub fn session(&self, region_id: u64, client_id: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_META)?, session_key(region_id, client_id))?)
+    }
+
+    /// Makes everything written so far durable (flushes and syncs RocksDB's WAL).
+    pub fn sync(&self) -> Result<()> {
+        let _one_at_a_time = self.sync_lock.lock();
+        // Taken before the sync: these writes are certainly covered by it.
+        let written = self.applied.lock().written.clone();
+        self.db.flush_wal(true)?;
+        self.applied.lock().durable = written;
+        Ok(())
+    }
+
+    /// Proof that the region's log may be compacted to `index` (or restarted after a
+    /// snapshot at `index`): the applied index must be at least `index`, and is made durable
+    /// first if it is not yet.
+    pub fn compaction_permit(&self, region_id: u64, index: u64) -> Result<CompactPermit> {
+        let (written, durable) = {
+            let applied = self.applied.lock();
+            (
+                applied.written.get(&region_id).copied().unwrap_or(0),
+                applied.durable.get(&region_id).copied().unwrap_or(0),
+            )
+        };
+        if written < index {
+            return Err(EngineError::CompactionAheadOfApplied {
+                region_id,
+                index,
+                applied: written,
+            });
+        }
+        if durable >= index {
+            return Ok(CompactPermit::new(region_id, durable));
+        }
+        self.sync()?;
+        Ok(CompactPermit::new(
+            region_id,
+            self.durable_applied_index(region_id),
+        ))
+    }
+
+    /// Records an installed snapshot's applied index as written and durable.
+    pub(crate) fn set_installed(&self, region_id: u64, index: u64) {
+        let mut applied = self.applied.lock();
+        applied.written.insert(region_id, index);
+        applied.durable.insert(region_id, index);
+    }
+}
