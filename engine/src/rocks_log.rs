@@ -33,6 +33,8 @@ const CF_STATE: &str = "raft_state";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct RegionState {
     first_index: u64,
+    /// The boundary when the state was written; after a snapshot it is the only record of
+    /// the boundary's term.
     snapshot: SnapshotMark,
     hard_state: HardState,
 }
@@ -142,7 +144,7 @@ fn recover(shared: &Shared, path: &Path) -> Result<HashMap<u64, RegionIndex<()>>
         let state = states
             .get(&region)
             .ok_or_else(|| corrupt(format!("region {region} has entries but no state")))?;
-        if index + 1 == state.first_index && index > state.snapshot.index {
+        if index + 1 == state.first_index {
             boundary.insert(
                 region,
                 SnapshotMark {

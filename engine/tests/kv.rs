@@ -1,0 +1,203 @@
+//! The key-value store: apply rounds carry the applied index, permits need durability,
+//! and a region snapshot taken under concurrent writes installs to an identical copy.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{open_kv, small_rocks};
+use flotilla_engine::{ApplyRound, EngineError, KeyRange, KvStore, SnapshotChunk, SnapshotHeader};
+
+const KEYS: u64 = 1500;
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key{k:05}").into_bytes()
+}
+
+/// Round `v` writes key `v % KEYS` of region 1 (range "key".."kez") with a 1 KiB value
+/// naming `v`, and a key of region 2 outside that range.
+fn round(v: u64) -> ApplyRound {
+    let mut r = ApplyRound::new();
+    let mut value = format!("v{v}:").into_bytes();
+    value.resize(1024, b'.');
+    r.put(1, key(v % KEYS), value);
+    r.put(2, format!("zzz{v}").into_bytes(), b"other region".to_vec());
+    r.set_applied(1, v);
+    r.set_applied(2, v);
+    if v.is_multiple_of(100) {
+        r.set_session(1, v / 100, format!("session at {v}").into_bytes());
+    }
+    r
+}
+
+/// Region 1's data after rounds 1..=n.
+fn expected(n: u64) -> BTreeMap<Bytes, Bytes> {
+    let mut m = BTreeMap::new();
+    for v in 1..=n {
+        let mut value = format!("v{v}:").into_bytes();
+        value.resize(1024, b'.');
+        m.insert(Bytes::from(key(v % KEYS)), Bytes::from(value));
+    }
+    m
+}
+
+fn region_range() -> KeyRange {
+    KeyRange::new(&b"key"[..], &b"kez"[..])
+}
+
+#[test]
+fn a_snapshot_under_concurrent_writes_installs_an_identical_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(open_kv(dir.path()));
+    let mut setup = ApplyRound::new();
+    setup.set_descriptor(1, b"region 1 descriptor".to_vec());
+    setup.set_applied(1, 0);
+    source.apply(setup).unwrap();
+    for v in 1..=KEYS {
+        source.apply(round(v)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (source, stop) = (source.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut v = KEYS;
+            while !stop.load(Ordering::Relaxed) && v < KEYS * 4 {
+                v += 1;
+                source.apply(round(v)).unwrap();
+            }
+            v
+        })
+    };
+    // Let the writer get going, then snapshot while it writes.
+    while source.applied_index(1) < KEYS + 50 {
+        std::thread::yield_now();
+    }
+    let stream = source.snapshot_region(1, region_range()).unwrap();
+    // What goes over the wire: the header and chunks as bytes.
+    let header_bytes = stream.header().encode().unwrap();
+    let chunk_bytes: Vec<Vec<u8>> = stream.map(|c| c.unwrap().encode().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    let last_written = writer.join().unwrap();
+    let header = SnapshotHeader::decode(&header_bytes).unwrap();
+    let n = header.applied_index;
+    assert!(
+        n > KEYS && n <= last_written,
+        "snapshot at {n}, writer reached {last_written}"
+    );
+    assert!(
+        chunk_bytes.len() >= 2,
+        "1.5 MB of data should take several chunks"
+    );
+    assert_eq!(
+        header.descriptor.as_deref(),
+        Some(&b"region 1 descriptor"[..])
+    );
+    assert_eq!(header.sessions.len() as u64, n / 100);
+
+    // The follower has stale data in the range and unrelated data outside it.
+    let follower_dir = tempfile::tempdir().unwrap();
+    let follower = KvStore::open(follower_dir.path(), &small_rocks()).unwrap();
+    let mut stale = ApplyRound::new();
+    stale.put(1, b"key99999".to_vec(), b"stale".to_vec());
+    stale.put(3, b"aaa".to_vec(), b"outside".to_vec());
+    stale.set_applied(1, 3);
+    stale.set_applied(3, 1);
+    follower.apply(stale).unwrap();
+    let chunks = chunk_bytes.iter().map(|b| SnapshotChunk::decode(b));
+    let permit = follower.install_snapshot(&header, chunks).unwrap();
+    assert_eq!(permit.durable_applied(), n);
+
+    let installed: BTreeMap<Bytes, Bytes> = follower
+        .scan(&region_range())
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        installed,
+        expected(n),
+        "installed copy differs from the source at index {n}"
+    );
+    assert_eq!(
+        follower.get(b"aaa").unwrap().as_deref(),
+        Some(&b"outside"[..])
+    );
+    assert_eq!(follower.applied_index(1), n);
+    assert_eq!(follower.durable_applied_index(1), n);
+    assert_eq!(
+        follower.descriptor(1).unwrap().as_deref(),
+        Some(&b"region 1 descriptor"[..])
+    );
+    assert_eq!(
+        follower.session(1, 1).unwrap().as_deref(),
+        Some(&b"session at 100"[..])
+    );
+    // Nothing of region 2 came along.
+    assert!(follower
+        .scan(&KeyRange::new(&b"zzz"[..], Bytes::new()))
+        .unwrap()
+        .is_empty());
+    drop(follower);
+    let reopened = KvStore::open(follower_dir.path(), &small_rocks()).unwrap();
+    assert_eq!(reopened.applied_index(1), n);
+    assert_eq!(
+        reopened.scan(&region_range()).unwrap().len(),
+        expected(n).len()
+    );
+}
+
+#[test]
+fn an_apply_round_must_record_every_touched_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open_kv(dir.path());
+    let mut r = ApplyRound::new();
+    r.put(1, b"a".to_vec(), b"1".to_vec());
+    r.put(2, b"b".to_vec(), b"2".to_vec());
+    r.set_applied(1, 5);
+    assert!(matches!(
+        kv.apply(r),
+        Err(EngineError::InvalidBatch { region_id: 2, .. })
+    ));
+    assert_eq!(
+        kv.get(b"a").unwrap(),
+        None,
+        "a refused round writes nothing"
+    );
+    let mut r = ApplyRound::new();
+    r.put(1, b"a".to_vec(), b"1".to_vec());
+    r.set_applied(1, 5);
+    kv.apply(r).unwrap();
+    let mut back = ApplyRound::new();
+    back.set_applied(1, 4);
+    assert!(kv.apply(back).is_err(), "the applied index never goes back");
+}
+
+#[test]
+fn a_permit_needs_the_applied_index_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let kv = open_kv(dir.path());
+        let mut r = ApplyRound::new();
+        r.put(1, b"a".to_vec(), b"1".to_vec());
+        r.set_applied(1, 10);
+        kv.apply(r).unwrap();
+        assert_eq!(kv.applied_index(1), 10);
+        assert_eq!(
+            kv.durable_applied_index(1),
+            0,
+            "an apply round is not synced"
+        );
+        assert!(matches!(
+            kv.compaction_permit(1, 11),
+            Err(EngineError::CompactionAheadOfApplied { applied: 10, .. })
+        ));
+        let permit = kv.compaction_permit(1, 8).unwrap();
+        assert_eq!(permit.durable_applied(), 10);
+        assert_eq!(kv.durable_applied_index(1), 10, "the permit synced first");
+    }
+    let kv = open_kv(dir.path());
+    assert_eq!(kv.applied_index(1), 10);
+    assert_eq!(kv.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+}
