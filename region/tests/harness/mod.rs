@@ -177,11 +177,12 @@ impl Peer {
         self.applied.iter().map(|(_, d)| d.clone()).collect()
     }
 
-    /// Stores a snapshot of the state machine at the applied index and drops the log below
-    /// it (compaction below applied).
-    pub fn compact_to_applied(&mut self) {
+    /// Stores a snapshot of the state machine at the applied index (for members that need
+    /// one: lagging followers, new peers), keeping the log.
+    pub fn snapshot_at_applied(&mut self) {
         let index = self.applied_index;
-        let cs = self.raft().conf_state().clone();
+        let r = self.raft();
+        let cs = r.conf_state_at(index).unwrap_or_else(|| r.conf_state());
         let image: Vec<(u64, Bytes)> = self
             .applied
             .iter()
@@ -193,7 +194,13 @@ impl Peer {
             .wl()
             .create_snapshot(index, cs, Bytes::from(data))
             .unwrap();
-        self.store.wl().compact(index).unwrap();
+    }
+
+    /// Snapshots the state machine at the applied index and drops the log below it
+    /// (compaction below applied).
+    pub fn compact_to_applied(&mut self) {
+        self.snapshot_at_applied();
+        self.store.wl().compact(self.applied_index).unwrap();
     }
 }
 
@@ -296,6 +303,11 @@ impl Network {
     pub fn add_peer(&mut self, cfg: Config, store: MemStorage) {
         let id = cfg.id;
         self.peers.insert(id, Peer::new(cfg, store));
+    }
+
+    /// Adds a brand-new peer that knows no membership yet (it learns it from a snapshot).
+    pub fn add_new_peer(&mut self, id: u64) {
+        self.add_peer(config(id), MemStorage::new());
     }
 
     pub fn peer(&self, id: u64) -> &Peer {
@@ -402,6 +414,26 @@ impl Network {
             self.held.push(m);
             return Fate::Held;
         }
+        self.deliver_now(m)
+    }
+
+    /// Delivers the held messages `pick` selects (the hold stays on for the others).
+    pub fn deliver_held_where(&mut self, mut pick: impl FnMut(&Message) -> bool) -> usize {
+        let (chosen, rest): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|m| pick(m));
+        self.held = rest;
+        let mut n = 0;
+        for m in chosen {
+            if self.deliver_now(m) == Fate::Delivered {
+                n += 1;
+            }
+        }
+        self.flush_all();
+        n
+    }
+
+    fn deliver_now(&mut self, m: Message) -> Fate {
         let lost = self.lost(&m);
         // Like a transport, tell the leader whether its snapshot got through.
         if m.kind == MessageKind::Snapshot {
