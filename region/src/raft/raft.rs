@@ -1145,7 +1145,9 @@ impl<S: Storage> Raft<S> {
         if pr.matched < last_index {
             self.maybe_send_append(m.from, true);
         }
-        if self.read_only_option != ReadOnlyOption::Safe || m.context.is_empty() {
+        // Lease-based reads fall back to this heartbeat round while the lease is not
+        // valid, so the acknowledgements count in both modes.
+        if m.context.is_empty() {
             return Ok(());
         }
         let Some(acks) = self.read_only.recv_ack(m.from, &m.context) else {
@@ -1340,8 +1342,11 @@ impl<S: Storage> Raft<S> {
     fn lease_valid(&self) -> bool {
         let lease = self.election_tick.saturating_sub(LEASE_MARGIN_TICKS) as u64;
         let acked = self.tracker.quorum_lease_tick(self.id, self.clock);
+        // 0 means "no quorum has echoed a heartbeat of this term yet": a peer that only
+        // voted for us is not bound to a leader, so there is no lease to read from.
         self.check_quorum
             && self.lead_transferee.is_none()
+            && acked > 0
             && self.clock < acked.saturating_add(lease)
     }
 
