@@ -3,5 +3,6 @@
 #![deny(missing_docs)]
 
 pub mod raft;
+pub mod sim;
 
 pub use raft::{Config, MemStorage, RawNode, Ready, Role, Storage};

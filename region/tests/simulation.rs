@@ -24,7 +24,7 @@ use flotilla_region::sim::{SimConfig, SimStats, Simulation, LIVENESS_TICKS_MAX};
 /// Seeds per group size when `SIM_SEEDS` is not set: chosen so that this whole file takes
 /// under two minutes in a debug build on a 2-core machine (CI runs `cargo test --workspace`
 /// in debug).
-const DEFAULT_SEEDS: u64 = 10;
+const DEFAULT_SEEDS: u64 = 80;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
