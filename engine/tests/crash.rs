@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,9 +84,11 @@ fn crash_loop(kind: Kind, kills: u64) {
         std::thread::sleep(Duration::from_millis(10 + next() % 150));
         child.kill().expect("SIGKILL the child");
         let status = child.wait().expect("reap child");
-        assert!(
-            !status.success(),
-            "run {run}: the child exited by itself: {status}"
+        // Killed by our SIGKILL, not exited by itself (a child that hit an error exits 1).
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "run {run}: the child was not killed but ended: {status}"
         );
         let acks = reader.join().expect("reader thread");
         for (region, index) in acks {

@@ -196,7 +196,7 @@ fn run(kind: Kind, ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
     fn wal_index_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
