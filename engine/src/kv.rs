@@ -338,7 +338,12 @@ impl KvStore {
         // Taken before the sync: these writes are certainly covered by it.
         let written = self.applied.lock().written.clone();
         self.db.flush_wal(true)?;
-        self.applied.lock().durable = written;
+        let mut applied = self.applied.lock();
+        for (region, index) in written {
+            // `max`: an installed snapshot may have moved it further meanwhile.
+            let durable = applied.durable.entry(region).or_default();
+            *durable = (*durable).max(index);
+        }
         Ok(())
     }
 

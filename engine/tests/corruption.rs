@@ -111,3 +111,36 @@ fn a_torn_tail_is_cut_off_and_the_log_opens() {
     let log = Wal::open(dir.path(), &WalConfig::default()).unwrap();
     assert_eq!(log.last_index(1), 40);
 }
+
+#[test]
+fn a_segment_torn_at_creation_is_removed_and_a_missing_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, _) = write_log(dir.path());
+    // A crash while creating segment 2: only part of its header reached the disk.
+    let next = dir.path().join("00000000000000000002.wal");
+    std::fs::write(&next, b"FLTW").unwrap();
+    let log = Wal::open(dir.path(), &WalConfig::default()).unwrap();
+    assert_eq!(log.last_index(1), 40);
+    drop(log);
+    // Numbers stay contiguous after the torn one was replaced.
+    let log = Wal::open(dir.path(), &WalConfig::default()).unwrap();
+    assert_eq!(log.last_index(2), 20);
+    drop(log);
+    // Losing a segment in the middle is not silently skipped.
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "{names:?}");
+    assert_eq!(names[0], segment);
+    std::fs::remove_file(&names[1]).unwrap();
+    match Wal::open(dir.path(), &WalConfig::default()) {
+        Err(EngineError::Corruption { file, reason, .. }) => {
+            assert_eq!(file, names[1]);
+            assert!(reason.contains("missing"), "{reason}");
+        }
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("a log with a hole opened"),
+    }
+}
