@@ -310,9 +310,22 @@ impl<S: Storage> Raft<S> {
     pub fn store(&self) -> &S {
         &self.raft_log.store
     }
-    /// Whether this peer may campaign: it votes in the current configuration.
+    /// Whether this peer may campaign: it votes in its latest configuration, or in the
+    /// committed one (the change that removes it is not committed yet).
     pub fn promotable(&self) -> bool {
+        // Dissertation §4.2.2: a peer missing from its latest configuration still campaigns
+        // while the entry that removed it is uncommitted — it may hold entries the others
+        // need (a removed leader that restarted with the only copy of the leave-joint
+        // entry deadlocked the group otherwise: simulation seed 10198, 3 nodes). Its own
+        // vote does not count unless it is in the latest configuration.
+        let committed = self.raft_log.committed;
         self.tracker.is_voter(self.id)
+            || self
+                .conf_history
+                .iter()
+                .rev()
+                .find(|(i, _)| *i <= committed)
+                .is_some_and(|(_, c)| c.voters.contains(self.id))
     }
     /// ReadIndex requests waiting for their heartbeat quorum.
     pub fn pending_read_count(&self) -> usize {
