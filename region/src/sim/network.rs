@@ -90,6 +90,8 @@ pub struct Network {
     pub dropped: u64,
     /// Messages delivered.
     pub delivered: u64,
+    /// Snapshot messages handed to `send`.
+    pub snapshots_sent: u64,
 }
 
 impl Network {
@@ -139,6 +141,9 @@ impl Network {
     /// Hands a message to the network at tick `now`. Returns it back if it was lost at once.
     pub fn send(&mut self, rng: &mut ChaCha8Rng, now: u64, msg: Message) -> Option<Dropped> {
         self.sent += 1;
+        if msg.kind == MessageKind::Snapshot {
+            self.snapshots_sent += 1;
+        }
         let faults = self.faults();
         if rng.gen_bool(faults.loss) || self.in_flight.len() >= PACKETS_IN_FLIGHT_MAX {
             self.dropped += 1;

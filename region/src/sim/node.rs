@@ -249,6 +249,8 @@ pub struct SimNode {
     pub joined: bool,
     /// Ready batches handled.
     pub readies: u64,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: u64,
 }
 
 impl SimNode {
@@ -269,6 +271,7 @@ impl SimNode {
             decommissioned: false,
             joined: false,
             readies: 0,
+            snapshots_installed: 0,
         }
     }
 
@@ -399,6 +402,7 @@ impl SimNode {
                 })?;
             self.sm =
                 StateMachine::restore(&snap).map_err(|e| Violation::new(READY_PROTOCOL, e))?;
+            self.snapshots_installed += 1;
             ctx.inv
                 .state_machine_safety
                 .observe_state(id, self.sm.applied, self.sm.digest)?;
