@@ -80,7 +80,11 @@ mod tests {
 
     #[test]
     fn truncated_input_is_an_error_not_a_panic() {
-        let hs = HardState { term: 300, vote: 2, commit: 99 };
+        let hs = HardState {
+            term: 300,
+            vote: 2,
+            commit: 99,
+        };
         let bytes = encode(&hs).unwrap();
         for cut in 0..bytes.len() {
             assert!(decode::<HardState>(&bytes[..cut]).is_err(), "cut at {cut}");
@@ -91,7 +95,10 @@ mod tests {
     fn trailing_bytes_are_an_error() {
         let mut bytes = encode(&HardState::default()).unwrap();
         bytes.push(0);
-        assert!(matches!(decode::<HardState>(&bytes), Err(CodecError::TrailingBytes(1))));
+        assert!(matches!(
+            decode::<HardState>(&bytes),
+            Err(CodecError::TrailingBytes(1))
+        ));
     }
 
     #[test]

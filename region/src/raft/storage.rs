@@ -274,14 +274,8 @@ mod tests {
         assert_eq!(s.last_index().unwrap(), 4);
         assert_eq!(s.term(2).unwrap(), 1);
         assert_eq!(s.term(3).unwrap(), 2);
-        assert_eq!(
-            s.wl()
-                .append(&ents(7..8, 2))
-                .unwrap_err()
-                .to_string()
-                .contains("gap"),
-            true
-        );
+        let gap = s.wl().append(&ents(7..8, 2)).unwrap_err();
+        assert!(gap.to_string().contains("gap"), "{gap}");
     }
 
     #[test]
