@@ -23,8 +23,9 @@ use flotilla_region::sim::{SimConfig, SimStats, Simulation, LIVENESS_TICKS_MAX};
 
 /// Seeds per group size when `SIM_SEEDS` is not set: chosen so that this whole file takes
 /// under two minutes in a debug build on a 2-core machine (CI runs `cargo test --workspace`
-/// in debug). Measured: 240 seeds x ~1,510 steps = ~362,000 steps in 50 s wall, 62 s CPU.
-const DEFAULT_SEEDS: u64 = 80;
+/// in debug). Measured with other work on the machine: 180 seeds x ~1,510 steps = ~272,000
+/// steps in about a minute.
+const DEFAULT_SEEDS: u64 = 60;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -41,7 +42,7 @@ fn run_seeds(nodes: usize) {
     let started = Instant::now();
     let mut total = SimStats::default();
     for seed in base..base + seeds {
-        // Each group size uses its own seeds: the seed alone names the run.
+        // A run is named by its group size and seed: the same pair replays it exactly.
         let config = SimConfig::random(nodes, seed);
         match Simulation::new(config).run() {
             Ok(report) => total.add(&report.stats),
