@@ -10,6 +10,10 @@
 //! transfers and forced elections ([`workload`]). After every step — one tick of every
 //! peer plus the message rounds within it — the properties in [`invariants`] are checked.
 //!
+//! All peers tick in lockstep: there is no clock drift, which lease reads assume to be
+//! bounded (the core keeps a margin of `LEASE_MARGIN_TICKS`). Core settings (heartbeat
+//! interval, PreVote, CheckQuorum, flow-control window, message size) vary per seed.
+//!
 //! A run has two phases. In the fault phase everything above happens. In the liveness
 //! phase the faults stop (partitions heal, no loss, every peer that was not removed is
 //! restarted, no new client operations), and within [`LIVENESS_TICKS_MAX`] ticks a leader

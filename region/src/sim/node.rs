@@ -8,7 +8,7 @@
 //! restart rebuilds the state machine from the storage's latest snapshot, after which the
 //! core hands out the committed entries that follow it again.
 //!
-//! [`SimNode::handle_ready`] follows the Ready protocol of the core step by step (send,
+//! [`SimNode::handle_readies`] follows the Ready protocol of the core step by step (send,
 //! install snapshot, persist, send persisted messages, apply, answer reads, advance), and
 //! can crash between any two of those steps: after sending but before persisting is the
 //! case that loses entries a peer already told others about.
