@@ -4,6 +4,8 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+mod envelope;
 mod types;
 
+pub use envelope::RaftEnvelope;
 pub use types::*;

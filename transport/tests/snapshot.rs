@@ -1,0 +1,189 @@
+//! A 64 MiB snapshot streams on its own connection while heartbeats keep their rate on
+//! the raft connection; a snapshot over the receiver's bound fails cleanly and is reported.
+
+mod support;
+
+use bytes::Bytes;
+use flotilla_common::{Message, MessageKind, RaftEnvelope, Snapshot, SnapshotMetadata};
+use flotilla_transport::{Inbound, PeerEvent, SnapshotStatus, Transport};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{cluster, Inbox};
+
+/// Heartbeat period of the test's leader.
+const HEARTBEAT: Duration = Duration::from_millis(10);
+
+fn snapshot_message(region: u64, bytes: usize) -> RaftEnvelope {
+    let mut m = Message::new(MessageKind::Snapshot, 1, 2, 3);
+    // Not a repeating pattern, so a misplaced chunk is caught.
+    let data: Vec<u8> = (0..bytes as u64)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8)
+        .collect();
+    m.snapshot = Some(Snapshot {
+        metadata: SnapshotMetadata {
+            index: 100,
+            term: 3,
+            ..Default::default()
+        },
+        data: Bytes::from(data),
+    });
+    RaftEnvelope::new(region, 1, 2, m)
+}
+
+#[test]
+fn big_snapshot_does_not_hold_up_heartbeats() {
+    let size = 64 << 20;
+    let nodes = cluster(2, |c| {
+        c.snapshot_chunk_bytes = 1 << 20;
+        // Paced, so the stream lasts long enough (~0.25 s) to measure heartbeats
+        // alongside it even in a release build; unpaced it is faster still.
+        c.snapshot_bytes_per_sec_max = 256 << 20;
+    });
+    let mut it = nodes.into_iter();
+    let (a, a_rx) = it.next().unwrap();
+    let (_b, b_rx) = it.next().unwrap();
+    let a = Arc::new(a);
+    let snapshot = snapshot_message(9, size);
+    let expected = snapshot.clone();
+    let deadline = Instant::now() + Duration::from_secs(40);
+
+    // Heartbeats every 10 ms from node 1 to node 2 until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let beat = {
+        let (a, stop) = (a.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let mut m = Message::new(MessageKind::Heartbeat, 1, 2, 3);
+                m.commit = n;
+                a.send(RaftEnvelope::new(1, 1, 2, m))
+                    .expect("heartbeat refused");
+                n += 1;
+                std::thread::sleep(HEARTBEAT);
+            }
+        })
+    };
+    let mut b_inbox = Inbox::new(b_rx);
+    // Let heartbeats settle, then start the snapshot.
+    let mut beats: Vec<Instant> = Vec::new();
+    while beats.len() < 10 {
+        assert!(Instant::now() < deadline);
+        if let Some(Inbound::Messages { envelopes, .. }) = b_inbox.next(Duration::from_secs(5)) {
+            beats.extend(envelopes.iter().map(|_| Instant::now()));
+        }
+    }
+    let started = Instant::now();
+    a.send_snapshot(snapshot).expect("snapshot refused");
+    let received = 'wait: loop {
+        assert!(Instant::now() < deadline, "snapshot never arrived");
+        match b_inbox.next(Duration::from_secs(10)) {
+            Some(Inbound::Messages { envelopes, .. }) => {
+                for e in envelopes {
+                    match e.message.kind {
+                        MessageKind::Heartbeat => beats.push(Instant::now()),
+                        MessageKind::Snapshot => break 'wait e,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            Some(Inbound::Event(_)) => {}
+            None => panic!("nothing for 10 s while waiting for the snapshot"),
+        }
+    };
+    let finished = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    beat.join().unwrap();
+    assert_eq!(received, expected, "snapshot data differs");
+
+    let during: Vec<Instant> = beats
+        .iter()
+        .copied()
+        .filter(|t| *t >= started && *t <= finished)
+        .collect();
+    let span = finished - started;
+    let gaps = during.windows(2).map(|w| w[1] - w[0]);
+    let max_gap = gaps.max().unwrap_or(span);
+    eprintln!(
+        "64 MiB snapshot in {span:.2?}; {} heartbeats meanwhile, max gap {max_gap:.2?}",
+        during.len()
+    );
+    assert!(
+        span >= Duration::from_millis(200),
+        "pacing not applied: {span:?}"
+    );
+    // At their normal rate: about one per 10 ms; allow for scheduling on 2 busy cores.
+    let expected_beats = span.as_millis() as usize / HEARTBEAT.as_millis() as usize;
+    assert!(
+        during.len() * 2 >= expected_beats,
+        "{} heartbeats in {span:?}",
+        during.len()
+    );
+    assert!(
+        max_gap <= Duration::from_millis(100),
+        "heartbeats stalled for {max_gap:?}"
+    );
+
+    // The sender learns the outcome.
+    let mut a_inbox = Inbox::new(a_rx);
+    loop {
+        match a_inbox.next(Duration::from_secs(10)) {
+            Some(Inbound::Event(PeerEvent::SnapshotStatus {
+                to_node,
+                region_id,
+                to_peer,
+                status,
+            })) => {
+                assert_eq!(
+                    (to_node, region_id, to_peer, status),
+                    (2, 9, 2, SnapshotStatus::Finished)
+                );
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no snapshot status"),
+        }
+    }
+    assert_eq!(a.stats().snapshots_sent, 1);
+}
+
+#[test]
+fn oversized_snapshot_is_refused_and_reported() {
+    let nodes = cluster(2, |c| {
+        c.snapshot_chunk_bytes = 64 << 10;
+        c.snapshot_bytes_max = 1 << 20;
+    });
+    let mut it = nodes.into_iter();
+    let (a, a_rx) = it.next().unwrap();
+    let (b, _b_rx) = it.next().unwrap();
+    a.send_snapshot(snapshot_message(4, (1 << 20) + 1)).unwrap();
+    let mut a_inbox = Inbox::new(a_rx);
+    loop {
+        match a_inbox.next(Duration::from_secs(10)) {
+            Some(Inbound::Event(PeerEvent::SnapshotStatus {
+                region_id, status, ..
+            })) => {
+                assert_eq!((region_id, status), (4, SnapshotStatus::Failure));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no snapshot status"),
+        }
+    }
+    assert_eq!(b.stats().snapshots_received, 0);
+    assert_eq!(b.stats().snapshots_failed, 1);
+    // A snapshot within the bound still goes through afterwards.
+    a.send_snapshot(snapshot_message(5, 300 << 10)).unwrap();
+    loop {
+        match a_inbox.next(Duration::from_secs(10)) {
+            Some(Inbound::Event(PeerEvent::SnapshotStatus {
+                region_id, status, ..
+            })) => {
+                assert_eq!((region_id, status), (5, SnapshotStatus::Finished));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no snapshot status"),
+        }
+    }
+}
