@@ -38,6 +38,7 @@ pub mod batch;
 mod config;
 mod error;
 pub mod frame;
+pub mod fuzz;
 mod handshake;
 mod listener;
 mod memory;
