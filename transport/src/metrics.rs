@@ -26,8 +26,11 @@ pub struct TransportStats {
     pub connects: u64,
     /// Failed connect or handshake attempts.
     pub connect_failures: u64,
-    /// Messages dropped: refused by a full queue, flushed when a peer was unreachable,
-    /// lost with a broken connection, or too big for a frame.
+    /// Messages `send` refused because the peer's queue was full (the caller got them
+    /// back in [`SendError::Full`](crate::SendError::Full)).
+    pub messages_refused: u64,
+    /// Messages accepted by `send` and then lost: flushed when the peer was unreachable,
+    /// in a write that failed, or too big for any frame.
     pub messages_dropped: u64,
     /// Inbound connections closed for a bad frame or payload.
     pub decode_errors: u64,
@@ -51,6 +54,7 @@ pub(crate) struct Totals {
     pub bytes_received: AtomicU64,
     pub connects: AtomicU64,
     pub connect_failures: AtomicU64,
+    pub messages_refused: AtomicU64,
     pub messages_dropped: AtomicU64,
     pub decode_errors: AtomicU64,
     pub handshakes_refused: AtomicU64,
@@ -75,6 +79,7 @@ impl Totals {
             bytes_received: g(&self.bytes_received),
             connects: g(&self.connects),
             connect_failures: g(&self.connect_failures),
+            messages_refused: g(&self.messages_refused),
             messages_dropped: g(&self.messages_dropped),
             decode_errors: g(&self.decode_errors),
             handshakes_refused: g(&self.handshakes_refused),
@@ -92,6 +97,7 @@ pub(crate) struct OutboundMetrics {
     pub messages: Counter,
     pub bytes: Counter,
     pub connects: Counter,
+    pub refused: Counter,
     pub dropped: Counter,
     pub queue_depth: Gauge,
 }
@@ -104,6 +110,7 @@ impl OutboundMetrics {
             messages: counter!("flotilla_transport_messages_sent_total", "peer" => p.clone()),
             bytes: counter!("flotilla_transport_bytes_sent_total", "peer" => p.clone()),
             connects: counter!("flotilla_transport_connects_total", "peer" => p.clone()),
+            refused: counter!("flotilla_transport_messages_refused_total", "peer" => p.clone()),
             dropped: counter!("flotilla_transport_messages_dropped_total", "peer" => p.clone()),
             queue_depth: gauge!("flotilla_transport_queue_messages", "peer" => p),
         }

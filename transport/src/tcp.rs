@@ -151,8 +151,8 @@ impl Transport for TcpTransport {
         let config = &self.shared.config;
         p.push(envelope, config.queue_messages_max, config.queue_bytes_max)
             .map_err(|e| {
-                add(&self.shared.totals.messages_dropped, 1);
-                p.metrics.dropped.increment(1);
+                add(&self.shared.totals.messages_refused, 1);
+                p.metrics.refused.increment(1);
                 SendError::Full(e)
             })
     }

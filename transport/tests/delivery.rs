@@ -239,3 +239,41 @@ fn sender_reconnects_after_peer_restart() {
         }
     }
 }
+
+/// A peer that accepts TCP but never answers the handshake: the queue stops at its bound
+/// (refusals counted), and what was queued is dropped (counted) when the attempt fails,
+/// with an Unreachable event.
+#[test]
+fn queue_to_a_silent_peer_is_bounded_and_counted() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = config(1);
+    c.queue_messages_max = 100;
+    c.handshake_timeout = Duration::from_millis(200);
+    c.reconnect_backoff_min = Duration::from_millis(50);
+    let (a, a_rx) = TcpTransport::start(c, [(2, silent.local_addr().unwrap())]).unwrap();
+    let mut refused = 0;
+    for seq in 0..150 {
+        if let Err(e) = a.send(append(1, 1, 2, seq)) {
+            assert!(matches!(e, flotilla_transport::SendError::Full(_)), "{e}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 50);
+    let mut inbox = Inbox::new(a_rx);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no Unreachable event");
+        if let Some(Inbound::Event(PeerEvent::Unreachable { node_id: 2 })) =
+            inbox.next(Duration::from_secs(5))
+        {
+            break;
+        }
+    }
+    let s = a.stats();
+    assert_eq!(s.messages_refused, 50, "{s:?}");
+    assert_eq!(s.messages_dropped, 100, "{s:?}");
+    assert!(s.connect_failures >= 1, "{s:?}");
+    assert_eq!(s.connects, 0);
+    // The queue is usable again after the flush.
+    a.send(append(1, 1, 2, 150)).unwrap();
+}
