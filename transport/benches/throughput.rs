@@ -174,6 +174,16 @@ fn main() {
         refused,
     );
     println!("raw loopback TCP (1 MiB writes, same run): {raw:.0} MB/s");
+    // The machine may be shared: say how busy it was.
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!(
+            "load average at the end: {}",
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     a.shutdown(Duration::from_secs(1));
     b.shutdown(Duration::from_secs(1));
 }

@@ -30,7 +30,7 @@ fn message_count() -> u64 {
 /// and no repeat, over one connection (no reconnect, no drop).
 fn exchange(n: u64) {
     let total = message_count();
-    let per_link = total / (n * (n - 1));
+    let per_link = total.div_ceil(n * (n - 1));
     let deadline = Instant::now() + Duration::from_secs(120);
     let nodes = cluster(n, |_| {});
     let mut transports = Vec::new();
