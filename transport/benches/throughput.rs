@@ -2,13 +2,15 @@
 //! average batch, printed next to the raw loopback TCP bandwidth measured in the same run.
 //!
 //! ```text
-//! cargo bench -p flotilla-transport --bench throughput [-- --seconds 3 --io-threads 1]
+//! cargo bench -p flotilla-transport --bench throughput [-- --rounds 3 --seconds 3 --io-threads 1 --raw-seconds 1]
 //! ```
 //!
 //! One producer thread sends appends (one 16-byte entry each, over 64 regions) from node 1
 //! to node 2 as fast as `send` takes them (retrying when the queue is full); one consumer
 //! thread reads node 2's inbound channel and checks every message arrives once, in order.
-//! The rate counts messages received between the first send and the last arrival.
+//! The rate counts messages received between the first send and the last arrival. Each
+//! round starts two fresh nodes after measuring raw TCP; the median of the rounds is
+//! printed last.
 
 use flotilla_common::{Entry, EntryKind, Message, MessageKind, RaftEnvelope};
 use flotilla_transport::{Inbound, TcpTransport, Transport, TransportConfig};
@@ -97,13 +99,18 @@ fn codec_ns_per_message() -> (f64, f64, f64) {
     (build, encode, decode)
 }
 
-fn main() {
-    let seconds = arg("--seconds", 3) as f64;
-    let (build, encode, decode) = codec_ns_per_message();
-    println!("per message, one thread: build {build:.0} ns, encode {encode:.0} ns, decode {decode:.0} ns");
-    let io_threads = arg("--io-threads", 1) as usize;
-    let raw = raw_tcp_mb_per_s(1.0);
+/// What one round measured.
+struct Round {
+    messages_per_s: f64,
+    frames_per_s: f64,
+    mb_per_s: f64,
+    messages_per_frame: f64,
+    raw_mb_per_s: f64,
+}
 
+/// Two fresh nodes; node 1 sends to node 2 for `seconds`.
+fn round(seconds: f64, io_threads: usize, raw_seconds: f64) -> Round {
+    let raw_mb_per_s = raw_tcp_mb_per_s(raw_seconds);
     let start = |id: u64| {
         let mut c = TransportConfig::new(0xBE, id, "127.0.0.1:0".parse().unwrap());
         c.io_threads = io_threads;
@@ -135,16 +142,14 @@ fn main() {
     });
     let started = Instant::now();
     let mut seq = 0u64;
-    let mut refused = 0u64;
-    let send = |e: RaftEnvelope, refused: &mut u64| {
+    let send = |e: RaftEnvelope| {
         let mut e = e;
         loop {
             match a.send(e) {
                 Ok(()) => return,
                 Err(err) => {
-                    // The queue is full: back off instead of spinning, the way a node
-                    // would drop and let raft resend.
-                    *refused += 1;
+                    // The queue is full: back off instead of spinning (counted by the
+                    // transport as refused).
                     e = err.into_envelope().expect("transport stopped");
                     std::thread::sleep(Duration::from_micros(50));
                 }
@@ -153,37 +158,65 @@ fn main() {
     };
     while started.elapsed().as_secs_f64() < seconds {
         for _ in 0..1024 {
-            send(append(seq), &mut refused);
+            send(append(seq));
             seq += 1;
         }
     }
-    send(append(SENTINEL), &mut refused);
+    send(append(SENTINEL));
     let (got, last) = consumer.join().expect("consumer");
     let elapsed = (last - started).as_secs_f64();
     let s = a.stats();
     assert_eq!(got, seq);
+    assert_eq!(s.messages_dropped, 0);
+    let r = Round {
+        messages_per_s: got as f64 / elapsed,
+        frames_per_s: s.frames_sent as f64 / elapsed,
+        mb_per_s: s.bytes_sent as f64 / elapsed / 1e6,
+        messages_per_frame: s.messages_sent as f64 / s.frames_sent.max(1) as f64,
+        raw_mb_per_s,
+    };
     println!(
-        "transport: {:.2} M messages/s, {:.0} frames/s, {:.1} MB/s, {:.0} messages/frame ({} messages in {:.2} s, io_threads {}, {} refused sends retried)",
-        got as f64 / elapsed / 1e6,
-        s.frames_sent as f64 / elapsed,
-        s.bytes_sent as f64 / elapsed / 1e6,
-        s.messages_sent as f64 / s.frames_sent.max(1) as f64,
-        got,
-        elapsed,
-        io_threads,
-        refused,
+        "  round: {:.2} M messages/s, {:.0} frames/s, {:.1} MB/s, {:.0} messages/frame; raw TCP {:.0} MB/s ({got} messages in {elapsed:.2} s, {} sends refused and retried)",
+        r.messages_per_s / 1e6,
+        r.frames_per_s,
+        r.mb_per_s,
+        r.messages_per_frame,
+        r.raw_mb_per_s,
+        s.messages_refused,
     );
-    println!("raw loopback TCP (1 MiB writes, same run): {raw:.0} MB/s");
-    // The machine may be shared: say how busy it was.
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        println!(
-            "load average at the end: {}",
-            load.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-    }
     a.shutdown(Duration::from_secs(1));
     b.shutdown(Duration::from_secs(1));
+    r
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let seconds = arg("--seconds", 3) as f64;
+    let rounds = arg("--rounds", 3).max(1) as usize;
+    let io_threads = arg("--io-threads", 1) as usize;
+    let raw_seconds = arg("--raw-seconds", 1) as f64;
+    let (build, encode, decode) = codec_ns_per_message();
+    println!("per message, one thread: build {build:.0} ns, encode {encode:.0} ns, decode {decode:.0} ns");
+    println!("{rounds} rounds of {seconds} s, io_threads {io_threads} per node:");
+    let results: Vec<Round> = (0..rounds)
+        .map(|_| round(seconds, io_threads, raw_seconds))
+        .collect();
+    let m = |f: fn(&Round) -> f64| median(results.iter().map(f).collect());
+    println!(
+        "median: {:.2} M messages/s, {:.0} frames/s, {:.1} MB/s, {:.0} messages/frame; raw loopback TCP (1 MiB writes, same run) {:.0} MB/s",
+        m(|r| r.messages_per_s) / 1e6,
+        m(|r| r.frames_per_s),
+        m(|r| r.mb_per_s),
+        m(|r| r.messages_per_frame),
+        m(|r| r.raw_mb_per_s),
+    );
+    // The machine may be shared: say how busy it was.
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        println!("load average at the end: {}", load.join(" "));
+    }
 }

@@ -18,6 +18,12 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+/// Encoded size of a small raft message with its length prefix (an append with one
+/// small entry is ~50 bytes), for sizing a received batch.
+const SMALL_MESSAGE_BYTES: usize = 48;
+/// Most envelopes a batch is pre-sized for (~2.4 MB), whatever the frame claims.
+const BATCH_PRESIZE_MAX: usize = 8192;
+
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
@@ -84,7 +90,10 @@ async fn serve_raft(shared: &Shared, from_node: u64, addr: SocketAddr, conn: Est
                 return;
             }
         };
-        let mut envelopes = Vec::new();
+        // Sized from the payload so that a frame of small messages decodes without
+        // regrowing (and copying) the vector, capped so a frame cannot make it big.
+        let mut envelopes =
+            Vec::with_capacity((payload.len() / SMALL_MESSAGE_BYTES).min(BATCH_PRESIZE_MAX));
         let bad = match decode_batch(&payload, &mut envelopes) {
             Err(e) => Some(e.to_string()),
             // The handshake authenticated the node: it may not speak for another.
