@@ -150,7 +150,7 @@ fn round(seconds: f64, io_threads: usize, raw_seconds: f64) -> Round {
                 Err(err) => {
                     // The queue is full: back off instead of spinning (counted by the
                     // transport as refused).
-                    e = err.into_envelope().expect("transport stopped");
+                    e = err.into_envelope();
                     std::thread::sleep(Duration::from_micros(50));
                 }
             }

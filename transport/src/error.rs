@@ -97,19 +97,13 @@ pub enum SendError {
     /// `snapshots_in_flight_max` snapshot streams are already running.
     #[error("too many snapshots in flight")]
     SnapshotsBusy(Box<RaftEnvelope>),
-    /// The transport is shutting down.
-    #[error("transport is shut down")]
-    Shutdown,
 }
 
 impl SendError {
-    /// The envelope that was not sent, if the error carries it.
-    pub fn into_envelope(self) -> Option<RaftEnvelope> {
+    /// The envelope that was not sent.
+    pub fn into_envelope(self) -> RaftEnvelope {
         match self {
-            SendError::Full(e) | SendError::UnknownPeer(e) | SendError::SnapshotsBusy(e) => {
-                Some(*e)
-            }
-            SendError::Shutdown => None,
+            SendError::Full(e) | SendError::UnknownPeer(e) | SendError::SnapshotsBusy(e) => *e,
         }
     }
 }

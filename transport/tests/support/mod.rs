@@ -65,10 +65,7 @@ pub fn send_retrying(t: &dyn Transport, mut envelope: RaftEnvelope, deadline: In
                     Instant::now() < deadline,
                     "send still refused at the deadline: {e}"
                 );
-                envelope = match e.into_envelope() {
-                    Some(back) => back,
-                    None => panic!("transport shut down"),
-                };
+                envelope = e.into_envelope();
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
