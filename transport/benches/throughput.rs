@@ -2,7 +2,8 @@
 //! average batch, printed next to the raw loopback TCP bandwidth measured in the same run.
 //!
 //! ```text
-//! cargo bench -p flotilla-transport --bench throughput [-- --rounds 3 --seconds 3 --io-threads 1 --raw-seconds 1]
+//! cargo bench -p flotilla-transport --bench throughput \
+//!     [-- --rounds 3 --seconds 3 --io-threads 1 --raw-seconds 1 --frame-target-kib 256]
 //! ```
 //!
 //! One producer thread sends appends (one 16-byte entry each, over 64 regions) from node 1
@@ -114,6 +115,7 @@ fn round(seconds: f64, io_threads: usize, raw_seconds: f64) -> Round {
     let start = |id: u64| {
         let mut c = TransportConfig::new(0xBE, id, "127.0.0.1:0".parse().unwrap());
         c.io_threads = io_threads;
+        c.frame_target_bytes = arg("--frame-target-kib", 256) as usize * 1024;
         TcpTransport::start(c, []).expect("start")
     };
     let (a, _a_rx) = start(1);
