@@ -1,3 +1,24 @@
-//! The `flotilla` command-line tools and the Rust client library; the server and client
-//! arrive with the node (see the project's issues).
+//! The `flotilla` command-line tools and the client-facing protocol layers.
+//!
+//! - [`service`]: the traits between the protocol servers and the node ([`KvService`],
+//!   [`StatusSource`]), and [`MemoryKvService`], an in-memory backend for tests and a
+//!   single-process dev mode.
+//! - [`resp`]: the Redis-protocol (RESP2) server on the client address.
+//! - [`http`]: the status server: `/metrics`, `/status`, `/health` and the admin endpoints.
+//! - [`ctl`]: `flotilla ctl`, the command line that talks to the status server.
 #![deny(missing_docs)]
+
+pub mod ctl;
+pub mod escape;
+pub mod http;
+mod memory;
+pub mod resp;
+pub mod service;
+
+pub use http::StatusServer;
+pub use memory::{MemoryKvService, MEMORY_BYTES_MAX_DEFAULT};
+pub use resp::{RespLimits, RespServer};
+pub use service::{
+    EpochStatus, KvService, NodeStatus, PutCondition, RegionStatus, ReplicaRole, ServiceError,
+    ServiceFuture, StatusSource,
+};

@@ -1,0 +1,225 @@
+//! `flotilla ctl`: inspects and steers a running node through its HTTP status address.
+//!
+//! ```text
+//! flotilla ctl --addr 127.0.0.1:7001 status
+//! flotilla ctl --addr 127.0.0.1:7001 regions [--json]
+//! flotilla ctl --addr 127.0.0.1:7001 transfer-leader 3 2
+//! ```
+//!
+//! Tables are for people; `--json` prints what the server sent, for scripts.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use hyper::{Method, StatusCode};
+
+use crate::escape::escape;
+use crate::http::{HttpClientError, StatusClient};
+use crate::service::{NodeStatus, RegionStatus, ReplicaRole};
+
+/// Default of `--timeout-ms`: a status server answers in milliseconds; a node that takes
+/// longer is in trouble, and the operator should hear so rather than wait.
+pub const CTL_TIMEOUT_MILLIS_DEFAULT: u64 = 5_000;
+
+/// `flotilla ctl` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// The node's HTTP status address (its `--status-addr`), as HOST:PORT.
+    #[arg(long)]
+    pub addr: String,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up on a request after this many milliseconds.
+    #[arg(long, default_value_t = CTL_TIMEOUT_MILLIS_DEFAULT)]
+    pub timeout_ms: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `flotilla ctl` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// The node: id, number of regions, how many it leads, by role.
+    Status,
+    /// Every region with a replica on the node: range, epoch, role, term, commit, applied, leader.
+    Regions,
+    /// Ask REGION's leader to hand leadership to its replica on NODE.
+    TransferLeader {
+        /// The region id.
+        region: u64,
+        /// The node id to lead it.
+        node: u64,
+    },
+}
+
+/// Why a `ctl` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The request did not complete.
+    #[error(transparent)]
+    Http(#[from] HttpClientError),
+    /// The server answered with an error status.
+    #[error("{status}: {message}")]
+    Server {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The server's error message (or its whole body).
+        message: String,
+    },
+    /// The server's answer was not the JSON expected.
+    #[error("unexpected answer from the server: {0}")]
+    BadAnswer(#[from] serde_json::Error),
+    /// Writing the output failed.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Runs one `ctl` command and writes its output to `out`.
+pub async fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let client = StatusClient::new(&args.addr, Duration::from_millis(args.timeout_ms));
+    match &args.command {
+        CtlCommand::Status | CtlCommand::Regions => {
+            let body = call(&client, Method::GET, "/status").await?;
+            let status: NodeStatus = serde_json::from_slice(&body)?;
+            match (&args.command, args.json) {
+                (CtlCommand::Status, true) => {
+                    writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?
+                }
+                (_, true) => writeln!(out, "{}", serde_json::to_string_pretty(&status.regions)?)?,
+                (CtlCommand::Status, false) => out.write_all(status_table(&status).as_bytes())?,
+                (_, false) => out.write_all(regions_table(&status.regions).as_bytes())?,
+            }
+        }
+        CtlCommand::TransferLeader { region, node } => {
+            let path = format!("/admin/transfer-leader?region={region}&node={node}");
+            let body = call(&client, Method::POST, &path).await?;
+            if args.json {
+                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
+            } else {
+                writeln!(
+                    out,
+                    "asked region {region} to transfer its leadership to node {node}"
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One request; a non-2xx answer becomes [`CtlError::Server`] with the server's message.
+async fn call(client: &StatusClient, method: Method, path: &str) -> Result<bytes::Bytes, CtlError> {
+    let resp = client.request(method, path).await?;
+    if resp.status.is_success() {
+        return Ok(resp.body);
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&resp.body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).trim().to_owned());
+    Err(CtlError::Server {
+        status: resp.status,
+        message,
+    })
+}
+
+/// The `status` table: one row per fact.
+pub fn status_table(status: &NodeStatus) -> String {
+    let count = |role: ReplicaRole| status.regions.iter().filter(|r| r.role == role).count();
+    let roles = [
+        ReplicaRole::Leader,
+        ReplicaRole::Follower,
+        ReplicaRole::Candidate,
+        ReplicaRole::PreCandidate,
+        ReplicaRole::Learner,
+    ];
+    let mut rows = vec![
+        vec!["node".to_string(), status.node_id.to_string()],
+        vec!["regions".to_string(), status.regions.len().to_string()],
+    ];
+    for role in roles {
+        rows.push(vec![role.as_str().to_string(), count(role).to_string()]);
+    }
+    table(&["FIELD", "VALUE"], &rows)
+}
+
+/// The `regions` table: one row per region, keys in the escaped form of [`crate::escape`];
+/// an empty end key (the end of the key space) shows as `+inf`.
+pub fn regions_table(regions: &[RegionStatus]) -> String {
+    let rows: Vec<Vec<String>> = regions
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                format!("\"{}\"", escape(&r.start_key)),
+                if r.end_key.is_empty() {
+                    "+inf".to_string()
+                } else {
+                    format!("\"{}\"", escape(&r.end_key))
+                },
+                r.epoch.conf_ver.to_string(),
+                r.epoch.version.to_string(),
+                r.role.as_str().to_string(),
+                r.term.to_string(),
+                r.commit.to_string(),
+                r.applied.to_string(),
+                r.leader.map_or_else(|| "-".to_string(), |n| n.to_string()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "REGION", "START", "END", "CONF_VER", "VERSION", "ROLE", "TERM", "COMMIT", "APPLIED",
+            "LEADER",
+        ],
+        &rows,
+    )
+}
+
+/// Left-aligned columns two spaces apart, a header row first.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            l.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["A", "LONGER"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
+    }
+}

@@ -1,0 +1,298 @@
+//! An in-memory [`KvService`]: one ordered map behind a mutex.
+//!
+//! It is what the protocol tests run against, and a single-process dev mode: a RESP or HTTP
+//! server on top of it behaves like one Flotilla node with one region, minus durability and
+//! replication (nothing survives the process). Every operation runs when the method is
+//! called, so the returned futures are already complete; that satisfies the ordering contract
+//! of [`KvService`] trivially.
+
+use std::collections::BTreeMap;
+use std::future::ready;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::service::{KvService, PutCondition, ServiceError, ServiceFuture};
+
+/// Default for [`MemoryKvService::with_bytes_max`]: a dev mode runs on a laptop, and failing
+/// writes with `Full` is kinder than the process being killed for memory.
+pub const MEMORY_BYTES_MAX_DEFAULT: usize = 1 << 30;
+
+/// The in-memory key-value service. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct MemoryKvService {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    map: BTreeMap<Bytes, Bytes>,
+    /// Sum of key and value lengths over `map`.
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl Default for MemoryKvService {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryKvService {
+    /// An empty store that holds up to [`MEMORY_BYTES_MAX_DEFAULT`] bytes of keys and values.
+    pub fn new() -> Self {
+        Self::with_bytes_max(MEMORY_BYTES_MAX_DEFAULT)
+    }
+
+    /// An empty store that refuses writes (with [`ServiceError::Full`]) that would take the
+    /// sum of key and value lengths above `bytes_max`.
+    pub fn with_bytes_max(bytes_max: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                map: BTreeMap::new(),
+                bytes: 0,
+                bytes_max,
+            }),
+        }
+    }
+
+    /// Number of keys stored.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map.len()
+    }
+
+    /// Whether no key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sum of key and value lengths stored.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+}
+
+impl Inner {
+    /// The size change of writing `value` under `key`, or `Full` if it does not fit.
+    fn check_fits(&self, key: &Bytes, value: &Bytes) -> Result<(), ServiceError> {
+        let old = self.map.get(key).map_or(0, |v| key.len() + v.len());
+        let new = key.len() + value.len();
+        let after = self.bytes - old + new;
+        if new > old && after > self.bytes_max {
+            return Err(ServiceError::Full(format!(
+                "memory store full ({} of {} bytes used)",
+                self.bytes, self.bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, key: Bytes, value: Bytes) {
+        let new = key.len() + value.len();
+        if let Some(old) = self.map.insert(key.clone(), value) {
+            self.bytes -= key.len() + old.len();
+        }
+        self.bytes += new;
+    }
+
+    fn remove(&mut self, key: &Bytes) -> bool {
+        match self.map.remove(key) {
+            Some(old) => {
+                self.bytes -= key.len() + old.len();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn done<T: Send + 'static>(result: Result<T, ServiceError>) -> ServiceFuture<T> {
+    Box::pin(ready(result))
+}
+
+impl KvService for MemoryKvService {
+    fn get(&self, key: Bytes) -> ServiceFuture<Option<Bytes>> {
+        done(Ok(self.inner.lock().map.get(&key).cloned()))
+    }
+
+    fn put(&self, key: Bytes, value: Bytes, cond: PutCondition) -> ServiceFuture<bool> {
+        let mut inner = self.inner.lock();
+        let exists = inner.map.contains_key(&key);
+        let write = match cond {
+            PutCondition::Always => true,
+            PutCondition::IfAbsent => !exists,
+            PutCondition::IfPresent => exists,
+        };
+        if !write {
+            return done(Ok(false));
+        }
+        if let Err(e) = inner.check_fits(&key, &value) {
+            return done(Err(e));
+        }
+        inner.insert(key, value);
+        done(Ok(true))
+    }
+
+    fn delete(&self, keys: Vec<Bytes>) -> ServiceFuture<u64> {
+        let mut inner = self.inner.lock();
+        let deleted = keys.iter().filter(|k| inner.remove(k)).count();
+        done(Ok(deleted as u64))
+    }
+
+    fn incr_by(&self, key: Bytes, delta: i64) -> ServiceFuture<i64> {
+        let mut inner = self.inner.lock();
+        let current = match inner.map.get(&key) {
+            None => 0,
+            Some(v) => match std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                Some(n) => n,
+                None => {
+                    return done(Err(ServiceError::InvalidArgument(
+                        "value is not an integer or out of range".into(),
+                    )))
+                }
+            },
+        };
+        let Some(next) = current.checked_add(delta) else {
+            return done(Err(ServiceError::InvalidArgument(
+                "increment or decrement would overflow".into(),
+            )));
+        };
+        let value = Bytes::from(next.to_string());
+        if let Err(e) = inner.check_fits(&key, &value) {
+            return done(Err(e));
+        }
+        inner.insert(key, value);
+        done(Ok(next))
+    }
+
+    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> ServiceFuture<()> {
+        let mut inner = self.inner.lock();
+        // All or nothing: size the whole batch against the limit before writing any of it.
+        // A key listed twice keeps its last value, so only that one counts.
+        let last: BTreeMap<Bytes, Bytes> = pairs.into_iter().collect();
+        let freed: usize = last
+            .keys()
+            .map(|k| inner.map.get(k).map_or(0, |v| k.len() + v.len()))
+            .sum();
+        let added: usize = last.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let after = (inner.bytes - freed).saturating_add(added);
+        if added > freed && after > inner.bytes_max {
+            return done(Err(ServiceError::Full(format!(
+                "memory store full ({} of {} bytes used)",
+                inner.bytes, inner.bytes_max
+            ))));
+        }
+        for (k, v) in last {
+            inner.insert(k, v);
+        }
+        done(Ok(()))
+    }
+
+    fn scan(
+        &self,
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: usize,
+    ) -> ServiceFuture<Vec<(Bytes, Bytes)>> {
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return done(Ok(Vec::new()));
+        }
+        let inner = self.inner.lock();
+        let upper = match &end {
+            Some(e) => Bound::Excluded(e.clone()),
+            None => Bound::Unbounded,
+        };
+        let pairs = inner
+            .map
+            .range((Bound::Included(start), upper))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        done(Ok(pairs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn conditional_puts() {
+        let s = MemoryKvService::new();
+        assert_eq!(
+            s.put(b("k"), b("1"), PutCondition::IfPresent).await,
+            Ok(false)
+        );
+        assert_eq!(
+            s.put(b("k"), b("1"), PutCondition::IfAbsent).await,
+            Ok(true)
+        );
+        assert_eq!(
+            s.put(b("k"), b("2"), PutCondition::IfAbsent).await,
+            Ok(false)
+        );
+        assert_eq!(
+            s.put(b("k"), b("3"), PutCondition::IfPresent).await,
+            Ok(true)
+        );
+        assert_eq!(s.get(b("k")).await, Ok(Some(b("3"))));
+        assert_eq!(s.bytes(), 2);
+    }
+
+    #[tokio::test]
+    async fn incr_checks_type_and_overflow() {
+        let s = MemoryKvService::new();
+        assert_eq!(s.incr_by(b("n"), 5).await, Ok(5));
+        assert_eq!(s.incr_by(b("n"), -7).await, Ok(-2));
+        let max = b(&i64::MAX.to_string());
+        s.put(b("n"), max, PutCondition::Always).await.unwrap();
+        let overflow = s.incr_by(b("n"), 1).await;
+        assert!(matches!(overflow, Err(ServiceError::InvalidArgument(_))));
+        s.put(b("t"), b("abc"), PutCondition::Always).await.unwrap();
+        let not_int = s.incr_by(b("t"), 1).await;
+        assert!(matches!(not_int, Err(ServiceError::InvalidArgument(_))));
+    }
+
+    #[tokio::test]
+    async fn scan_is_ordered_and_bounded() {
+        let s = MemoryKvService::new();
+        let pairs = ["a", "b", "c", "d"].iter().map(|k| (b(k), b(k))).collect();
+        s.batch_put(pairs).await.unwrap();
+        let keys = |v: Vec<(Bytes, Bytes)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let bc = s.scan(b("b"), Some(b("d")), 10).await.unwrap();
+        assert_eq!(keys(bc), vec![b("b"), b("c")]);
+        let abc = s.scan(b("a"), None, 3).await.unwrap();
+        assert_eq!(keys(abc), vec![b("a"), b("b"), b("c")]);
+        assert!(s.scan(b("c"), Some(b("b")), 10).await.unwrap().is_empty());
+        assert_eq!(s.delete(vec![b("a"), b("a"), b("z")]).await, Ok(1));
+        assert_eq!(s.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn refuses_writes_past_the_limit() {
+        let s = MemoryKvService::with_bytes_max(10);
+        assert_eq!(
+            s.put(b("k"), b("123456789"), PutCondition::Always).await,
+            Ok(true)
+        );
+        let full = s.put(b("j"), b("1"), PutCondition::Always).await;
+        assert!(matches!(full, Err(ServiceError::Full(_))));
+        // Overwriting with a smaller value always fits.
+        assert_eq!(s.put(b("k"), b("1"), PutCondition::Always).await, Ok(true));
+        let full = s.batch_put(vec![(b("x"), b("123456789"))]).await;
+        assert!(matches!(full, Err(ServiceError::Full(_))));
+        // A batch that overwrites a key twice counts its last value once.
+        s.batch_put(vec![(b("k"), b("12345678")), (b("k"), b("1234"))])
+            .await
+            .unwrap();
+        assert_eq!(s.bytes(), 5);
+    }
+}

@@ -1,0 +1,195 @@
+//! The boundary between the protocol servers (RESP, HTTP) and whatever serves the data: the
+//! node, or [`MemoryKvService`](crate::MemoryKvService) in tests and single-process dev mode.
+//!
+//! The protocol servers only parse, check and answer; every decision about regions, leaders
+//! and storage lies behind these traits.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The future a service method returns: owned, `Send`, resolving to the outcome.
+pub type ServiceFuture<T> = Pin<Box<dyn Future<Output = Result<T, ServiceError>> + Send + 'static>>;
+
+/// When a put writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PutCondition {
+    /// Always (plain `SET`).
+    #[default]
+    Always,
+    /// Only if the key has no value (`SET … NX`).
+    IfAbsent,
+    /// Only if the key has a value (`SET … XX`).
+    IfPresent,
+}
+
+/// Why a service call failed. Each variant is an expected operating condition the client can
+/// act on; none of them means the process is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// The request reached a replica that does not lead its region and could not be forwarded.
+    #[error("region {region}: not leader (leader on node {leader_node:?}); retry")]
+    NotLeader {
+        /// The region.
+        region: u64,
+        /// The node that leads it, if known.
+        leader_node: Option<u64>,
+    },
+    /// A transient condition (election in progress, region splitting, proposal dropped); the
+    /// same request may succeed when sent again.
+    #[error("{0}; retry")]
+    TryAgain(String),
+    /// The request did not finish in time; it may or may not have been applied.
+    #[error("request timed out")]
+    Timeout,
+    /// No region with that id is hosted here.
+    #[error("region {0} not found")]
+    RegionNotFound(u64),
+    /// The request is well formed but cannot be served as asked (a value that is not an
+    /// integer, an overflow, an unknown node).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A configured size limit was reached; nothing was written.
+    #[error("{0}")]
+    Full(String),
+    /// Anything else: a storage failure, the node stopping.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// Whether sending the same request again may succeed without the client changing
+    /// anything (RESP renders these as `-TRYAGAIN`, HTTP as 503).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ServiceError::NotLeader { .. } | ServiceError::TryAgain(_) | ServiceError::Timeout
+        )
+    }
+}
+
+/// Key-value access, as the client protocols need it.
+///
+/// Ordering contract, which lets the RESP server pipeline without breaking Redis' "commands
+/// of one connection run in order": an operation is *submitted when the method is called*;
+/// the returned future only waits for its outcome. Writes submitted by one caller take effect
+/// in call order, even when the caller submits several before awaiting the first. A read is
+/// only guaranteed to observe a write of the same caller whose future has resolved (so the
+/// RESP server awaits outstanding writes before it submits a read, and outstanding reads
+/// before it submits a write). An implementation that does its work lazily, inside the
+/// future, is still correct; it only loses the overlap.
+///
+/// Reads are linearizable unless the implementation documents otherwise.
+pub trait KvService: Send + Sync + 'static {
+    /// The value of `key`, if any.
+    fn get(&self, key: Bytes) -> ServiceFuture<Option<Bytes>>;
+
+    /// Writes `value` under `key` if `cond` holds; answers whether it wrote.
+    fn put(&self, key: Bytes, value: Bytes, cond: PutCondition) -> ServiceFuture<bool>;
+
+    /// Deletes each key that has a value; answers how many did. A key listed twice counts once.
+    /// Keys of different regions are deleted region by region, not atomically as a whole.
+    fn delete(&self, keys: Vec<Bytes>) -> ServiceFuture<u64>;
+
+    /// Adds `delta` to the decimal integer stored under `key` (a missing key counts as 0) and
+    /// answers the new value. Atomic: the read and the write happen in the state machine.
+    /// A value that is not a decimal `i64`, or a sum that overflows, is `InvalidArgument`.
+    fn incr_by(&self, key: Bytes, delta: i64) -> ServiceFuture<i64>;
+
+    /// Writes every pair (a key listed twice keeps its last value). Each region's share is
+    /// written atomically; pairs of different regions are not atomic as a whole.
+    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> ServiceFuture<()>;
+
+    /// Up to `limit` pairs with `start <= key < end` (no `end`: to the end of the key space),
+    /// in key order.
+    fn scan(
+        &self,
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: usize,
+    ) -> ServiceFuture<Vec<(Bytes, Bytes)>>;
+}
+
+/// What the HTTP status server shows and the admin actions it takes.
+pub trait StatusSource: Send + Sync + 'static {
+    /// A snapshot of the node and its regions.
+    fn status(&self) -> NodeStatus;
+
+    /// Asks the leader of `region` to hand leadership to its replica on `node`. Resolves when
+    /// the request has been accepted, not when the transfer has finished.
+    fn transfer_leader(&self, region: u64, node: u64) -> ServiceFuture<()>;
+}
+
+/// One node, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's id.
+    pub node_id: u64,
+    /// The regions with a replica on this node, in the order the node lists them.
+    pub regions: Vec<RegionStatus>,
+}
+
+/// One replica of a region on this node, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionStatus {
+    /// The region's id.
+    pub id: u64,
+    /// First key of the range (inclusive), in the escaped form of [`crate::escape`].
+    #[serde(with = "crate::escape::serde_bytes")]
+    pub start_key: Bytes,
+    /// End of the range (exclusive); empty means the end of the key space.
+    #[serde(with = "crate::escape::serde_bytes")]
+    pub end_key: Bytes,
+    /// The region's epoch.
+    pub epoch: EpochStatus,
+    /// This replica's role.
+    pub role: ReplicaRole,
+    /// The replica's current term.
+    pub term: u64,
+    /// The replica's commit index.
+    pub commit: u64,
+    /// The replica's applied index.
+    pub applied: u64,
+    /// The node that leads the region, if known.
+    pub leader: Option<u64>,
+}
+
+/// A region's epoch: `version` grows on split and merge, `conf_ver` on membership changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EpochStatus {
+    /// Membership changes so far.
+    pub conf_ver: u64,
+    /// Splits and merges so far.
+    pub version: u64,
+}
+
+/// The role a replica plays in its region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaRole {
+    /// Leads the current term.
+    Leader,
+    /// A voter following a leader (or waiting for one).
+    Follower,
+    /// Asking whether it could win an election (PreVote).
+    PreCandidate,
+    /// Campaigning in a new term.
+    Candidate,
+    /// Receives the log but does not vote.
+    Learner,
+}
+
+impl ReplicaRole {
+    /// The name used in JSON and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaRole::Leader => "leader",
+            ReplicaRole::Follower => "follower",
+            ReplicaRole::PreCandidate => "pre_candidate",
+            ReplicaRole::Candidate => "candidate",
+            ReplicaRole::Learner => "learner",
+        }
+    }
+}
