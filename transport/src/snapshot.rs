@@ -95,8 +95,15 @@ async fn next_value<T: serde::de::DeserializeOwned>(
     Ok(decode_value(&payload)?)
 }
 
-/// Sends one snapshot to `to_node` at `addr` and reports the outcome as an event.
-pub(crate) async fn send(shared: &Shared, addr: SocketAddr, envelope: RaftEnvelope) {
+/// Sends one snapshot to `to_node` at `addr` and reports the outcome as an event. `slot`
+/// (one of `snapshots_in_flight_max`) is released before the outcome is reported, so that
+/// raft can send the next snapshot as soon as it hears.
+pub(crate) async fn send(
+    shared: &Shared,
+    addr: SocketAddr,
+    envelope: RaftEnvelope,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let (to_node, region_id, to_peer) = (envelope.to_node, envelope.region_id, envelope.message.to);
     let started = Instant::now();
     let status = match stream_out(shared, addr, envelope).await {
@@ -117,6 +124,7 @@ pub(crate) async fn send(shared: &Shared, addr: SocketAddr, envelope: RaftEnvelo
             SnapshotStatus::Failure
         }
     };
+    drop(slot);
     // Awaited, not tried: raft waits for this verdict before it sends another snapshot.
     let _ = shared
         .inbound

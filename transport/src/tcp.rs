@@ -171,10 +171,9 @@ impl Transport for TcpTransport {
             return Err(SendError::SnapshotsBusy(Box::new(envelope)));
         };
         let shared = self.shared.clone();
-        self.shared.runtime.spawn(async move {
-            snapshot::send(&shared, addr, envelope).await;
-            drop(permit);
-        });
+        self.shared
+            .runtime
+            .spawn(async move { snapshot::send(&shared, addr, envelope, permit).await });
         Ok(())
     }
 }

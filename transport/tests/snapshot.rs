@@ -5,7 +5,7 @@ mod support;
 
 use bytes::Bytes;
 use flotilla_common::{Message, MessageKind, RaftEnvelope, Snapshot, SnapshotMetadata};
-use flotilla_transport::{Inbound, PeerEvent, SnapshotStatus, Transport};
+use flotilla_transport::{Inbound, PeerEvent, SendError, SnapshotStatus, Transport};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,4 +186,40 @@ fn oversized_snapshot_is_refused_and_reported() {
             None => panic!("no snapshot status"),
         }
     }
+}
+
+/// A snapshot to a node that does not answer fails, is reported, and frees its slot: the
+/// limit of snapshots in flight holds while it runs and does not leak after.
+#[test]
+fn snapshot_to_a_silent_node_fails_and_frees_its_slot() {
+    // Accepts TCP (the kernel does) but never answers the handshake.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = support::config(1);
+    c.snapshots_in_flight_max = 1;
+    c.handshake_timeout = Duration::from_millis(300);
+    let (a, a_rx) =
+        flotilla_transport::TcpTransport::start(c, [(2, silent.local_addr().unwrap())]).unwrap();
+    let mut a_inbox = Inbox::new(a_rx);
+    for region in [1, 2, 3] {
+        a.send_snapshot(snapshot_message(region, 1000))
+            .expect("the slot is free");
+        // The stream waits for the handshake for 300 ms: a second one is refused meanwhile.
+        assert!(matches!(
+            a.send_snapshot(snapshot_message(99, 10)),
+            Err(SendError::SnapshotsBusy(_))
+        ));
+        loop {
+            match a_inbox.next(Duration::from_secs(10)) {
+                Some(Inbound::Event(PeerEvent::SnapshotStatus {
+                    region_id, status, ..
+                })) => {
+                    assert_eq!((region_id, status), (region, SnapshotStatus::Failure));
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("no snapshot status for region {region}"),
+            }
+        }
+    }
+    assert_eq!(a.stats().snapshots_failed, 3);
 }
