@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use super::command::{Access, Command};
 use super::execute::{execute, Outcome, PendingReply, Session, Shared};
 use super::metric;
-use super::parser::parse_request;
+use super::parser::RequestParser;
 use super::reply::Reply;
 
 /// Bytes asked of the socket per read: a pipeline of small commands fits, and it is what
@@ -30,6 +30,26 @@ const READ_CHUNK_BYTES: usize = 16 << 10;
 /// Answers are written out once this many bytes have piled up, even mid-pipeline, so a
 /// pipeline of large `GET`s does not hold all of its answers in memory.
 const WRITE_BATCH_BYTES: usize = 64 << 10;
+
+/// A client that does not take its answers within this time is disconnected, so one that
+/// stopped reading cannot hold a connection slot and its unsent answers forever.
+const WRITE_TIMEOUT_MILLIS: u64 = 30_000;
+
+/// Writes all of `out` to the client and empties it.
+async fn write_out(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
+    let timeout = Duration::from_millis(WRITE_TIMEOUT_MILLIS);
+    match tokio::time::timeout(timeout, stream.write_all(out)).await {
+        Ok(written) => {
+            written?;
+            out.clear();
+            Ok(())
+        }
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client did not read its answers",
+        )),
+    }
+}
 
 /// A command whose answer has not been written yet.
 struct InFlight {
@@ -83,8 +103,7 @@ impl Pipeline {
             metric::command_done(item.command, item.started, reply.is_error());
             reply.encode(out);
             if out.len() >= WRITE_BATCH_BYTES {
-                stream.write_all(out).await?;
-                out.clear();
+                write_out(stream, out).await?;
             }
         }
         self.access = Access::Local;
@@ -102,6 +121,7 @@ pub async fn serve_connection(
 ) {
     let peer = stream.peer_addr().ok();
     let mut session = Session::default();
+    let mut parser = RequestParser::new();
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = BytesMut::new();
     let mut pipeline = Pipeline {
@@ -112,7 +132,7 @@ pub async fn serve_connection(
     loop {
         let mut close = false;
         loop {
-            let request = match parse_request(&mut inbuf) {
+            let request = match parser.next(&mut inbuf) {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
@@ -164,11 +184,8 @@ pub async fn serve_connection(
         if pipeline.drain(&mut out, &mut stream).await.is_err() {
             return;
         }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
+        if !out.is_empty() && write_out(&mut stream, &mut out).await.is_err() {
+            return;
         }
         if close {
             return;
