@@ -7,7 +7,7 @@ use flotilla_tools::ctl;
 
 /// Flotilla, a multi-raft storage engine.
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about)]
+#[command(name = "flotilla", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -777,3 +777,34 @@ fn redis_benchmark_runs_without_errors() {
     }
     assert!(store.len() >= 2, "SET and INCR wrote their keys");
 }
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_closes_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = RespServer::bind("127.0.0.1:0", Arc::new(MemoryKvService::new()))
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"PING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    client.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the idle connection is closed: {closed:?}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "nothing listens any more"
+    );
+}
