@@ -30,7 +30,7 @@ pub enum PutCondition {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
     /// The request reached a replica that does not lead its region and could not be forwarded.
-    #[error("region {region}: not leader (leader on node {leader_node:?}); retry")]
+    #[error("region {region}: not leader{}; retry", leader_hint(*.leader_node))]
     NotLeader {
         /// The region.
         region: u64,
@@ -57,6 +57,10 @@ pub enum ServiceError {
     /// Anything else: a storage failure, the node stopping.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn leader_hint(leader_node: Option<u64>) -> String {
+    leader_node.map_or_else(String::new, |n| format!(" (leader on node {n})"))
 }
 
 impl ServiceError {

@@ -111,7 +111,10 @@ mod tests {
             region: 7,
             leader_node: Some(2),
         };
-        assert!(wire(Reply::from_service_error(&e)).starts_with("-TRYAGAIN region 7"));
+        assert_eq!(
+            wire(Reply::from_service_error(&e)),
+            "-TRYAGAIN region 7: not leader (leader on node 2); retry\r\n"
+        );
         let e = ServiceError::InvalidArgument("value is not an integer or out of range".into());
         assert_eq!(
             wire(Reply::from_service_error(&e)),
