@@ -26,7 +26,7 @@ pub struct TransportConfig {
     /// Messages queued for one peer before `send` refuses more: raft retries what is lost,
     /// so a slow or dead peer costs drops, never unbounded memory.
     pub queue_messages_max: usize,
-    /// Estimated bytes queued for one peer before `send` refuses more (same reason).
+    /// Encoded bytes queued for one peer before `send` refuses more (same reason).
     pub queue_bytes_max: usize,
     /// Capacity of the channel that hands received batches and events to the node; when it
     /// is full, readers stop reading and TCP pushes back on the senders.

@@ -81,6 +81,8 @@ pub struct FrameWriter {
     buf: Vec<u8>,
     /// Where the open frame's header starts, if a frame is open.
     open_at: Option<usize>,
+    /// Frames finished since the last `clear`.
+    frames: u64,
 }
 
 impl FrameWriter {
@@ -94,6 +96,21 @@ impl FrameWriter {
         assert!(self.open_at.is_none(), "frame already open");
         self.open_at = Some(self.buf.len());
         self.buf.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    }
+
+    /// Whether a frame is open.
+    pub fn is_open(&self) -> bool {
+        self.open_at.is_some()
+    }
+
+    /// Bytes buffered, the open frame included.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Frames finished since the last [`FrameWriter::clear`].
+    pub fn frame_count(&self) -> u64 {
+        self.frames
     }
 
     /// The open frame's payload bytes so far (0 if none is open).
@@ -135,6 +152,7 @@ impl FrameWriter {
         header[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         header[6..10].copy_from_slice(&len32.to_le_bytes());
         header[10..14].copy_from_slice(&crc.to_le_bytes());
+        self.frames += 1;
         len
     }
 
@@ -160,10 +178,18 @@ impl FrameWriter {
         self.buf.is_empty()
     }
 
-    /// Forgets the finished frames, keeping the allocation.
+    /// Forgets every frame, keeping at most `retain_bytes` of the allocation (so a burst
+    /// does not pin its peak memory forever).
+    pub fn clear_retaining(&mut self, retain_bytes: usize) {
+        self.clear();
+        self.buf.shrink_to(retain_bytes);
+    }
+
+    /// Forgets every frame, keeping the allocation.
     pub fn clear(&mut self) {
         self.buf.clear();
         self.open_at = None;
+        self.frames = 0;
     }
 }
 

@@ -53,7 +53,7 @@ pub use config::{TransportConfig, HANDSHAKE_FRAME_BYTES_MAX};
 pub use error::{FrameError, HandshakeError, SendError, TransportError};
 pub use flotilla_common::RaftEnvelope;
 pub use handshake::{Handshake, HandshakeReply, StreamKind};
-pub use memory::{MemoryNetwork, MemoryStats, MemoryTransport};
+pub use memory::{DropFilter, MemoryNetwork, MemoryStats, MemoryTransport};
 pub use metrics::TransportStats;
 pub use snapshot::{SnapshotFrame, SnapshotReply};
 pub use tcp::TcpTransport;

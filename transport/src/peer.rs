@@ -1,12 +1,16 @@
 //! One outbound peer: its bounded queue and the task that owns its raft connection.
 //!
-//! `send` pushes under a short lock and wakes the task only when the queue goes from empty
-//! to non-empty. The task swaps the whole queue out in one step, encodes it into frames of
-//! about `frame_target_bytes` back to back in one buffer and writes that buffer with one
-//! call: while a write is on the wire, new messages pile up and leave together in the
-//! next one, so the batch size follows the load by itself.
+//! The queue holds *encoded frames*, not envelopes: `send` encodes the envelope into the
+//! peer's open frame under a short lock, on the caller's thread (so encoding spreads over
+//! the threads that send, and each envelope is freed by the thread that allocated it),
+//! closing the frame and opening the next once it reaches `frame_target_bytes`. It wakes
+//! the task only when the queue goes from empty to non-empty. The task swaps the whole
+//! buffer out in one step, closes the last frame and writes everything with one call:
+//! while a write is on the wire new messages pile up and leave together in the next one,
+//! so batches grow with the load and a lone heartbeat still leaves at once.
 
 use crate::batch::push_envelope;
+use crate::config::TransportConfig;
 use crate::frame::FrameWriter;
 use crate::handshake::{dial, StreamKind};
 use crate::metrics::{add, OutboundMetrics};
@@ -24,21 +28,56 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-/// Fixed cost counted per queued message on top of its payload bytes.
-const MESSAGE_OVERHEAD_BYTES: usize = 64;
-
-/// Bytes an envelope counts for against `queue_bytes_max`.
-pub(crate) fn estimated_bytes(e: &RaftEnvelope) -> usize {
-    let m = &e.message;
-    let entries: usize = m.entries.iter().map(|x| x.size_bytes() as usize).sum();
-    let snapshot = m.snapshot.as_ref().map_or(0, |s| s.data.len());
-    MESSAGE_OVERHEAD_BYTES + entries + snapshot + m.context.len()
-}
+/// Buffer a peer keeps between writes; a burst's bigger buffer is given back.
+const WRITE_BUFFER_RETAIN_BYTES: usize = 4 << 20;
 
 #[derive(Default)]
 struct Queue {
-    envelopes: Vec<RaftEnvelope>,
-    bytes: usize,
+    /// Finished frames and one open frame.
+    frames: FrameWriter,
+    /// Messages in `frames`.
+    messages: usize,
+}
+
+/// What became of an envelope `push` took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Encoded into the queue.
+    Queued,
+    /// Bigger than any frame (or did not encode): dropped.
+    TooBig,
+}
+
+/// Appends `envelope` to the open frame of `frames`, starting a new frame when the open one
+/// has reached `target_bytes` or when the envelope does not fit in it.
+fn append(
+    frames: &mut FrameWriter,
+    envelope: &RaftEnvelope,
+    target_bytes: usize,
+    max_bytes: usize,
+) -> Pushed {
+    if !frames.is_open() {
+        frames.begin();
+    } else if frames.payload_bytes() >= target_bytes {
+        frames.finish();
+        frames.begin();
+    }
+    let before = frames.payload_bytes();
+    let pushed = push_envelope(frames, envelope).is_ok();
+    if pushed && frames.payload_bytes() <= max_bytes {
+        return Pushed::Queued;
+    }
+    frames.truncate_payload(before);
+    if pushed && before > 0 {
+        // It may fit alone: close this frame and put it first in the next.
+        frames.finish();
+        frames.begin();
+        if push_envelope(frames, envelope).is_ok() && frames.payload_bytes() <= max_bytes {
+            return Pushed::Queued;
+        }
+        frames.truncate_payload(0);
+    }
+    Pushed::TooBig
 }
 
 /// An outbound peer, shared by `send` callers and the peer's task.
@@ -71,49 +110,54 @@ impl Peer {
         *self.addr.lock() = addr;
     }
 
-    /// Queues `envelope`, or hands it back if the queue is at a bound.
+    /// Encodes `envelope` into the queue, or hands it back if the queue is at a bound.
     pub fn push(
         &self,
         envelope: RaftEnvelope,
-        messages_max: usize,
-        bytes_max: usize,
-    ) -> Result<(), Box<RaftEnvelope>> {
-        let size = estimated_bytes(&envelope);
-        let was_empty = {
+        config: &TransportConfig,
+    ) -> Result<Pushed, Box<RaftEnvelope>> {
+        let (pushed, wake) = {
             let mut q = self.queue.lock();
-            if q.envelopes.len() >= messages_max || q.bytes + size > bytes_max {
+            if q.messages >= config.queue_messages_max || q.frames.len() >= config.queue_bytes_max {
                 return Err(Box::new(envelope));
             }
-            q.bytes += size;
-            q.envelopes.push(envelope);
-            q.envelopes.len() == 1
+            let pushed = append(
+                &mut q.frames,
+                &envelope,
+                config.frame_target_bytes,
+                config.frame_bytes_max,
+            );
+            if pushed == Pushed::Queued {
+                q.messages += 1;
+            }
+            (pushed, pushed == Pushed::Queued && q.messages == 1)
         };
-        if was_empty {
+        // Freed here, after the lock, by the thread that built it.
+        drop(envelope);
+        if wake {
             self.wake.notify_one();
         }
-        Ok(())
+        Ok(pushed)
     }
 
-    /// Moves everything queued into `out` (which must be empty), keeping `out`'s old
-    /// allocation as the new queue.
-    fn take(&self, out: &mut Vec<RaftEnvelope>) {
-        debug_assert!(out.is_empty());
+    /// Swaps the queued frames into `out` (whose old buffer, cleared, becomes the queue's)
+    /// and returns how many messages they hold. The last frame is left open.
+    fn take(&self, out: &mut FrameWriter) -> usize {
+        out.clear();
         let mut q = self.queue.lock();
-        std::mem::swap(&mut q.envelopes, out);
-        q.bytes = 0;
+        std::mem::swap(&mut q.frames, out);
+        std::mem::take(&mut q.messages)
     }
 
     /// Empties the queue; returns how many messages were dropped.
     fn clear(&self) -> usize {
         let mut q = self.queue.lock();
-        let n = q.envelopes.len();
-        q.envelopes.clear();
-        q.bytes = 0;
-        n
+        q.frames.clear_retaining(WRITE_BUFFER_RETAIN_BYTES);
+        std::mem::take(&mut q.messages)
     }
 
     fn is_empty(&self) -> bool {
-        self.queue.lock().envelopes.is_empty()
+        self.queue.lock().messages == 0
     }
 
     /// Stops the peer's task and drops its queue.
@@ -173,7 +217,7 @@ fn event(shared: &Shared, e: PeerEvent) {
 pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>) {
     let config = &shared.config;
     let mut backoff = Backoff::new(config.reconnect_backoff_min, config.reconnect_backoff_max);
-    let mut batch = Vec::new();
+    let mut frames = FrameWriter::new();
     loop {
         // Lazy: no connection until there is something to send.
         while peer.is_empty() && !peer.is_removed() {
@@ -195,7 +239,7 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>) {
                 );
                 debug!(peer = peer.node_id, %addr, "raft connection up");
                 let since = Instant::now();
-                let why = send_loop(&shared, &peer, conn, &mut batch).await;
+                let why = send_loop(&shared, &peer, conn, &mut frames).await;
                 if peer.is_removed() {
                     return;
                 }
@@ -239,19 +283,19 @@ async fn send_loop(
     shared: &Shared,
     peer: &Peer,
     conn: crate::handshake::Established,
-    batch: &mut Vec<RaftEnvelope>,
+    frames: &mut FrameWriter,
 ) -> String {
     let config = &shared.config;
     let mut reader = conn.reader;
     let mut writer = conn.writer;
-    let mut frames = FrameWriter::new();
     let mut probe = [0u8; 1];
     loop {
         if peer.is_removed() {
             return "peer removed".into();
         }
-        peer.take(batch);
-        if batch.is_empty() {
+        let sent = peer.take(frames);
+        frames.finish();
+        if sent == 0 {
             tokio::select! {
                 _ = peer.wake.notified() => continue,
                 // The acceptor never writes on a raft stream after the handshake: a read
@@ -265,107 +309,59 @@ async fn send_loop(
                 }
             }
         }
-        peer.metrics.queue_depth.set(batch.len() as f64);
-        let (frame_count, sent, too_big) = encode(batch, &mut frames, config);
-        drop_messages(shared, peer, too_big);
-        batch.clear();
-        if frames.is_empty() {
-            continue;
-        }
+        peer.metrics.queue_depth.set(sent as f64);
         if let Err(e) = write_all_timeout(&mut writer, frames.bytes(), config.write_timeout).await {
             // What was in this write may or may not have arrived; count it lost.
             drop_messages(shared, peer, sent);
             return format!("write: {e}");
         }
-        let bytes = frames.bytes().len() as u64;
+        let (frame_count, bytes) = (frames.frame_count(), frames.len() as u64);
         add(&shared.totals.frames_sent, frame_count);
         add(&shared.totals.messages_sent, sent as u64);
         add(&shared.totals.bytes_sent, bytes);
         peer.metrics.frames.increment(frame_count);
         peer.metrics.messages.increment(sent as u64);
         peer.metrics.bytes.increment(bytes);
-        frames.clear();
+        frames.clear_retaining(WRITE_BUFFER_RETAIN_BYTES);
         // A writable socket never makes write_all wait: yield so that one busy peer does
         // not starve the other tasks of this runtime.
         tokio::task::yield_now().await;
     }
 }
 
-/// Encodes `batch` into frames of about `frame_target_bytes`. Returns (frames, messages
-/// encoded, messages dropped because they fit in no frame or did not encode).
-fn encode(
-    batch: &[RaftEnvelope],
-    frames: &mut FrameWriter,
-    config: &crate::config::TransportConfig,
-) -> (u64, usize, usize) {
-    let (mut frame_count, mut sent, mut dropped) = (0u64, 0usize, 0usize);
-    frames.begin();
-    for envelope in batch {
-        if frames.payload_bytes() >= config.frame_target_bytes {
-            frames.finish();
-            frame_count += 1;
-            frames.begin();
-        }
-        let before = frames.payload_bytes();
-        let pushed = push_envelope(frames, envelope);
-        if pushed.is_ok() && frames.payload_bytes() <= config.frame_bytes_max {
-            sent += 1;
-            continue;
-        }
-        frames.truncate_payload(before);
-        if pushed.is_ok() && before > 0 {
-            // It fits alone: close this frame and put it first in the next.
-            frames.finish();
-            frame_count += 1;
-            frames.begin();
-            if push_envelope(frames, envelope).is_ok()
-                && frames.payload_bytes() <= config.frame_bytes_max
-            {
-                sent += 1;
-                continue;
-            }
-            frames.truncate_payload(0);
-        }
-        warn!(
-            region = envelope.region_id,
-            to = envelope.to_node,
-            "message fits in no frame (or does not encode); dropped"
-        );
-        dropped += 1;
-    }
-    if frames.finish() > 0 {
-        frame_count += 1;
-    }
-    (frame_count, sent, dropped)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::batch::decode_batch;
-    use crate::config::TransportConfig;
     use crate::frame::{decode_frame, Decoded};
     use flotilla_common::{Entry, EntryKind, Message, MessageKind};
 
     #[test]
-    fn encode_splits_frames_and_drops_only_the_oversized() {
+    fn queue_splits_frames_drops_only_the_oversized_and_is_bounded() {
         let mut config = TransportConfig::new(1, 1, "127.0.0.1:0".parse().unwrap());
         config.frame_bytes_max = 8 << 10;
         config.frame_target_bytes = 1 << 10;
+        config.queue_messages_max = 60;
         let small = |i: u64| {
             let mut m = Message::new(MessageKind::Append, 1, 2, 1);
             m.index = i;
             m.entries = vec![Entry::new(EntryKind::Normal, 1, i, vec![0u8; 100])];
             RaftEnvelope::new(1, 1, 2, m)
         };
-        let mut batch: Vec<_> = (0..50).map(small).collect();
-        let mut huge = small(1000);
-        huge.message.entries[0].data = vec![0u8; 10 << 10].into();
-        batch.insert(20, huge);
-        let mut w = FrameWriter::new();
-        let (frames, sent, dropped) = encode(&batch, &mut w, &config);
-        assert_eq!((sent, dropped), (50, 1));
-        let mut rest = w.bytes();
+        let peer = Peer::new(2, "127.0.0.1:1".parse().unwrap());
+        for i in 0..50 {
+            if i == 20 {
+                let mut huge = small(1000);
+                huge.message.entries[0].data = vec![0u8; 10 << 10].into();
+                assert_eq!(peer.push(huge, &config).unwrap(), Pushed::TooBig);
+            }
+            assert_eq!(peer.push(small(i), &config).unwrap(), Pushed::Queued);
+        }
+        let mut frames = FrameWriter::new();
+        assert_eq!(peer.take(&mut frames), 50);
+        assert!(peer.is_empty());
+        frames.finish();
+        let mut rest = frames.bytes();
         let mut out = Vec::new();
         let mut seen_frames = 0;
         while let Decoded::Frame {
@@ -379,10 +375,17 @@ mod tests {
             seen_frames += 1;
         }
         assert!(rest.is_empty());
-        assert_eq!(seen_frames, frames);
-        assert!(frames > 1);
+        assert_eq!(seen_frames, frames.frame_count());
+        assert!(seen_frames > 1);
         let indexes: Vec<u64> = out.iter().map(|e| e.message.index).collect();
         assert_eq!(indexes, (0..50).collect::<Vec<_>>());
+        // The message bound refuses and hands the envelope back.
+        for i in 0..60 {
+            peer.push(small(i), &config).unwrap();
+        }
+        let back = peer.push(small(60), &config).unwrap_err();
+        assert_eq!(back.message.index, 60);
+        assert_eq!(peer.clear(), 60);
     }
 
     #[test]

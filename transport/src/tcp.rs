@@ -9,7 +9,7 @@ use crate::config::TransportConfig;
 use crate::error::{SendError, TransportError};
 use crate::listener;
 use crate::metrics::{add, Totals, TransportStats};
-use crate::peer::{self, Peer};
+use crate::peer::{self, Peer, Pushed};
 use crate::snapshot;
 use crate::transport::{InboundReceiver, Transport};
 use flotilla_common::{MessageKind, RaftEnvelope};
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, Semaphore};
+use tracing::warn;
 
 /// State shared by the handle and every task.
 pub(crate) struct Shared {
@@ -148,13 +149,24 @@ impl Transport for TcpTransport {
         let Some(p) = peers.get(&envelope.to_node) else {
             return Err(SendError::UnknownPeer(Box::new(envelope)));
         };
-        let config = &self.shared.config;
-        p.push(envelope, config.queue_messages_max, config.queue_bytes_max)
-            .map_err(|e| {
+        match p.push(envelope, &self.shared.config) {
+            Ok(Pushed::Queued) => Ok(()),
+            Ok(Pushed::TooBig) => {
+                // Raft bounds its messages far below a frame; this is a bug upstream.
+                warn!(
+                    to = p.node_id,
+                    "message fits in no frame (or does not encode); dropped"
+                );
+                add(&self.shared.totals.messages_dropped, 1);
+                p.metrics.dropped.increment(1);
+                Ok(())
+            }
+            Err(e) => {
                 add(&self.shared.totals.messages_refused, 1);
                 p.metrics.refused.increment(1);
-                SendError::Full(e)
-            })
+                Err(SendError::Full(e))
+            }
+        }
     }
 
     fn send_snapshot(&self, envelope: RaftEnvelope) -> Result<(), SendError> {
