@@ -2,6 +2,7 @@
 //! actor and the node that hosts many regions.
 #![deny(missing_docs)]
 
+pub mod node;
 pub mod raft;
 pub mod sim;
 

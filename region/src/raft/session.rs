@@ -90,6 +90,19 @@ impl SessionTable {
         SessionOutcome::Applied(answer)
     }
 
+    /// Reinstalls a client's session loaded from durable state (after a restart).
+    pub fn restore(&mut self, client_id: u64, last_seq: u64, answer: Bytes) {
+        self.sessions
+            .insert(client_id, Session { last_seq, answer });
+    }
+
+    /// The last sequence and answer of `client_id`, for persisting next to the data.
+    pub fn get(&self, client_id: u64) -> Option<(u64, Bytes)> {
+        self.sessions
+            .get(&client_id)
+            .map(|s| (s.last_seq, s.answer.clone()))
+    }
+
     /// The last sequence applied for `client_id`.
     pub fn last_seq(&self, client_id: u64) -> Option<u64> {
         self.sessions.get(&client_id).map(|s| s.last_seq)

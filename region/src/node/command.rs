@@ -1,0 +1,96 @@
+//! The key-value commands a region's log carries, and their answers.
+
+use bytes::Bytes;
+use flotilla_common::codec::{self, CodecError};
+use serde::{Deserialize, Serialize};
+
+/// When a put takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PutCondition {
+    /// Always.
+    #[default]
+    Always,
+    /// Only if the key does not exist (SET NX).
+    IfAbsent,
+    /// Only if the key exists (SET XX).
+    IfPresent,
+}
+
+/// A write to a region's state machine. Every key must be in the region's range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    /// Set a key.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// When.
+        cond: PutCondition,
+    },
+    /// Remove keys.
+    Delete {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// Add `delta` to the decimal integer stored at `key` (0 if absent).
+    IncrBy {
+        /// The key.
+        key: Bytes,
+        /// The amount.
+        delta: i64,
+    },
+    /// Set several keys at once.
+    BatchPut {
+        /// The pairs.
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+}
+
+impl KvCommand {
+    /// The keys this command writes.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            KvCommand::Put { key, .. } | KvCommand::IncrBy { key, .. } => vec![key.as_ref()],
+            KvCommand::Delete { keys } => keys.iter().map(|k| k.as_ref()).collect(),
+            KvCommand::BatchPut { pairs } => pairs.iter().map(|(k, _)| k.as_ref()).collect(),
+        }
+    }
+
+    /// Encodes for a log entry (inside a session command).
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self).expect("a command always encodes")
+    }
+
+    /// Decodes from a log entry.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode(bytes)
+    }
+}
+
+/// What a command did, as the state machine answers it (and stores it for retries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvResponse {
+    /// A put: whether it was written (conditions may refuse it).
+    Written(bool),
+    /// A delete: how many keys existed.
+    Deleted(u64),
+    /// An increment: the new value.
+    Value(i64),
+    /// A batch put: done.
+    Done,
+    /// The command could not be applied (for example INCR on a non-integer).
+    Failed(String),
+}
+
+impl KvResponse {
+    /// Encodes for the session table.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(codec::encode(self).expect("a response always encodes"))
+    }
+
+    /// Decodes from the session table.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode(bytes)
+    }
+}

@@ -1,0 +1,42 @@
+//! What a client request to a node can run into.
+
+use super::descriptor::RegionEpoch;
+
+/// Why a node could not serve a request. Each is something the client can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// This node's replica is not the leader; `leader_node` is where it is, if known.
+    #[error("region {region_id}: not leader (leader on node {leader_node:?})")]
+    NotLeader {
+        /// The region.
+        region_id: u64,
+        /// The node hosting the leader, if known.
+        leader_node: Option<u64>,
+    },
+    /// No region on this node holds the key (or the region id is unknown here).
+    #[error("no region here for the request")]
+    RegionNotFound,
+    /// The request was routed with an outdated view of the region.
+    #[error("region {region_id}: epoch changed (now {current:?})")]
+    EpochNotMatch {
+        /// The region.
+        region_id: u64,
+        /// Its epoch now.
+        current: RegionEpoch,
+    },
+    /// A key of the command lies outside the region.
+    #[error("key outside region {0}")]
+    KeyNotInRegion(u64),
+    /// The proposal was dropped (leadership lost, transfer in progress, too large); retry.
+    #[error("proposal dropped: {0}; retry")]
+    Dropped(String),
+    /// The request did not finish in time.
+    #[error("timed out")]
+    Timeout,
+    /// The node is stopping.
+    #[error("node is stopping")]
+    Stopped,
+    /// The storage failed; the node stops.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}

@@ -1,0 +1,169 @@
+//! One region's replica on a node: its raft core, descriptor, and the client requests
+//! waiting on it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use bytes::Bytes;
+use flotilla_common::{codec, ConfChange, ConfState, EntryKind};
+use tokio::sync::oneshot;
+
+use super::command::{KvCommand, KvResponse};
+use super::descriptor::{PeerMeta, PeerRole, RegionDescriptor};
+use super::error::NodeError;
+use super::peer_storage::PeerStorage;
+use crate::raft::{RawNode, Role, SessionTable};
+
+/// Where an answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// A proposal waiting for its entry to be applied.
+pub(crate) struct PendingProposal {
+    pub term: u64,
+    pub index: u64,
+    pub reply: Reply<KvResponse>,
+}
+
+/// A read waiting for its read index, then for the state machine to reach it.
+pub(crate) enum PendingRead {
+    Get {
+        key: Bytes,
+        reply: Reply<Option<Bytes>>,
+    },
+    Scan {
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+        reply: Reply<Vec<(Bytes, Bytes)>>,
+    },
+}
+
+/// A region's replica.
+pub struct Peer {
+    pub(crate) raw: RawNode<PeerStorage>,
+    pub(crate) desc: RegionDescriptor,
+    pub(crate) sessions: SessionTable,
+    pub(crate) proposals: VecDeque<PendingProposal>,
+    /// Reads sent to raft, by context id.
+    pub(crate) reads_waiting_index: HashMap<u64, PendingRead>,
+    /// Reads confirmed at an index, waiting for apply.
+    pub(crate) reads_waiting_apply: BTreeMap<(u64, u64), PendingRead>,
+    pub(crate) applied: u64,
+}
+
+impl Peer {
+    pub(crate) fn new(raw: RawNode<PeerStorage>, desc: RegionDescriptor, applied: u64) -> Self {
+        Peer {
+            raw,
+            desc,
+            sessions: SessionTable::new(),
+            proposals: VecDeque::new(),
+            reads_waiting_index: HashMap::new(),
+            reads_waiting_apply: BTreeMap::new(),
+            applied,
+        }
+    }
+
+    /// Whether this replica leads its region.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft().role() == Role::Leader
+    }
+
+    /// The node hosting the leader, if known.
+    pub fn leader_node(&self) -> Option<u64> {
+        let leader = self.raw.raft().leader_id();
+        if leader == 0 {
+            return None;
+        }
+        self.desc.peer(leader).map(|p| p.node_id)
+    }
+
+    pub(crate) fn not_leader(&self) -> NodeError {
+        NodeError::NotLeader {
+            region_id: self.desc.id,
+            leader_node: self.leader_node(),
+        }
+    }
+
+    /// Fails every waiting request (leadership lost, or the node stops).
+    pub(crate) fn fail_all(&mut self, err: NodeError) {
+        for p in self.proposals.drain(..) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        let waiting = std::mem::take(&mut self.reads_waiting_apply).into_values();
+        for r in self
+            .reads_waiting_index
+            .drain()
+            .map(|(_, r)| r)
+            .chain(waiting)
+        {
+            r.fail(err.clone());
+        }
+    }
+
+    /// Updates the descriptor for an applied membership change.
+    pub(crate) fn apply_membership(&mut self, cc: &ConfChange, cs: &ConfState) {
+        let mut nodes: HashMap<u64, u64> = self
+            .desc
+            .peers
+            .iter()
+            .map(|p| (p.peer_id, p.node_id))
+            .collect();
+        // A new member's node comes with the change.
+        if let Ok(meta) = codec::decode::<PeerMeta>(&cc.context) {
+            nodes.insert(meta.peer_id, meta.node_id);
+        }
+        let mut peers = Vec::new();
+        for &id in cs.voters.iter().chain(&cs.voters_outgoing) {
+            if peers.iter().any(|p: &PeerMeta| p.peer_id == id) {
+                continue;
+            }
+            if let Some(&node_id) = nodes.get(&id) {
+                peers.push(PeerMeta {
+                    peer_id: id,
+                    node_id,
+                    role: PeerRole::Voter,
+                });
+            }
+        }
+        for &id in cs.learners.iter().chain(&cs.learners_next) {
+            if let Some(&node_id) = nodes.get(&id) {
+                if !peers.iter().any(|p| p.peer_id == id) {
+                    peers.push(PeerMeta {
+                        peer_id: id,
+                        node_id,
+                        role: PeerRole::Learner,
+                    });
+                }
+            }
+        }
+        self.desc.peers = peers;
+        self.desc.epoch.conf_ver += 1;
+    }
+}
+
+impl PendingRead {
+    pub(crate) fn fail(self, err: NodeError) {
+        match self {
+            PendingRead::Get { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            PendingRead::Scan { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+/// Whether an entry is a client command (not a no-op or membership change).
+pub(crate) fn is_command(kind: EntryKind, data: &[u8]) -> bool {
+    kind == EntryKind::Normal && !data.is_empty()
+}
+
+/// Checks that every key of `cmd` lies in `desc`.
+pub(crate) fn check_keys(desc: &RegionDescriptor, cmd: &KvCommand) -> Result<(), NodeError> {
+    if cmd.keys().iter().all(|k| desc.contains(k)) {
+        Ok(())
+    } else {
+        Err(NodeError::KeyNotInRegion(desc.id))
+    }
+}

@@ -1,0 +1,264 @@
+//! A three-node cluster in one process (engine on disk, in-memory transport): 64 regions
+//! take concurrent writes from 16 clients; every acknowledged write is read back through
+//! every node, and leadership is spread evenly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla_engine::EngineConfig;
+use flotilla_region::node::{
+    KvCommand, KvResponse, Node, NodeConfig, NodeError, NodeHandle, PutCondition, StoreConfig,
+};
+use flotilla_transport::MemoryNetwork;
+
+const NODES: u64 = 3;
+const REGIONS: usize = 64;
+const CLIENTS: u64 = 16;
+const WRITES_PER_CLIENT: u64 = 40;
+/// Attempts per request when following leader hints and waiting out elections.
+const ATTEMPTS_MAX: usize = 200;
+
+struct Cluster {
+    nodes: Vec<Node>,
+    _dirs: Vec<tempfile::TempDir>,
+    _net: MemoryNetwork,
+}
+
+fn start_cluster() -> Cluster {
+    let net = MemoryNetwork::new(7);
+    let joined: Vec<_> = (1..=NODES).map(|id| net.join(id, 1024)).collect();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, (transport, inbound)) in joined.into_iter().enumerate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = NodeConfig {
+            store: StoreConfig {
+                node_id: i as u64 + 1,
+                ..Default::default()
+            },
+            data_dir: dir.path().to_path_buf(),
+            engine: EngineConfig::default(),
+            initial_nodes: (1..=NODES).collect(),
+            initial_regions: REGIONS,
+            request_timeout: Duration::from_secs(5),
+        };
+        nodes.push(Node::start(cfg, Arc::new(transport), inbound).expect("node starts"));
+        dirs.push(dir);
+    }
+    Cluster {
+        nodes,
+        _dirs: dirs,
+        _net: net,
+    }
+}
+
+fn key(client: u64, i: u64) -> Bytes {
+    // Spread keys over the whole key space so every region takes writes.
+    let h = (client * 7919 + i * 104_729).wrapping_mul(2_654_435_761) as u16;
+    let mut k = h.to_be_bytes().to_vec();
+    k.extend_from_slice(format!("c{client}-{i}").as_bytes());
+    Bytes::from(k)
+}
+
+/// Sends a request to `first`, then to wherever NotLeader points, until it is answered.
+async fn with_leader<T, F, Fut>(handles: &[NodeHandle], mut call: F) -> T
+where
+    F: FnMut(NodeHandle) -> Fut,
+    Fut: std::future::Future<Output = Result<T, NodeError>>,
+{
+    let mut target = 0usize;
+    let mut last = None;
+    let mut hops = Vec::new();
+    for attempt in 0..ATTEMPTS_MAX {
+        match call(handles[target].clone()).await {
+            Ok(v) => return v,
+            Err(NodeError::NotLeader {
+                leader_node: Some(n),
+                ..
+            }) => {
+                // Hints can be stale during an election: follow them, but back off.
+                hops.push((handles[target].node_id(), n));
+                target = handles
+                    .iter()
+                    .position(|h| h.node_id() == n)
+                    .expect("hint names a cluster node");
+                if attempt >= 2 {
+                    tokio::time::sleep(Duration::from_millis(10 * attempt.min(10) as u64)).await;
+                }
+            }
+            Err(e) => {
+                last = Some(e);
+                target = (target + 1) % handles.len();
+                if attempt % 3 == 2 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    panic!("no answer after {ATTEMPTS_MAX} attempts; last error: {last:?}; last hops (asked, hinted): {:?}", &hops[hops.len().saturating_sub(8)..]);
+}
+
+async fn wait_for_leaders(handles: &[NodeHandle]) -> HashMap<u64, usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut leaders = HashMap::new();
+        let mut led = 0;
+        for h in handles {
+            for r in h.status().await.expect("status") {
+                if r.role == "leader" {
+                    led += 1;
+                    *leaders.entry(h.node_id()).or_insert(0) += 1;
+                }
+            }
+        }
+        if led == REGIONS {
+            return leaders;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {led} of {REGIONS} regions have a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_read_back_through_every_node() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    let leaders = wait_for_leaders(&handles).await;
+    let (min, max) = (
+        leaders.values().min().copied().unwrap_or(0),
+        leaders.values().max().copied().unwrap_or(0),
+    );
+    assert_eq!(
+        leaders.len() as u64,
+        NODES,
+        "every node leads some regions: {leaders:?}"
+    );
+    assert!(
+        max - min <= 1,
+        "leaders are spread within one region: {leaders:?}"
+    );
+
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let handles = handles.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..WRITES_PER_CLIENT {
+                let (k, v) = (key(client, i), Bytes::from(format!("v{client}-{i}")));
+                let session = (client + 1, i + 1);
+                let r = with_leader(&handles, |h| {
+                    let cmd = KvCommand::Put {
+                        key: k.clone(),
+                        value: v.clone(),
+                        cond: PutCondition::Always,
+                    };
+                    async move { h.write(cmd, session).await }
+                })
+                .await;
+                assert_eq!(r, KvResponse::Written(true));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+
+    for start in 0..NODES as usize {
+        let order: Vec<NodeHandle> = handles[start..]
+            .iter()
+            .chain(&handles[..start])
+            .cloned()
+            .collect();
+        for client in 0..CLIENTS {
+            for i in 0..WRITES_PER_CLIENT {
+                let k = key(client, i);
+                let got = with_leader(&order, |h| {
+                    let k = k.clone();
+                    async move { h.get(k).await }
+                })
+                .await;
+                assert_eq!(
+                    got,
+                    Some(Bytes::from(format!("v{client}-{i}"))),
+                    "key {k:?}"
+                );
+            }
+        }
+    }
+    for n in cluster.nodes {
+        n.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_write_applies_once_and_conditional_writes_hold() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_leaders(&handles).await;
+    let k = key(99, 1);
+    let incr = |session| {
+        let k = k.clone();
+        move |h: NodeHandle| {
+            let k = k.clone();
+            async move {
+                h.write(KvCommand::IncrBy { key: k, delta: 5 }, session)
+                    .await
+            }
+        }
+    };
+    assert_eq!(
+        with_leader(&handles, incr((500, 1))).await,
+        KvResponse::Value(5)
+    );
+    // The same session again is a retry: answered from the session table, not applied.
+    assert_eq!(
+        with_leader(&handles, incr((500, 1))).await,
+        KvResponse::Value(5)
+    );
+    assert_eq!(
+        with_leader(&handles, incr((500, 2))).await,
+        KvResponse::Value(10)
+    );
+    let put = |cond, session| {
+        let k = k.clone();
+        move |h: NodeHandle| {
+            let k = k.clone();
+            async move {
+                h.write(
+                    KvCommand::Put {
+                        key: k,
+                        value: Bytes::from_static(b"x"),
+                        cond,
+                    },
+                    session,
+                )
+                .await
+            }
+        }
+    };
+    assert_eq!(
+        with_leader(&handles, put(PutCondition::IfAbsent, (501, 1))).await,
+        KvResponse::Written(false)
+    );
+    assert_eq!(
+        with_leader(&handles, put(PutCondition::IfPresent, (501, 2))).await,
+        KvResponse::Written(true)
+    );
+    let v = with_leader(&handles, |h| {
+        let k = k.clone();
+        async move { h.get(k).await }
+    })
+    .await;
+    assert_eq!(v, Some(Bytes::from_static(b"x")));
+    assert!(matches!(
+        with_leader(&handles, incr((500, 3))).await,
+        KvResponse::Failed(_)
+    ));
+    for n in cluster.nodes {
+        n.stop();
+    }
+}
