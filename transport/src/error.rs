@@ -40,6 +40,10 @@ pub enum FrameError {
         /// Bytes left in the frame.
         left: usize,
     },
+    /// The payload decoded but breaks the protocol (e.g. an envelope the sender may not
+    /// send).
+    #[error("bad payload: {0}")]
+    Payload(String),
     /// The payload's bytes do not decode.
     #[error("payload does not decode: {0}")]
     Decode(#[from] CodecError),

@@ -41,6 +41,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.frame_bytes_max = frame_bytes_max;
     }
 
+    /// The next frame if it is already whole in the buffer (no read).
+    pub fn next_buffered(&mut self) -> Result<Option<(Bytes, usize)>, ReadError> {
+        match decode_frame(&self.buf, self.frame_bytes_max)? {
+            Decoded::Frame { frame_bytes, .. } => {
+                let mut frame = self.buf.split_to(frame_bytes);
+                frame.advance(FRAME_HEADER_BYTES);
+                Ok(Some((frame.freeze(), frame_bytes)))
+            }
+            Decoded::Incomplete { .. } => Ok(None),
+        }
+    }
+
     /// The next frame's payload and its size on the wire, or `None` if the peer closed
     /// the connection between frames.
     pub async fn next(&mut self) -> Result<Option<(Bytes, usize)>, ReadError> {
