@@ -3,9 +3,10 @@
 #   librocksdb-dev  RocksDB linked from the system (see .cargo/config.toml)
 #   libclang-dev    bindgen, used by the rocksdb crate even for the system library
 #   clang           the same
+#   redis-tools     redis-benchmark, for the RESP server's compatibility test
 # Idempotent: does nothing when everything is already installed.
 set -euo pipefail
-pkgs=(librocksdb-dev libclang-dev clang)
+pkgs=(librocksdb-dev libclang-dev clang redis-tools)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
