@@ -81,7 +81,7 @@ impl TransportConfig {
             frame_target_bytes: 256 << 10,
             queue_messages_max: 64 << 10,
             queue_bytes_max: 64 << 20,
-            inbound_batches_max: 1024,
+            inbound_batches_max: 256,
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),

@@ -23,9 +23,9 @@ use tracing::{debug, warn};
 /// Encoded size of a small raft message with its length prefix (an append with one
 /// small entry is ~50 bytes), for sizing a received batch.
 const SMALL_MESSAGE_BYTES: usize = 48;
-/// Most envelopes handed to the node in one batch (and pre-sized for, ~2.4 MB): frames
+/// Most envelopes handed to the node in one batch (and pre-sized for, ~1.2 MB): frames
 /// already buffered beyond it wait for the next batch.
-const BATCH_MESSAGES_MAX: usize = 8192;
+const BATCH_MESSAGES_MAX: usize = 4096;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
