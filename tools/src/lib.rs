@@ -12,11 +12,13 @@ pub mod ctl;
 pub mod escape;
 pub mod http;
 mod memory;
+pub mod node_service;
 pub mod resp;
 pub mod service;
 
 pub use http::StatusServer;
 pub use memory::{MemoryKvService, MEMORY_BYTES_MAX_DEFAULT};
+pub use node_service::NodeService;
 pub use resp::{RespLimits, RespServer};
 pub use service::{
     EpochStatus, KvService, NodeStatus, PutCondition, RegionStatus, ReplicaRole, ServiceError,

@@ -1,0 +1,292 @@
+//! The protocol servers' view of a real node: [`KvService`] and [`StatusSource`] over a
+//! [`NodeHandle`].
+//!
+//! Every write carries a client session (this service's id, a sequence per call), and a
+//! write that is dropped by a leadership change is retried with the *same* session, so it
+//! applies at most once. A write whose keys span several regions (DEL, MSET) becomes one
+//! write per region: each is atomic, the whole is not. Requests for regions led by another
+//! node are answered `NotLeader` with the leader's node (forwarding comes with the
+//! server; see docs/architecture.md).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_region::node::{self, KvCommand, KvResponse, NodeError, NodeHandle};
+use parking_lot::RwLock;
+
+use crate::service::{
+    EpochStatus, KvService, NodeStatus, PutCondition, RegionStatus, ReplicaRole, ServiceError,
+    ServiceFuture, StatusSource,
+};
+
+/// Retries of a write dropped by a leadership change, at most (same session each time).
+const DROPPED_RETRIES_MAX: u32 = 3;
+/// Pause before such a retry: about the time a new leader needs to be known.
+const DROPPED_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How often the status snapshot served by [`StatusSource::status`] is refreshed.
+pub const STATUS_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+fn service_error(e: NodeError) -> ServiceError {
+    match e {
+        NodeError::NotLeader {
+            region_id,
+            leader_node,
+        } => ServiceError::NotLeader {
+            region: region_id,
+            leader_node,
+        },
+        NodeError::RegionNotFound => ServiceError::TryAgain("no region for the key here".into()),
+        NodeError::EpochNotMatch { region_id, .. } => {
+            ServiceError::TryAgain(format!("region {region_id} changed"))
+        }
+        NodeError::KeyNotInRegion(r) => ServiceError::TryAgain(format!("key left region {r}")),
+        NodeError::Dropped(why) => ServiceError::TryAgain(why),
+        NodeError::Timeout => ServiceError::Timeout,
+        NodeError::Stopped => ServiceError::TryAgain("node is stopping".into()),
+        NodeError::Storage(why) => ServiceError::Internal(why),
+    }
+}
+
+fn role(name: &str) -> ReplicaRole {
+    match name {
+        "leader" => ReplicaRole::Leader,
+        "candidate" => ReplicaRole::Candidate,
+        "pre-candidate" => ReplicaRole::PreCandidate,
+        _ => ReplicaRole::Follower,
+    }
+}
+
+struct Inner {
+    node: NodeHandle,
+    client_id: u64,
+    seq: AtomicU64,
+    status: RwLock<NodeStatus>,
+}
+
+/// [`KvService`] and [`StatusSource`] on a node.
+#[derive(Clone)]
+pub struct NodeService {
+    inner: Arc<Inner>,
+}
+
+impl NodeService {
+    /// A service over `node`; `client_id` names its session (unique per process).
+    /// Spawns the status refresher on the current tokio runtime.
+    pub fn new(node: NodeHandle, client_id: u64) -> Self {
+        let status = NodeStatus {
+            node_id: node.node_id(),
+            regions: Vec::new(),
+        };
+        let inner = Arc::new(Inner {
+            node,
+            client_id,
+            seq: AtomicU64::new(0),
+            status: RwLock::new(status),
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            while let Some(inner) = weak.upgrade() {
+                if let Ok(regions) = inner.node.status().await {
+                    let regions = regions.into_iter().map(region_status).collect();
+                    *inner.status.write() = NodeStatus {
+                        node_id: inner.node.node_id(),
+                        regions,
+                    };
+                }
+                drop(inner);
+                tokio::time::sleep(STATUS_REFRESH_INTERVAL).await;
+            }
+        });
+        NodeService { inner }
+    }
+
+    fn write(
+        &self,
+        cmd: KvCommand,
+    ) -> impl std::future::Future<Output = Result<KvResponse, ServiceError>> + Send + 'static {
+        let inner = self.inner.clone();
+        let session = (
+            inner.client_id,
+            inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        );
+        async move {
+            let mut attempt = 0;
+            loop {
+                match inner.node.write(cmd.clone(), session).await {
+                    Ok(KvResponse::Failed(why)) => return Err(ServiceError::InvalidArgument(why)),
+                    Ok(r) => return Ok(r),
+                    Err(NodeError::Dropped(_)) if attempt < DROPPED_RETRIES_MAX => {
+                        attempt += 1;
+                        tokio::time::sleep(DROPPED_RETRY_PAUSE).await;
+                    }
+                    Err(e) => return Err(service_error(e)),
+                }
+            }
+        }
+    }
+
+    /// Groups keys by the region that holds them.
+    fn by_region<T>(
+        &self,
+        items: Vec<T>,
+        key: impl Fn(&T) -> &Bytes,
+    ) -> Result<Vec<Vec<T>>, ServiceError> {
+        let mut groups: BTreeMap<u64, Vec<T>> = BTreeMap::new();
+        for item in items {
+            let route = self
+                .inner
+                .node
+                .regions()
+                .route(key(&item))
+                .ok_or_else(|| ServiceError::TryAgain("no region for the key here".into()))?;
+            groups.entry(route.id).or_default().push(item);
+        }
+        Ok(groups.into_values().collect())
+    }
+}
+
+fn region_status(r: node::RegionStatus) -> RegionStatus {
+    RegionStatus {
+        id: r.route.id,
+        start_key: r.route.start_key,
+        end_key: r.route.end_key,
+        epoch: EpochStatus {
+            conf_ver: r.route.epoch.conf_ver,
+            version: r.route.epoch.version,
+        },
+        role: role(&r.role),
+        term: r.term,
+        commit: r.commit,
+        applied: r.applied,
+        leader: r.route.leader_node,
+    }
+}
+
+fn unexpected(r: KvResponse) -> ServiceError {
+    ServiceError::Internal(format!("unexpected answer {r:?}"))
+}
+
+impl KvService for NodeService {
+    fn get(&self, key: Bytes) -> ServiceFuture<Option<Bytes>> {
+        let node = self.inner.node.clone();
+        Box::pin(async move { node.get(key).await.map_err(service_error) })
+    }
+
+    fn put(&self, key: Bytes, value: Bytes, cond: PutCondition) -> ServiceFuture<bool> {
+        let cond = match cond {
+            PutCondition::Always => node::PutCondition::Always,
+            PutCondition::IfAbsent => node::PutCondition::IfAbsent,
+            PutCondition::IfPresent => node::PutCondition::IfPresent,
+        };
+        let w = self.write(KvCommand::Put { key, value, cond });
+        Box::pin(async move {
+            match w.await? {
+                KvResponse::Written(ok) => Ok(ok),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn delete(&self, keys: Vec<Bytes>) -> ServiceFuture<u64> {
+        let groups = match self.by_region(keys, |k| k) {
+            Ok(g) => g,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let writes: Vec<_> = groups
+            .into_iter()
+            .map(|keys| self.write(KvCommand::Delete { keys }))
+            .collect();
+        Box::pin(async move {
+            let mut n = 0;
+            for w in writes {
+                match w.await? {
+                    KvResponse::Deleted(d) => n += d,
+                    other => return Err(unexpected(other)),
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    fn incr_by(&self, key: Bytes, delta: i64) -> ServiceFuture<i64> {
+        let w = self.write(KvCommand::IncrBy { key, delta });
+        Box::pin(async move {
+            match w.await? {
+                KvResponse::Value(v) => Ok(v),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> ServiceFuture<()> {
+        let groups = match self.by_region(pairs, |(k, _)| k) {
+            Ok(g) => g,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let writes: Vec<_> = groups
+            .into_iter()
+            .map(|pairs| self.write(KvCommand::BatchPut { pairs }))
+            .collect();
+        Box::pin(async move {
+            for w in writes {
+                match w.await? {
+                    KvResponse::Done => {}
+                    other => return Err(unexpected(other)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn scan(
+        &self,
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: usize,
+    ) -> ServiceFuture<Vec<(Bytes, Bytes)>> {
+        let node = self.inner.node.clone();
+        Box::pin(async move {
+            let end = end.unwrap_or_default();
+            let mut out = Vec::new();
+            let mut from = start;
+            // Region by region, in key order, until the limit or the end.
+            loop {
+                let route = node
+                    .regions()
+                    .route(&from)
+                    .ok_or_else(|| ServiceError::TryAgain("no region for the key here".into()))?;
+                let mut part = node
+                    .scan(from.clone(), end.clone(), limit - out.len())
+                    .await
+                    .map_err(service_error)?;
+                out.append(&mut part);
+                let done = out.len() >= limit
+                    || route.end_key.is_empty()
+                    || (!end.is_empty() && route.end_key >= end);
+                if done {
+                    return Ok(out);
+                }
+                from = route.end_key;
+            }
+        })
+    }
+}
+
+impl StatusSource for NodeService {
+    fn status(&self) -> NodeStatus {
+        self.inner.status.read().clone()
+    }
+
+    fn transfer_leader(&self, region: u64, node: u64) -> ServiceFuture<()> {
+        let handle = self.inner.node.clone();
+        Box::pin(async move {
+            handle
+                .transfer_leader(region, node)
+                .await
+                .map_err(service_error)
+        })
+    }
+}
