@@ -100,8 +100,10 @@ where
     panic!("no answer after {ATTEMPTS_MAX} attempts; last error: {last:?}; last hops (asked, hinted): {:?}", &hops[hops.len().saturating_sub(8)..]);
 }
 
-async fn wait_for_leaders(handles: &[NodeHandle]) -> HashMap<u64, usize> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Waits until every region has a leader and every node leads within one region of every
+/// other (the leader balancer's promise), returning the leaders per node.
+async fn wait_for_balanced_leaders(handles: &[NodeHandle]) -> HashMap<u64, usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut leaders = HashMap::new();
         let mut led = 0;
@@ -113,12 +115,17 @@ async fn wait_for_leaders(handles: &[NodeHandle]) -> HashMap<u64, usize> {
                 }
             }
         }
-        if led == REGIONS {
+        let min = (1..=NODES)
+            .map(|n| leaders.get(&n).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        let max = leaders.values().max().copied().unwrap_or(0);
+        if led == REGIONS && max - min <= 1 {
             return leaders;
         }
         assert!(
             Instant::now() < deadline,
-            "only {led} of {REGIONS} regions have a leader"
+            "{led} of {REGIONS} regions have a leader; leaders per node: {leaders:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -128,19 +135,11 @@ async fn wait_for_leaders(handles: &[NodeHandle]) -> HashMap<u64, usize> {
 async fn concurrent_writes_are_read_back_through_every_node() {
     let cluster = start_cluster();
     let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
-    let leaders = wait_for_leaders(&handles).await;
-    let (min, max) = (
-        leaders.values().min().copied().unwrap_or(0),
-        leaders.values().max().copied().unwrap_or(0),
-    );
+    let leaders = wait_for_balanced_leaders(&handles).await;
     assert_eq!(
         leaders.len() as u64,
         NODES,
         "every node leads some regions: {leaders:?}"
-    );
-    assert!(
-        max - min <= 1,
-        "leaders are spread within one region: {leaders:?}"
     );
 
     let mut tasks = Vec::new();
@@ -198,7 +197,7 @@ async fn concurrent_writes_are_read_back_through_every_node() {
 async fn retried_write_applies_once_and_conditional_writes_hold() {
     let cluster = start_cluster();
     let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
-    wait_for_leaders(&handles).await;
+    wait_for_balanced_leaders(&handles).await;
     let k = key(99, 1);
     let incr = |session| {
         let k = k.clone();
@@ -258,6 +257,46 @@ async fn retried_write_applies_once_and_conditional_writes_hold() {
         with_leader(&handles, incr((500, 3))).await,
         KvResponse::Failed(_)
     ));
+    for n in cluster.nodes {
+        n.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_rebalance_after_piling_onto_one_node() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    // Move every leadership to node 1, as an operator (or a node that came back) might.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut most_on_one = 0;
+    while Instant::now() < deadline {
+        let mut on_one = 0;
+        for h in &handles[1..] {
+            for r in h.status().await.expect("status") {
+                if r.role == "leader" {
+                    let _ = h.transfer_leader(r.route.id, 1).await;
+                }
+            }
+        }
+        for r in handles[0].status().await.expect("status") {
+            if r.role == "leader" {
+                on_one += 1;
+            }
+        }
+        most_on_one = most_on_one.max(on_one);
+        if on_one >= REGIONS * 3 / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        most_on_one >= REGIONS * 3 / 4,
+        "could only pile {most_on_one} leaders onto node 1"
+    );
+    // The balancer spreads them out again.
+    let leaders = wait_for_balanced_leaders(&handles).await;
+    assert_eq!(leaders.values().sum::<usize>(), REGIONS);
     for n in cluster.nodes {
         n.stop();
     }

@@ -43,6 +43,15 @@ use crate::raft::{self, Command, ReadOnlyOption, Role, SessionOutcome};
 /// a burst adds to the round that is already under way.
 pub const ROUND_INPUTS_MAX: usize = 4096;
 
+/// Ticks between two leader-balancing checks: long enough for the previous transfer to
+/// finish and be seen by the other nodes (a transfer takes about one round trip).
+pub const BALANCE_INTERVAL_TICKS: u64 = 20;
+
+/// Leadership transfers one node starts per balancing check, at most: enough to undo a
+/// large skew within seconds, few enough that nodes acting on each other's slightly stale
+/// views do not overshoot far.
+pub const BALANCE_TRANSFERS_MAX: usize = 8;
+
 /// Raft peer ids are `region_id * PEER_ID_NODE_SPAN + node_id`, so node ids must stay
 /// below this.
 pub const PEER_ID_NODE_SPAN: u64 = 1 << 16;
@@ -201,6 +210,7 @@ pub struct Store {
     regions: Arc<RegionMap>,
     next_read_ctx: u64,
     stopping: bool,
+    ticks: u64,
 }
 
 /// Writes the first regions of a new cluster: `regions` regions evenly splitting the key
@@ -377,6 +387,7 @@ impl Store {
             regions,
             next_read_ctx: 1,
             stopping: false,
+            ticks: 0,
         };
         for region_id in store.log.regions() {
             store.load_region(region_id)?;
@@ -461,6 +472,10 @@ impl Store {
             if Instant::now() >= next_tick {
                 for p in self.peers.values_mut() {
                     p.raw.tick();
+                }
+                self.ticks += 1;
+                if self.ticks % BALANCE_INTERVAL_TICKS == 0 {
+                    self.balance_leaders();
                 }
                 next_tick += tick;
                 if next_tick < Instant::now() {
@@ -565,6 +580,60 @@ impl Store {
                 let _ = reply.send(out);
             }
             StoreMsg::Stop => self.stopping = true,
+        }
+    }
+
+    /// Moves one leadership from this node to the node leading the fewest regions, when
+    /// this node leads more than its share. Every node sees each region's leader through
+    /// its own replica, so each can judge the balance alone; one transfer per interval per
+    /// node keeps them from overshooting on each other's stale views.
+    fn balance_leaders(&mut self) {
+        let me = self.cfg.node_id;
+        let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+        for p in self.peers.values() {
+            for peer in &p.desc.peers {
+                if peer.role == PeerRole::Voter {
+                    led.entry(peer.node_id).or_insert(0);
+                }
+            }
+            if let Some(n) = p.leader_node() {
+                *led.entry(n).or_insert(0) += 1;
+            }
+        }
+        for _ in 0..BALANCE_TRANSFERS_MAX {
+            let mine = led.get(&me).copied().unwrap_or(0);
+            let Some((target, target_count)) = led
+                .iter()
+                .filter(|(&n, _)| n != me)
+                .min_by_key(|(_, &c)| c)
+                .map(|(&n, &c)| (n, c))
+            else {
+                return;
+            };
+            // Balanced, as far as this node can help: within one region of the least loaded.
+            if mine <= target_count + 1 {
+                return;
+            }
+            let candidate = self.peers.values_mut().find(|p| {
+                p.is_leader()
+                    && p.raw.raft().lead_transferee().is_none()
+                    && p.desc
+                        .peer_on_node(target)
+                        .is_some_and(|t| t.role == PeerRole::Voter)
+            });
+            let Some(p) = candidate else { return };
+            let to = p.desc.peer_on_node(target).expect("checked").peer_id;
+            info!(
+                node = me,
+                region = p.desc.id,
+                to_node = target,
+                "balancing leadership"
+            );
+            if p.raw.transfer_leader(to).is_err() {
+                return;
+            }
+            *led.entry(me).or_insert(0) -= 1;
+            *led.entry(target).or_insert(0) += 1;
         }
     }
 
