@@ -474,7 +474,7 @@ impl Store {
                     p.raw.tick();
                 }
                 self.ticks += 1;
-                if self.ticks % BALANCE_INTERVAL_TICKS == 0 {
+                if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
                     self.balance_leaders();
                 }
                 next_tick += tick;
