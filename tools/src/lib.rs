@@ -14,9 +14,10 @@ pub mod http;
 mod memory;
 pub mod node_service;
 pub mod resp;
+pub mod server;
 pub mod service;
 
-pub use http::StatusServer;
+pub use http::{install_prometheus_recorder, StatusServer};
 pub use memory::{MemoryKvService, MEMORY_BYTES_MAX_DEFAULT};
 pub use node_service::NodeService;
 pub use resp::{RespLimits, RespServer};

@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one node: the store, the transport, the RESP and HTTP servers.
+    Server(flotilla_tools::server::ServerArgs),
     /// Inspect and steer a running node through its HTTP status address.
     Ctl(ctl::CtlArgs),
 }
@@ -23,6 +25,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Ctl(args) => run_ctl(&args),
+        Command::Server(args) => {
+            init_logging();
+            match flotilla_tools::server::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flotilla server: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -46,4 +58,14 @@ fn run_ctl(args: &ctl::CtlArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, `info` and up unless `RUST_LOG` says otherwise.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

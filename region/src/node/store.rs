@@ -96,6 +96,16 @@ pub struct RegionRoute {
     pub epoch: RegionEpoch,
     /// The node hosting its leader, if known.
     pub leader_node: Option<u64>,
+    /// The nodes hosting its voting replicas.
+    pub voter_nodes: Vec<u64>,
+}
+
+fn voter_nodes(desc: &RegionDescriptor) -> Vec<u64> {
+    desc.peers
+        .iter()
+        .filter(|p| p.role == PeerRole::Voter)
+        .map(|p| p.node_id)
+        .collect()
 }
 
 /// A region replica's state, for `/status`.
@@ -447,6 +457,7 @@ impl Store {
             end_key: peer.desc.end_key.clone(),
             epoch: peer.desc.epoch,
             leader_node: peer.leader_node(),
+            voter_nodes: voter_nodes(&peer.desc),
         });
     }
 
@@ -569,6 +580,7 @@ impl Store {
                                 end_key: p.desc.end_key.clone(),
                                 epoch: p.desc.epoch,
                                 leader_node: p.leader_node(),
+                                voter_nodes: voter_nodes(&p.desc),
                             },
                             role: role_name(r.role()).into(),
                             term: r.term(),
@@ -772,6 +784,7 @@ impl Store {
                     end_key: p.desc.end_key.clone(),
                     epoch: p.desc.epoch,
                     leader_node: p.leader_node(),
+                    voter_nodes: voter_nodes(&p.desc),
                 });
             }
             send_all(

@@ -1,0 +1,266 @@
+//! `flotilla server`: one node — the store over its engine, the TCP transport to the other
+//! nodes, the RESP server for clients and the HTTP status server.
+//!
+//! Shutdown on SIGTERM or SIGINT: stop accepting clients, hand this node's leaderships to
+//! other replicas (bounded wait), stop the store, close the transport, exit 0.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use flotilla_engine::EngineConfig;
+use flotilla_region::node::{Node, NodeConfig, NodeHandle, StoreConfig};
+use flotilla_transport::{TcpTransport, TransportConfig};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{install_prometheus_recorder, NodeService, RespServer, StatusServer};
+
+/// How long shutdown waits for this node's leaderships to move away, at most.
+pub const SHUTDOWN_TRANSFER_WAIT: Duration = Duration::from_secs(3);
+
+/// `flotilla server` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// This node's id (1 ..= 65535).
+    #[arg(long)]
+    pub id: u64,
+    /// Where the node keeps its raft log and key-value state.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address for raft traffic from other nodes.
+    #[arg(long)]
+    pub raft_addr: String,
+    /// Address of the RESP (Redis protocol) server.
+    #[arg(long)]
+    pub client_addr: String,
+    /// Address of the HTTP status server (/metrics, /status, admin).
+    #[arg(long)]
+    pub status_addr: String,
+    /// Every initial node's raft address: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+    #[arg(long)]
+    pub initial_cluster: String,
+    /// Regions a new cluster is pre-split into (ignored once the data directory exists).
+    #[arg(long, default_value_t = 16)]
+    pub initial_regions: usize,
+    /// A TOML file with further settings (see docs/operations.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Settings from `--config` (every field optional).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Cluster id; nodes of different clusters refuse each other.
+    pub cluster_id: u64,
+    /// Shared secret for the transport handshake (empty: none).
+    pub secret: String,
+    /// Length of a raft tick, in milliseconds.
+    pub tick_ms: u64,
+    /// Election timeout, in ticks.
+    pub election_ticks: usize,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_ticks: usize,
+    /// Serve linearizable reads from the leader lease (else a heartbeat round per read).
+    pub lease_reads: bool,
+    /// How long a client request may wait, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// The storage engine.
+    pub engine: EngineConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let store = StoreConfig::default();
+        ServerConfig {
+            cluster_id: 1,
+            secret: String::new(),
+            tick_ms: store.tick_interval.as_millis() as u64,
+            election_ticks: store.election_ticks,
+            heartbeat_ticks: store.heartbeat_ticks,
+            lease_reads: store.lease_reads,
+            request_timeout_ms: 5_000,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to nothing"))
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<(u64, SocketAddr)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}` is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{id}` is not a node id"))?;
+        if id == 0 || out.iter().any(|(i, _)| *i == id) {
+            return Err(format!("node id {id} is zero or repeated"));
+        }
+        out.push((id, resolve(addr.trim())?));
+    }
+    if out.is_empty() {
+        return Err("--initial-cluster names no node".into());
+    }
+    Ok(out)
+}
+
+/// Runs a node until SIGTERM/SIGINT.
+pub fn run(args: &ServerArgs) -> Result<(), String> {
+    let cfg: ServerConfig = match &args.config {
+        None => ServerConfig::default(),
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    let cluster = parse_initial_cluster(&args.initial_cluster)?;
+    if !cluster.iter().any(|(id, _)| *id == args.id) {
+        return Err(format!("--id {} is not in --initial-cluster", args.id));
+    }
+    let raft_addr = resolve(&args.raft_addr)?;
+    let client_addr = resolve(&args.client_addr)?;
+    let status_addr = resolve(&args.status_addr)?;
+
+    let mut tcfg = TransportConfig::new(cfg.cluster_id, args.id, raft_addr);
+    tcfg.secret = cfg.secret.clone().into_bytes();
+    let peers: Vec<(u64, SocketAddr)> = cluster
+        .iter()
+        .copied()
+        .filter(|(id, _)| *id != args.id)
+        .collect();
+    let (transport, inbound) =
+        TcpTransport::start(tcfg, peers).map_err(|e| format!("transport: {e}"))?;
+    let transport = Arc::new(transport);
+
+    let node_cfg = NodeConfig {
+        store: StoreConfig {
+            node_id: args.id,
+            tick_interval: Duration::from_millis(cfg.tick_ms.max(1)),
+            election_ticks: cfg.election_ticks,
+            heartbeat_ticks: cfg.heartbeat_ticks,
+            lease_reads: cfg.lease_reads,
+        },
+        data_dir: args.data_dir.clone(),
+        engine: cfg.engine.clone(),
+        initial_nodes: cluster.iter().map(|(id, _)| *id).collect(),
+        initial_regions: args.initial_regions,
+        request_timeout: Duration::from_millis(cfg.request_timeout_ms.max(1)),
+    };
+    let node =
+        Node::start(node_cfg, transport.clone(), inbound).map_err(|e| format!("node: {e}"))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let metrics = install_prometheus_recorder().map_err(|e| format!("metrics: {e}"))?;
+    let handle = node.handle();
+    let client_id = (args.id << 48)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let served = runtime.block_on(async {
+        let service = NodeService::new(handle.clone(), client_id);
+        let resp = RespServer::bind(client_addr, Arc::new(service.clone()))
+            .await
+            .map_err(|e| format!("client address {client_addr}: {e}"))?;
+        let status = StatusServer::bind(status_addr, Arc::new(service), metrics)
+            .await
+            .map_err(|e| format!("status address {status_addr}: {e}"))?;
+        info!(id = args.id, %raft_addr, %client_addr, %status_addr, "serving");
+        println!("flotilla node {} serving: raft {raft_addr}, clients {client_addr}, status {status_addr}", args.id);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let resp_task = tokio::spawn(resp.serve(stopped(stop_rx.clone())));
+        let status_task = tokio::spawn(status.serve(stopped(stop_rx)));
+        wait_for_signal().await;
+        info!(id = args.id, "shutting down: moving leaderships away");
+        move_leaders_away(&handle).await;
+        let _ = stop_tx.send(true);
+        let _ = resp_task.await;
+        let _ = status_task.await;
+        Ok::<(), String>(())
+    });
+    node.stop();
+    if let Ok(t) = Arc::try_unwrap(transport) {
+        t.shutdown(Duration::from_secs(1));
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Transfers every leadership this node holds to another voter, waiting (bounded) until
+/// none is left, so clients see a short hand-over instead of an election timeout.
+async fn move_leaders_away(handle: &NodeHandle) {
+    let me = handle.node_id();
+    let deadline = Instant::now() + SHUTDOWN_TRANSFER_WAIT;
+    while Instant::now() < deadline {
+        let Ok(regions) = handle.status().await else {
+            return;
+        };
+        let led: Vec<_> = regions.into_iter().filter(|r| r.role == "leader").collect();
+        if led.is_empty() {
+            return;
+        }
+        for r in led {
+            // Any other node with a replica will do; the store checks it is a voter.
+            for to in peers_of(handle, r.route.id, me) {
+                if handle.transfer_leader(r.route.id, to).await.is_ok() {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    warn!(node = me, "some leaderships were still here at shutdown");
+}
+
+fn peers_of(handle: &NodeHandle, region_id: u64, me: u64) -> Vec<u64> {
+    handle
+        .regions()
+        .all()
+        .into_iter()
+        .find(|r| r.id == region_id)
+        .map(|r| r.voter_nodes.into_iter().filter(|&n| n != me).collect())
+        .unwrap_or_default()
+}
