@@ -8,6 +8,15 @@
 //! Decoding never panics on bad input: a truncated or malformed buffer is a
 //! [`CodecError`], and buffers are bounded by [`DECODE_BYTES_MAX`] so a corrupt length
 //! prefix cannot make the decoder allocate without limit.
+//!
+//! One type has a hand-written encoding next to bincode: [`RaftEnvelope`](crate::RaftEnvelope),
+//! which the transport moves by the million ([`encode_envelope_into`], [`decode_envelope`];
+//! layout and reasons in `codec/envelope.rs`). Everything else, and everything on disk,
+//! is bincode.
+
+mod envelope;
+
+pub use envelope::{decode_envelope, encode_envelope_into, FORMAT_BINCODE, FORMAT_FIELDS};
 
 use serde::{de::DeserializeOwned, Serialize};
 

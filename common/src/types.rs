@@ -250,8 +250,9 @@ pub struct Message {
     pub entries: Vec<Entry>,
     /// The sender's commit index.
     pub commit: u64,
-    /// A snapshot to install.
-    pub snapshot: Option<Snapshot>,
+    /// A snapshot to install. Boxed: a snapshot rides on few messages, and held inline it
+    /// would more than double every message's size (moved several times on its way).
+    pub snapshot: Option<Box<Snapshot>>,
     /// Whether a request was refused.
     pub reject: bool,
     /// On a rejected append: the follower's guess of the last index that can match.

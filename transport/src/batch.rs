@@ -1,4 +1,5 @@
-//! The payload of a raft frame: messages back to back, each `[len u32][codec bytes]`.
+//! The payload of a raft frame: messages back to back, each `[len u32][codec bytes]`, the
+//! codec bytes being [`codec::encode_envelope_into`]'s layout.
 //!
 //! Each message is encoded on its own (through the codec) behind a hand-written length, so
 //! a sender can stop a frame at any message when it reaches its size target, and a message
@@ -20,7 +21,7 @@ pub fn push_envelope(
     let buf = writer.payload_buf();
     let len_at = buf.len();
     buf.extend_from_slice(&[0; MESSAGE_LEN_BYTES]);
-    match codec::encode_into(envelope, buf) {
+    match codec::encode_envelope_into(envelope, buf) {
         Ok(n) => {
             // A message over u32::MAX bytes is over every frame bound; the caller drops it.
             let n32 = u32::try_from(n).unwrap_or(u32::MAX);
@@ -52,7 +53,7 @@ pub fn decode_batch(payload: &[u8], out: &mut Vec<RaftEnvelope>) -> Result<(), F
                 left: tail.len(),
             });
         };
-        out.push(codec::decode(bytes)?);
+        out.push(codec::decode_envelope(bytes)?);
         rest = &tail[len..];
     }
     Ok(())

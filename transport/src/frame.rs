@@ -12,7 +12,9 @@ use serde::{de::DeserializeOwned, Serialize};
 /// First four bytes of every frame ("FLT1" read as little-endian bytes).
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"FLT1");
 /// The protocol version this build speaks; a peer with another is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: raft envelopes in the codec's own layout (`codec::encode_envelope_into`), not bincode.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes before the payload.
 pub const FRAME_HEADER_BYTES: usize = 14;
 

@@ -34,6 +34,7 @@ pub fn decode_untrusted(bytes: &[u8]) -> usize {
     }
     let mut out = Vec::new();
     let _ = decode_batch(bytes, &mut out);
+    let _ = codec::decode_envelope(bytes);
     let _ = codec::decode::<RaftEnvelope>(bytes);
     frames
 }

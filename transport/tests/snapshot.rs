@@ -20,14 +20,14 @@ fn snapshot_message(region: u64, bytes: usize) -> RaftEnvelope {
     let data: Vec<u8> = (0..bytes as u64)
         .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8)
         .collect();
-    m.snapshot = Some(Snapshot {
+    m.snapshot = Some(Box::new(Snapshot {
         metadata: SnapshotMetadata {
             index: 100,
             term: 3,
             ..Default::default()
         },
         data: Bytes::from(data),
-    });
+    }));
     RaftEnvelope::new(region, 1, 2, m)
 }
 

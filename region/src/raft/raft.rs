@@ -849,7 +849,7 @@ impl<S: Storage> Raft<S> {
         };
         let (index, term) = (snap.metadata.index, snap.metadata.term);
         let mut r = Message::new(MessageKind::AppendResponse, self.id, m.from, self.term);
-        if self.restore(snap) {
+        if self.restore(*snap) {
             info!(id = self.id, index, term, "installing snapshot");
             r.index = self.raft_log.last_index();
         } else {
@@ -1019,7 +1019,7 @@ impl<S: Storage> Raft<S> {
             pr.become_snapshot(index);
         }
         let mut m = Message::new(MessageKind::Snapshot, self.id, to, self.term);
-        m.snapshot = Some(snap);
+        m.snapshot = Some(Box::new(snap));
         self.send(m);
         debug!(id = self.id, to, index, "sent snapshot");
         true
