@@ -11,6 +11,7 @@ use super::command::{KvCommand, KvResponse};
 use super::descriptor::{PeerMeta, PeerRole, RegionDescriptor};
 use super::error::NodeError;
 use super::peer_storage::PeerStorage;
+use super::store::RegionRoute;
 use crate::raft::{RawNode, Role, SessionTable};
 
 /// Where an answer goes.
@@ -43,6 +44,8 @@ pub struct Peer {
     pub(crate) desc: RegionDescriptor,
     pub(crate) sessions: SessionTable,
     pub(crate) proposals: VecDeque<PendingProposal>,
+    /// Commands accepted this round, proposed together when the round's Readies are taken.
+    pub(crate) batched: Vec<(Bytes, Reply<KvResponse>)>,
     /// Reads sent to raft, by context id.
     pub(crate) reads_waiting_index: HashMap<u64, PendingRead>,
     /// Reads confirmed at an index, waiting for apply.
@@ -57,6 +60,7 @@ impl Peer {
             desc,
             sessions: SessionTable::new(),
             proposals: VecDeque::new(),
+            batched: Vec::new(),
             reads_waiting_index: HashMap::new(),
             reads_waiting_apply: BTreeMap::new(),
             applied,
@@ -77,6 +81,24 @@ impl Peer {
         self.desc.peer(leader).map(|p| p.node_id)
     }
 
+    /// This region as request routing sees it.
+    pub fn route(&self) -> RegionRoute {
+        RegionRoute {
+            id: self.desc.id,
+            start_key: self.desc.start_key.clone(),
+            end_key: self.desc.end_key.clone(),
+            epoch: self.desc.epoch,
+            leader_node: self.leader_node(),
+            voter_nodes: self
+                .desc
+                .peers
+                .iter()
+                .filter(|p| p.role == PeerRole::Voter)
+                .map(|p| p.node_id)
+                .collect(),
+        }
+    }
+
     pub(crate) fn not_leader(&self) -> NodeError {
         NodeError::NotLeader {
             region_id: self.desc.id,
@@ -88,6 +110,9 @@ impl Peer {
     pub(crate) fn fail_all(&mut self, err: NodeError) {
         for p in self.proposals.drain(..) {
             let _ = p.reply.send(Err(err.clone()));
+        }
+        for (_, reply) in self.batched.drain(..) {
+            let _ = reply.send(Err(err.clone()));
         }
         let waiting = std::mem::take(&mut self.reads_waiting_apply).into_values();
         for r in self

@@ -100,14 +100,6 @@ pub struct RegionRoute {
     pub voter_nodes: Vec<u64>,
 }
 
-fn voter_nodes(desc: &RegionDescriptor) -> Vec<u64> {
-    desc.peers
-        .iter()
-        .filter(|p| p.role == PeerRole::Voter)
-        .map(|p| p.node_id)
-        .collect()
-}
-
 /// A region replica's state, for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionStatus {
@@ -444,21 +436,14 @@ impl Store {
         if fresh && preferred == Some(self.cfg.node_id) {
             let _ = raw.campaign();
         }
-        let mut peer = Peer::new(raw, desc, applied);
-        self.refresh_route(&mut peer);
+        let peer = Peer::new(raw, desc, applied);
+        self.refresh_route(&peer);
         self.peers.insert(region_id, peer);
         Ok(())
     }
 
-    fn refresh_route(&self, peer: &mut Peer) {
-        self.regions.update(RegionRoute {
-            id: peer.desc.id,
-            start_key: peer.desc.start_key.clone(),
-            end_key: peer.desc.end_key.clone(),
-            epoch: peer.desc.epoch,
-            leader_node: peer.leader_node(),
-            voter_nodes: voter_nodes(&peer.desc),
-        });
+    fn refresh_route(&self, peer: &Peer) {
+        self.regions.update(peer.route());
     }
 
     /// Runs the loop until [`StoreMsg::Stop`] or until every sender is gone.
@@ -574,14 +559,7 @@ impl Store {
                     .map(|p| {
                         let r = p.raw.raft();
                         RegionStatus {
-                            route: RegionRoute {
-                                id: p.desc.id,
-                                start_key: p.desc.start_key.clone(),
-                                end_key: p.desc.end_key.clone(),
-                                epoch: p.desc.epoch,
-                                leader_node: p.leader_node(),
-                                voter_nodes: voter_nodes(&p.desc),
-                            },
+                            route: p.route(),
                             role: role_name(r.role()).into(),
                             term: r.term(),
                             commit: r.commit_index(),
@@ -713,17 +691,38 @@ impl Store {
             payload: Bytes::from(cmd.encode()),
         }
         .encode();
-        match p.raw.propose(data) {
-            Ok(index) => {
-                let term = p.raw.raft().term();
-                p.proposals
-                    .push_back(PendingProposal { term, index, reply });
+        // Proposed together at the start of the next round: one append per follower per
+        // round, not one per request.
+        p.batched.push((Bytes::from(data), reply));
+    }
+
+    /// Proposes every region's batched commands as one append each.
+    fn flush_proposals(&mut self) {
+        for p in self.peers.values_mut() {
+            if p.batched.is_empty() {
+                continue;
             }
-            Err(raft::Error::NotLeader { .. }) => {
-                let _ = reply.send(Err(p.not_leader()));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(NodeError::Dropped(e.to_string())));
+            let (data, replies): (Vec<Bytes>, Vec<Reply<KvResponse>>) =
+                std::mem::take(&mut p.batched).into_iter().unzip();
+            let n = data.len() as u64;
+            match p.raw.propose_batch(data) {
+                Ok(last) => {
+                    let term = p.raw.raft().term();
+                    for (i, reply) in replies.into_iter().enumerate() {
+                        let index = last + 1 - n + i as u64;
+                        p.proposals
+                            .push_back(PendingProposal { term, index, reply });
+                    }
+                }
+                Err(e) => {
+                    let err = match e {
+                        raft::Error::NotLeader { .. } => p.not_leader(),
+                        other => NodeError::Dropped(other.to_string()),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
             }
         }
     }
@@ -756,6 +755,7 @@ impl Store {
     fn round(&mut self) -> Result<(), NodeError> {
         let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
         let node_id = self.cfg.node_id;
+        self.flush_proposals();
         let mut batch = LogBatch::new();
         let mut readies = Vec::new();
         for (&region_id, p) in self.peers.iter_mut() {
@@ -778,14 +778,7 @@ impl Store {
                         r.fail(err.clone());
                     }
                 }
-                self.regions.update(RegionRoute {
-                    id: p.desc.id,
-                    start_key: p.desc.start_key.clone(),
-                    end_key: p.desc.end_key.clone(),
-                    epoch: p.desc.epoch,
-                    leader_node: p.leader_node(),
-                    voter_nodes: voter_nodes(&p.desc),
-                });
+                self.regions.update(p.route());
             }
             send_all(
                 &*self.transport,
@@ -796,11 +789,14 @@ impl Store {
             let mut rb = RegionBatch::new(region_id);
             let mut any = false;
             if let Some(snap) = &rd.snapshot {
-                let data: RegionSnapshotData = codec::decode(&snap.data)
+                let mut data: RegionSnapshotData = codec::decode(&snap.data)
                     .map_err(|e| NodeError::Storage(format!("region {region_id} snapshot: {e}")))?;
                 let permit = self
                     .kv
-                    .install_snapshot(&data.header, data.chunks.clone().into_iter().map(Ok))
+                    .install_snapshot(
+                        &data.header,
+                        std::mem::take(&mut data.chunks).into_iter().map(Ok),
+                    )
                     .map_err(storage)?;
                 rb = rb.with_snapshot(
                     SnapshotMark {
