@@ -319,11 +319,11 @@ impl ApplyContext<'_> {
     fn exec(&mut self, region: u64, cmd: KvCommand) -> Result<KvResponse, NodeError> {
         Ok(match cmd {
             KvCommand::Put { key, value, cond } => {
-                let exists = self.read(&key)?.is_some();
+                // Only a conditional put needs to read the key first.
                 let ok = match cond {
                     PutCondition::Always => true,
-                    PutCondition::IfAbsent => !exists,
-                    PutCondition::IfPresent => exists,
+                    PutCondition::IfAbsent => self.read(&key)?.is_none(),
+                    PutCondition::IfPresent => self.read(&key)?.is_some(),
                 };
                 if ok {
                     self.put(region, key, value);
