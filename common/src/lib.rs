@@ -5,6 +5,7 @@
 
 pub mod codec;
 mod envelope;
+pub mod session_pool;
 mod types;
 
 pub use envelope::RaftEnvelope;

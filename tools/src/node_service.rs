@@ -1,19 +1,19 @@
 //! The protocol servers' view of a real node: [`KvService`] and [`StatusSource`] over a
 //! [`NodeHandle`].
 //!
-//! Every write carries a client session (this service's id, a sequence per call), and a
-//! write that is dropped by a leadership change is retried with the *same* session, so it
-//! applies at most once. A write whose keys span several regions (DEL, MSET) becomes one
+//! Every write carries a client session (a client id and sequence from a
+//! [`SessionPool`]: one id per write in flight), and a write that is dropped by a
+//! leadership change is retried with the *same* session, so it applies at most once. A write whose keys span several regions (DEL, MSET) becomes one
 //! write per region: each is atomic, the whole is not. Requests for regions led by another
 //! node are answered `NotLeader` with the leader's node (forwarding comes with the
 //! server; see docs/architecture.md).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_common::session_pool::SessionPool;
 use flotilla_region::node::{self, KvCommand, KvResponse, NodeError, NodeHandle};
 use parking_lot::RwLock;
 
@@ -61,8 +61,7 @@ fn role(name: &str) -> ReplicaRole {
 
 struct Inner {
     node: NodeHandle,
-    client_id: u64,
-    seq: AtomicU64,
+    sessions: Arc<SessionPool>,
     status: RwLock<NodeStatus>,
 }
 
@@ -73,7 +72,9 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    /// A service over `node`; `client_id` names its session (unique per process).
+    /// A service over `node`; its writes' client ids are `client_id`, `client_id + 1`, …
+    /// (one per write in flight; see [`SessionPool`]), so `client_id` must be unique per
+    /// process.
     /// Spawns the status refresher on the current tokio runtime.
     pub fn new(node: NodeHandle, client_id: u64) -> Self {
         let status = NodeStatus {
@@ -82,8 +83,7 @@ impl NodeService {
         };
         let inner = Arc::new(Inner {
             node,
-            client_id,
-            seq: AtomicU64::new(0),
+            sessions: SessionPool::new(client_id),
             status: RwLock::new(status),
         });
         let weak = Arc::downgrade(&inner);
@@ -108,14 +108,12 @@ impl NodeService {
         cmd: KvCommand,
     ) -> impl std::future::Future<Output = Result<KvResponse, ServiceError>> + Send + 'static {
         let inner = self.inner.clone();
-        let session = (
-            inner.client_id,
-            inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
-        );
         async move {
+            // Held until the write has its answer: every retry carries the same pair.
+            let session = inner.sessions.acquire();
             let mut attempt = 0;
             loop {
-                match inner.node.write(cmd.clone(), session).await {
+                match inner.node.write(cmd.clone(), session.pair()).await {
                     Ok(KvResponse::Failed(why)) => return Err(ServiceError::InvalidArgument(why)),
                     Ok(r) => return Ok(r),
                     Err(NodeError::Dropped(_)) if attempt < DROPPED_RETRIES_MAX => {

@@ -121,5 +121,35 @@ fn redis_commands_through_a_real_node() {
     assert_eq!(keys.len(), 64 + 18 + 1, "every live key once");
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order");
 
+    // Many writes in flight at once, all on one key: each needs its own session, or a
+    // later sequence applied first makes an earlier one stale and it fails.
+    let incrs: Vec<_> = (0..400)
+        .map(|_| {
+            let svc = service.clone();
+            runtime.spawn(async move {
+                flotilla_tools::KvService::incr_by(&svc, bytes::Bytes::from(key(9000)), 1).await
+            })
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for h in incrs {
+        let v = runtime
+            .block_on(h)
+            .unwrap()
+            .expect("every concurrent INCR succeeds");
+        assert!(seen.insert(v), "INCR answered {v} twice");
+    }
+    assert_eq!(seen, (1..=400).collect(), "each INCR applied exactly once");
+    // The same, in the order that broke one-session-per-process: the write started second
+    // finishes before the first is sent.
+    let first = flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 1);
+    let second = flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 10);
+    assert_eq!(runtime.block_on(second), Ok(10));
+    assert_eq!(
+        runtime.block_on(first),
+        Ok(11),
+        "the earlier write is not stale"
+    );
+
     node.stop();
 }
