@@ -227,6 +227,10 @@ pub enum MessageKind {
     ReadIndexResponse,
     /// Follower → leader: a leader-transfer request forwarded to the leader.
     TransferLeader,
+    /// Follower → leader: client commands (`entries`, all `Normal`) accepted by a follower
+    /// and forwarded for the leader to append. Nothing answers it: the follower learns the
+    /// outcome by applying the entries like every replica.
+    Propose,
 }
 
 /// A raft message between two peers of one group.

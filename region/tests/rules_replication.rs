@@ -4,8 +4,9 @@
 
 mod harness;
 
-use flotilla_common::{ConfState, Entry, Message, MessageKind};
-use flotilla_region::raft::{MemStorage, ProgressState, RawNode, Role};
+use bytes::Bytes;
+use flotilla_common::{ConfState, Entry, EntryKind, Message, MessageKind};
+use flotilla_region::raft::{Error, MemStorage, ProgressState, RawNode, Role};
 use harness::*;
 
 fn append(
@@ -691,4 +692,84 @@ fn compacted_follower_restarts_from_its_snapshot() {
     net.propose(1, "p6");
     assert_eq!(net.peer(2).applied_data(), net.peer(1).applied_data());
     assert_eq!(net.peer(2).applied_data().len(), 7);
+}
+
+/// Proposal forwarding (etcd's MsgProp, raft-rs's propose on a follower): commands a
+/// follower accepted reach the leader, which appends them in its term; every replica,
+/// the forwarding follower included, applies them in log order.
+#[test]
+fn a_follower_forwards_proposals_to_the_leader() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    let leader = net
+        .node(2)
+        .forward_proposals([b"a".to_vec().into(), b"b".to_vec().into()]);
+    assert_eq!(
+        leader,
+        Ok(1),
+        "the follower names the leader it forwarded to"
+    );
+    let forwarded: Vec<Message> = net
+        .peer_mut(2)
+        .flush()
+        .into_iter()
+        .filter(|m| m.kind == MessageKind::Propose)
+        .collect();
+    assert_eq!(forwarded.len(), 1, "one message carries the whole batch");
+    assert_eq!((forwarded[0].from, forwarded[0].to), (2, 1));
+    for m in forwarded {
+        net.send(m);
+    }
+    net.stabilize();
+    for id in [1, 2, 3] {
+        let data = net.peer(id).applied_data();
+        assert_eq!(data, vec![Bytes::from("a"), Bytes::from("b")], "peer {id}");
+    }
+    let term = net.term(1);
+    let last = net.raft(1).last_index();
+    let appended = net.raft(1).entries(last - 1, last + 1).unwrap();
+    assert!(
+        appended.iter().all(|e| e.term == term),
+        "appended in the leader's term"
+    );
+}
+
+/// A follower that knows no leader cannot forward: the caller hears so at once instead of
+/// waiting for an answer that never comes.
+#[test]
+fn a_follower_without_a_leader_refuses_to_forward() {
+    let mut net = Network::new(&[1, 2, 3]);
+    let r = net.node(2).forward_proposals([Bytes::from("x")]);
+    assert!(
+        matches!(r, Err(Error::NotLeader { leader_hint: 0 })),
+        "{r:?}"
+    );
+    assert!(net.peer_mut(2).flush().is_empty(), "nothing was sent");
+}
+
+/// A forwarded proposal is subject to the leader's own rules: during a leadership transfer
+/// it is dropped, as a local one would be; and only plain commands may be forwarded, never
+/// a membership change smuggled in as an entry of another kind.
+#[test]
+fn the_leader_applies_its_proposal_rules_to_forwarded_commands() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    let last = net.raft(1).last_index();
+    // A transfer to 3 that cannot finish while 3 is cut off.
+    net.isolate(3);
+    net.node(1).transfer_leader(3).unwrap();
+    let mut m = msg(MessageKind::Propose, 2, 1, net.term(1));
+    m.entries = vec![Entry::new(EntryKind::Normal, 0, 0, b"late".to_vec())];
+    let r = net.node(1).step(m);
+    assert!(matches!(r, Err(Error::ProposalDropped(_))), "{r:?}");
+    assert_eq!(net.raft(1).last_index(), last, "nothing appended");
+
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    let last = net.raft(1).last_index();
+    let mut m = msg(MessageKind::Propose, 2, 1, net.term(1));
+    m.entries = vec![Entry::new(EntryKind::ConfChange, 0, 0, b"cc".to_vec())];
+    let r = net.node(1).step(m);
+    assert!(matches!(r, Err(Error::InvalidMessage(_))), "{r:?}");
+    assert_eq!(net.raft(1).last_index(), last, "nothing appended");
 }

@@ -5,8 +5,7 @@
 //! [`SessionPool`]: one id per write in flight), and a write that is dropped by a
 //! leadership change is retried with the *same* session, so it applies at most once. A write whose keys span several regions (DEL, MSET) becomes one
 //! write per region: each is atomic, the whole is not. Requests for regions led by another
-//! node are answered `NotLeader` with the leader's node (forwarding comes with the
-//! server; see docs/architecture.md).
+//! node are forwarded there by the node (see docs/architecture.md, "request forwarding").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -14,7 +14,8 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"FLT1");
 /// The protocol version this build speaks; a peer with another is refused.
 ///
 /// 2: raft envelopes in the codec's own layout (`codec::encode_envelope_into`), not bincode.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: `MessageKind::Propose` (commands a follower forwards to its leader).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes before the payload.
 pub const FRAME_HEADER_BYTES: usize = 14;
 

@@ -53,7 +53,7 @@ const FLAG_REJECT: u8 = 1;
 const FLAG_REQUEST_SNAPSHOT: u8 = 2;
 
 /// Every `MessageKind`, by its byte on the wire (its declaration order).
-const MESSAGE_KINDS: [MessageKind; 13] = [
+const MESSAGE_KINDS: [MessageKind; 14] = [
     MessageKind::Append,
     MessageKind::AppendResponse,
     MessageKind::RequestVote,
@@ -67,6 +67,7 @@ const MESSAGE_KINDS: [MessageKind; 13] = [
     MessageKind::ReadIndex,
     MessageKind::ReadIndexResponse,
     MessageKind::TransferLeader,
+    MessageKind::Propose,
 ];
 
 fn message_kind_byte(kind: MessageKind) -> u8 {
@@ -85,6 +86,7 @@ fn message_kind_byte(kind: MessageKind) -> u8 {
         MessageKind::ReadIndex => 10,
         MessageKind::ReadIndexResponse => 11,
         MessageKind::TransferLeader => 12,
+        MessageKind::Propose => 13,
     }
 }
 
@@ -459,7 +461,7 @@ mod tests {
         };
         assert!(bad(0, 2), "unknown format");
         assert!(bad(1, 254), "bad varint marker");
-        assert!(bad(4, 13), "unknown message kind");
+        assert!(bad(4, MESSAGE_KINDS.len() as u8), "unknown message kind");
         assert!(bad(5, 4), "unknown flag");
         // A declared entry count far beyond the bytes left is refused before reserving.
         let mut e = sample(MessageKind::Append, 5, 0);

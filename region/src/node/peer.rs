@@ -24,6 +24,24 @@ pub(crate) struct PendingProposal {
     pub reply: Reply<KvResponse>,
 }
 
+/// A command accepted this round, proposed (or forwarded) with the others when the round's
+/// Readies are taken.
+pub(crate) struct BatchedProposal {
+    /// The encoded [`crate::raft::Command`].
+    pub data: Bytes,
+    /// Its client session, which names it when a follower waits for it to apply.
+    pub session: (u64, u64),
+    pub reply: Reply<KvResponse>,
+}
+
+/// A command this follower forwarded to its leader, waiting to see it applied.
+pub(crate) struct ForwardedProposal {
+    pub reply: Reply<KvResponse>,
+    /// The store tick after which it is given up (answered `Dropped`, so the caller
+    /// retries with the same session): the leader may have dropped it without a word.
+    pub deadline: u64,
+}
+
 /// A read waiting for its read index, then for the state machine to reach it.
 pub(crate) enum PendingRead {
     Get {
@@ -45,9 +63,16 @@ pub struct Peer {
     pub(crate) sessions: SessionTable,
     pub(crate) proposals: VecDeque<PendingProposal>,
     /// Commands accepted this round, proposed together when the round's Readies are taken.
-    pub(crate) batched: Vec<(Bytes, Reply<KvResponse>)>,
+    pub(crate) batched: Vec<BatchedProposal>,
+    /// Commands forwarded to the leader, by client session, waiting to be applied here.
+    pub(crate) forwarded: HashMap<(u64, u64), Vec<ForwardedProposal>>,
+    /// (deadline, session) of every forwarded command, oldest first.
+    pub(crate) forwarded_deadlines: VecDeque<(u64, (u64, u64))>,
     /// Reads sent to raft, by context id.
     pub(crate) reads_waiting_index: HashMap<u64, PendingRead>,
+    /// (deadline, context id) of reads sent to raft, oldest first: a follower's read
+    /// index request can be lost on its way to the leader.
+    pub(crate) read_deadlines: VecDeque<(u64, u64)>,
     /// Reads confirmed at an index, waiting for apply.
     pub(crate) reads_waiting_apply: BTreeMap<(u64, u64), PendingRead>,
     pub(crate) applied: u64,
@@ -61,7 +86,10 @@ impl Peer {
             sessions: SessionTable::new(),
             proposals: VecDeque::new(),
             batched: Vec::new(),
+            forwarded: HashMap::new(),
+            forwarded_deadlines: VecDeque::new(),
             reads_waiting_index: HashMap::new(),
+            read_deadlines: VecDeque::new(),
             reads_waiting_apply: BTreeMap::new(),
             applied,
         }
@@ -111,9 +139,10 @@ impl Peer {
         for p in self.proposals.drain(..) {
             let _ = p.reply.send(Err(err.clone()));
         }
-        for (_, reply) in self.batched.drain(..) {
-            let _ = reply.send(Err(err.clone()));
+        for b in self.batched.drain(..) {
+            let _ = b.reply.send(Err(err.clone()));
         }
+        self.fail_forwarded(&err);
         let waiting = std::mem::take(&mut self.reads_waiting_apply).into_values();
         for r in self
             .reads_waiting_index
@@ -122,6 +151,64 @@ impl Peer {
             .chain(waiting)
         {
             r.fail(err.clone());
+        }
+    }
+
+    /// Fails every forwarded command still waiting (the leader changed: it may never be
+    /// appended; the caller retries with the same session, so it applies at most once).
+    pub(crate) fn fail_forwarded(&mut self, err: &NodeError) {
+        self.forwarded_deadlines.clear();
+        for (_, waiting) in self.forwarded.drain() {
+            for f in waiting {
+                let _ = f.reply.send(Err(err.clone()));
+            }
+        }
+    }
+
+    /// Answers the forwarded commands of `session` with the outcome of applying it.
+    pub(crate) fn answer_forwarded(
+        &mut self,
+        session: (u64, u64),
+        result: &Result<KvResponse, NodeError>,
+    ) {
+        if let Some(waiting) = self.forwarded.remove(&session) {
+            for f in waiting {
+                let _ = f.reply.send(result.clone());
+            }
+        }
+    }
+
+    /// Gives up on forwarded commands and reads whose deadline passed at store tick `now`.
+    pub(crate) fn expire(&mut self, now: u64) {
+        while let Some(&(deadline, session)) = self.forwarded_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.forwarded_deadlines.pop_front();
+            if let Some(waiting) = self.forwarded.get_mut(&session) {
+                let (expired, kept): (Vec<_>, Vec<_>) =
+                    waiting.drain(..).partition(|f| f.deadline <= now);
+                *waiting = kept;
+                if waiting.is_empty() {
+                    self.forwarded.remove(&session);
+                }
+                for f in expired {
+                    let _ = f.reply.send(Err(NodeError::Dropped(
+                        "forwarded to the leader but not applied in time".into(),
+                    )));
+                }
+            }
+        }
+        while let Some(&(deadline, ctx)) = self.read_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.read_deadlines.pop_front();
+            if let Some(r) = self.reads_waiting_index.remove(&ctx) {
+                r.fail(NodeError::Dropped(
+                    "read index not confirmed by the leader in time".into(),
+                ));
+            }
         }
     }
 

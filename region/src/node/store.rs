@@ -35,7 +35,10 @@ use tracing::{error, info, warn};
 use super::command::{KvCommand, KvResponse, PutCondition};
 use super::descriptor::{even_boundaries, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch};
 use super::error::NodeError;
-use super::peer::{check_keys, is_command, Peer, PendingProposal, PendingRead, Reply};
+use super::peer::{
+    check_keys, is_command, BatchedProposal, ForwardedProposal, Peer, PendingProposal, PendingRead,
+    Reply,
+};
 use super::peer_storage::{PeerStorage, RegionSnapshotData};
 use crate::raft::{self, Command, ReadOnlyOption, Role, SessionOutcome};
 
@@ -51,6 +54,11 @@ pub const BALANCE_INTERVAL_TICKS: u64 = 20;
 /// large skew within seconds, few enough that nodes acting on each other's slightly stale
 /// views do not overshoot far.
 pub const BALANCE_TRANSFERS_MAX: usize = 8;
+
+/// How long a follower waits, in election timeouts, to see a command it forwarded to the
+/// leader (or a read index it asked the leader for) come back before it gives up and lets
+/// the caller retry: the leader drops proposals silently (during a transfer, say).
+pub const FORWARD_WAIT_ELECTIONS: u64 = 2;
 
 /// Raft peer ids are `region_id * PEER_ID_NODE_SPAN + node_id`, so node ids must stay
 /// below this.
@@ -466,10 +474,11 @@ impl Store {
                 n += 1;
             }
             if Instant::now() >= next_tick {
+                self.ticks += 1;
                 for p in self.peers.values_mut() {
                     p.raw.tick();
+                    p.expire(self.ticks);
                 }
-                self.ticks += 1;
                 if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
                     self.balance_leaders();
                 }
@@ -681,7 +690,9 @@ impl Store {
             let _ = reply.send(Err(e));
             return;
         }
-        if !p.is_leader() {
+        // A follower forwards the command to its leader; only a replica that knows no
+        // leader (an election is on) turns it away.
+        if !p.is_leader() && p.leader_node().is_none() {
             let _ = reply.send(Err(p.not_leader()));
             return;
         }
@@ -693,17 +704,33 @@ impl Store {
         .encode();
         // Proposed together at the start of the next round: one append per follower per
         // round, not one per request.
-        p.batched.push((Bytes::from(data), reply));
+        p.batched.push(BatchedProposal {
+            data: Bytes::from(data),
+            session,
+            reply,
+        });
     }
 
-    /// Proposes every region's batched commands as one append each.
+    /// Ticks a forwarded command or read may wait for its outcome.
+    fn forward_wait_ticks(&self) -> u64 {
+        FORWARD_WAIT_ELECTIONS * self.cfg.election_ticks as u64
+    }
+
+    /// Proposes every region's batched commands as one append each (a leader), or forwards
+    /// them to the leader as one message (a follower).
     fn flush_proposals(&mut self) {
+        let deadline = self.ticks + self.forward_wait_ticks();
         for p in self.peers.values_mut() {
             if p.batched.is_empty() {
                 continue;
             }
+            let batch = std::mem::take(&mut p.batched);
+            if !p.is_leader() {
+                forward(p, batch, deadline);
+                continue;
+            }
             let (data, replies): (Vec<Bytes>, Vec<Reply<KvResponse>>) =
-                std::mem::take(&mut p.batched).into_iter().unzip();
+                batch.into_iter().map(|b| (b.data, b.reply)).unzip();
             let n = data.len() as u64;
             match p.raw.propose_batch(data) {
                 Ok(last) => {
@@ -736,7 +763,9 @@ impl Store {
             read.fail(NodeError::KeyNotInRegion(region_id));
             return;
         }
-        if !p.is_leader() {
+        // A follower asks its leader for the read index (raft forwards the request) and
+        // serves the read itself once it has applied that far.
+        if !p.is_leader() && p.leader_node().is_none() {
             let e = p.not_leader();
             read.fail(e);
             return;
@@ -746,6 +775,11 @@ impl Store {
         match p.raw.read_index(Bytes::copy_from_slice(&ctx.to_le_bytes())) {
             Ok(()) => {
                 p.reads_waiting_index.insert(ctx, read);
+                if !p.is_leader() {
+                    let deadline =
+                        self.ticks + FORWARD_WAIT_ELECTIONS * self.cfg.election_ticks as u64;
+                    p.read_deadlines.push_back((deadline, ctx));
+                }
             }
             Err(e) => read.fail(NodeError::Dropped(e.to_string())),
         }
@@ -764,6 +798,8 @@ impl Store {
             }
             let mut rd = p.raw.ready();
             if let Some(ss) = rd.soft_state {
+                // Commands forwarded to a former leader may never be appended.
+                p.fail_forwarded(&NodeError::Dropped("the region's leader changed".into()));
                 if ss.role != Role::Leader {
                     // Entries of these proposals may still commit under the new leader;
                     // the client retries with the same session, so nothing applies twice.
@@ -869,7 +905,12 @@ impl Store {
                         }
                     }
                     _ if is_command(e.kind, &e.data) => {
-                        let result = apply_command(&mut ctx, p, *region_id, &e.data)?;
+                        let (result, session) = apply_command(&mut ctx, p, *region_id, &e.data)?;
+                        if let Some(session) = session {
+                            if !p.forwarded.is_empty() {
+                                p.answer_forwarded(session, &Ok(result.clone()));
+                            }
+                        }
                         while p.proposals.front().is_some_and(|f| f.index <= e.index) {
                             let f = p.proposals.pop_front().expect("checked");
                             if f.index == e.index && f.term == e.term {
@@ -918,21 +959,29 @@ impl Store {
     }
 }
 
+/// Applies one command entry; returns its answer and its client session (if the entry
+/// decoded far enough to name one).
 fn apply_command(
     ctx: &mut ApplyContext<'_>,
     p: &mut Peer,
     region_id: u64,
     data: &[u8],
-) -> Result<KvResponse, NodeError> {
+) -> Result<(KvResponse, Option<(u64, u64)>), NodeError> {
     let Ok(command) = Command::decode(data) else {
-        return Ok(KvResponse::Failed("undecodable command".into()));
+        return Ok((KvResponse::Failed("undecodable command".into()), None));
     };
+    let session = Some((command.client_id, command.seq));
     let cmd = match KvCommand::decode(&command.payload) {
         Ok(c) => c,
-        Err(e) => return Ok(KvResponse::Failed(format!("undecodable command: {e}"))),
+        Err(e) => {
+            return Ok((
+                KvResponse::Failed(format!("undecodable command: {e}")),
+                session,
+            ))
+        }
     };
     if check_keys(&p.desc, &cmd).is_err() {
-        return Ok(KvResponse::Failed("key outside the region".into()));
+        return Ok((KvResponse::Failed("key outside the region".into()), session));
     }
     if p.sessions.last_seq(command.client_id).is_none() {
         // After a restart the session lives only in RocksDB until first used.
@@ -955,7 +1004,7 @@ fn apply_command(
     if let Some(e) = failure {
         return Err(e);
     }
-    Ok(match outcome {
+    let answer = match outcome {
         SessionOutcome::Applied(b) => {
             let s = codec::encode(&(command.seq, b.clone())).expect("a session encodes");
             ctx.round.set_session(region_id, command.client_id, s);
@@ -965,7 +1014,36 @@ fn apply_command(
             KvResponse::decode(&b).unwrap_or(KvResponse::Failed("bad stored answer".into()))
         }
         SessionOutcome::Stale => KvResponse::Failed("stale request sequence".into()),
-    })
+    };
+    Ok((answer, session))
+}
+
+/// Sends a follower's batched commands to its leader and waits for them to apply here.
+fn forward(p: &mut Peer, batch: Vec<BatchedProposal>, deadline: u64) {
+    let data: Vec<Bytes> = batch.iter().map(|b| b.data.clone()).collect();
+    match p.raw.forward_proposals(data) {
+        Ok(_) => {
+            for b in batch {
+                p.forwarded
+                    .entry(b.session)
+                    .or_default()
+                    .push(ForwardedProposal {
+                        reply: b.reply,
+                        deadline,
+                    });
+                p.forwarded_deadlines.push_back((deadline, b.session));
+            }
+        }
+        Err(e) => {
+            let err = match e {
+                raft::Error::NotLeader { .. } => p.not_leader(),
+                other => NodeError::Dropped(other.to_string()),
+            };
+            for b in batch {
+                let _ = b.reply.send(Err(err.clone()));
+            }
+        }
+    }
 }
 
 fn serve_reads(kv: &KvStore, p: &mut Peer) {

@@ -720,7 +720,7 @@ impl<S: Storage> Raft<S> {
                 self.hup(true);
                 Ok(())
             }
-            MessageKind::TransferLeader | MessageKind::ReadIndex => {
+            MessageKind::TransferLeader | MessageKind::ReadIndex | MessageKind::Propose => {
                 if self.leader_id == 0 {
                     return Err(Error::NotLeader { leader_hint: 0 });
                 }
@@ -761,6 +761,7 @@ impl<S: Storage> Raft<S> {
                 Ok(())
             }
             MessageKind::TransferLeader => self.handle_transfer_leader(m.index),
+            MessageKind::Propose => self.handle_forwarded_proposal(m),
             MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
                 // Two leaders in one term would break election safety: refuse loudly.
                 warn!(
@@ -1290,6 +1291,46 @@ impl<S: Storage> Raft<S> {
         let index = self.append_entries(ents)?;
         self.bcast_append();
         Ok(index)
+    }
+
+    /// Sends client commands to the leader, for a follower that accepted them: the leader
+    /// appends them as if proposed there (a follower learns the outcome by applying them).
+    /// Returns the leader's id. Only plain commands travel this way; membership changes
+    /// are proposed on the leader.
+    pub fn forward_proposals(&mut self, data: impl IntoIterator<Item = Bytes>) -> Result<u64> {
+        if self.role == Role::Leader {
+            return Err(Error::ProposalDropped("this peer leads: propose instead"));
+        }
+        if self.leader_id == 0 {
+            return Err(Error::NotLeader { leader_hint: 0 });
+        }
+        let mut m = Message::new(MessageKind::Propose, self.id, self.leader_id, self.term);
+        m.entries = data
+            .into_iter()
+            .map(|d| Entry::new(EntryKind::Normal, 0, 0, d))
+            .collect();
+        if !m.entries.is_empty() {
+            self.send(m);
+        }
+        Ok(self.leader_id)
+    }
+
+    fn handle_forwarded_proposal(&mut self, m: Message) -> Result<()> {
+        if !self.tracker.progress.contains_key(&m.from) {
+            return Err(Error::UnknownPeer(m.from));
+        }
+        if m.entries.iter().any(|e| e.kind != EntryKind::Normal) {
+            return Err(Error::InvalidMessage(
+                "a forwarded proposal may carry only plain commands".into(),
+            ));
+        }
+        self.check_can_propose()?;
+        if m.entries.is_empty() {
+            return Ok(());
+        }
+        self.append_entries(m.entries)?;
+        self.bcast_append();
+        Ok(())
     }
 
     /// Appends a membership change (leader only); it takes effect at once on this leader,

@@ -132,6 +132,11 @@ impl<S: Storage> RawNode<S> {
         self.raft.propose_batch(data)
     }
 
+    /// Forwards commands from a follower to its leader; returns the leader's id.
+    pub fn forward_proposals(&mut self, data: impl IntoIterator<Item = Bytes>) -> Result<u64> {
+        self.raft.forward_proposals(data)
+    }
+
     /// Proposes a membership change; returns its log index.
     pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<u64> {
         self.raft.propose_conf_change(cc)
