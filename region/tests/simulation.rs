@@ -60,6 +60,10 @@ fn run_seeds(nodes: usize) {
         started.elapsed()
     );
     assert!(total.liveness_ticks <= LIVENESS_TICKS_MAX);
+    assert!(
+        total.forwarded > 0,
+        "no write was forwarded by a follower: forwarding went untested"
+    );
 }
 
 fn test_name(nodes: usize) -> &'static str {

@@ -203,6 +203,8 @@ pub struct SimStats {
     pub writes_acked: u64,
     /// Retried writes (same sequence).
     pub retries: u64,
+    /// Writes a follower forwarded to its leader.
+    pub forwarded: u64,
     /// Retried commands that reached a state machine and were not applied again.
     pub duplicates_suppressed: u64,
     /// Reads answered and checked for linearizability.
@@ -238,6 +240,7 @@ impl SimStats {
         self.entries_applied += o.entries_applied;
         self.writes_acked += o.writes_acked;
         self.retries += o.retries;
+        self.forwarded += o.forwarded;
         self.duplicates_suppressed += o.duplicates_suppressed;
         self.reads_checked += o.reads_checked;
         self.conf_changes += o.conf_changes;
@@ -258,7 +261,7 @@ impl fmt::Display for SimStats {
         write!(
             f,
             "{} steps, {} elections, {} entries committed, {} applied over all peers, {} writes acked \
-             ({} retries, {} duplicates suppressed), {} reads checked, {} membership changes, \
+             ({} retries, {} forwarded by followers, {} duplicates suppressed), {} reads checked, {} membership changes, \
              {} transfers, {} crashes ({} before persisting), {} partitions, {} snapshots installed, \
              {} messages ({} dropped), liveness in at most {} ticks",
             self.steps,
@@ -267,6 +270,7 @@ impl fmt::Display for SimStats {
             self.entries_applied,
             self.writes_acked,
             self.retries,
+            self.forwarded,
             self.duplicates_suppressed,
             self.reads_checked,
             self.conf_changes,
@@ -409,6 +413,7 @@ impl Simulation {
         s.entries_applied = self.inv.state_machine_safety.applications;
         s.writes_acked = self.workload.stats.writes_acked;
         s.retries = self.workload.stats.retries;
+        s.forwarded = self.workload.stats.forwarded;
         s.duplicates_suppressed = self.inv.exactly_once.duplicates_suppressed;
         s.reads_checked = self.inv.linearizable_reads.reads_checked;
         s.conf_changes = self.workload.stats.conf_changes;

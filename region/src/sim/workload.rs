@@ -4,8 +4,9 @@
 //! A client has one operation outstanding at a time. A write carries (client id, sequence)
 //! and, when no answer comes within [`CLIENT_TIMEOUT_TICKS`], is sent again — possibly to
 //! another peer — with the SAME sequence, so the log may hold it several times and client
-//! sessions must make it take effect once. A write is acknowledged when a peer it was
-//! proposed to applies it. A read goes through ReadIndex (or the lease, per the group's
+//! sessions must make it take effect once. A write sent to a follower is, half the time,
+//! forwarded by it to its leader (`forward_proposals`). A write is acknowledged when a peer
+//! it was proposed to (or forwarded by) applies it. A read goes through ReadIndex (or the lease, per the group's
 //! configuration) on the peer the client believes leads, or on a follower, which forwards it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -94,6 +95,8 @@ pub struct WorkloadStats {
     pub proposals: u64,
     /// Retries of a write with the same sequence after a timeout.
     pub retries: u64,
+    /// Writes a follower forwarded to its leader (counted in `proposals` too).
+    pub forwarded: u64,
     /// Reads answered and checked.
     pub reads_answered: u64,
     /// Reads abandoned (no answer in time).
@@ -317,13 +320,23 @@ impl Workload {
             *retry_at = now + CLIENT_BACKOFF_TICKS;
             return;
         };
+        // Half the writes that reach a follower are forwarded by it to its leader (as a
+        // node does); the other half are refused, and the client follows the hint.
+        let forward = env.rng.gen_bool(0.5);
         let raw = env
             .nodes
             .get_mut(&target)
             .and_then(|n| n.raw.as_mut())
             .expect("target is up");
-        match raw.propose(data.clone()) {
-            Ok(_) => {
+        let mut outcome = raw.propose(data.clone()).map(|_| ());
+        if forward && matches!(outcome, Err(Error::NotLeader { leader_hint }) if leader_hint != 0) {
+            outcome = raw.forward_proposals([data.clone()]).map(|_| ());
+            if outcome.is_ok() {
+                self.stats.forwarded += 1;
+            }
+        }
+        match outcome {
+            Ok(()) => {
                 self.stats.proposals += 1;
                 if *attempts > 0 {
                     self.stats.retries += 1;
