@@ -2,6 +2,7 @@
 //! waiting on it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
 
 use bytes::Bytes;
 use flotilla_common::{codec, ConfChange, ConfState, EntryKind};
@@ -10,6 +11,7 @@ use tokio::sync::oneshot;
 use super::command::{KvCommand, KvResponse};
 use super::descriptor::{PeerMeta, PeerRole, RegionDescriptor};
 use super::error::NodeError;
+use super::metrics::RegionMetrics;
 use super::peer_storage::PeerStorage;
 use super::store::RegionRoute;
 use crate::raft::{RawNode, Role, SessionTable};
@@ -22,6 +24,16 @@ pub(crate) struct PendingProposal {
     pub term: u64,
     pub index: u64,
     pub reply: Reply<KvResponse>,
+    /// Start of the round that received the write (for the proposal latency).
+    pub proposed_at: Instant,
+}
+
+/// A write accepted this round, not yet proposed to raft.
+pub(crate) struct BatchedProposal {
+    pub data: Bytes,
+    pub reply: Reply<KvResponse>,
+    /// Start of the round that received the write (for the proposal latency).
+    pub proposed_at: Instant,
 }
 
 /// A read waiting for its read index, then for the state machine to reach it.
@@ -45,16 +57,19 @@ pub struct Peer {
     pub(crate) sessions: SessionTable,
     pub(crate) proposals: VecDeque<PendingProposal>,
     /// Commands accepted this round, proposed together when the round's Readies are taken.
-    pub(crate) batched: Vec<(Bytes, Reply<KvResponse>)>,
+    pub(crate) batched: Vec<BatchedProposal>,
     /// Reads sent to raft, by context id.
     pub(crate) reads_waiting_index: HashMap<u64, PendingRead>,
     /// Reads confirmed at an index, waiting for apply.
     pub(crate) reads_waiting_apply: BTreeMap<(u64, u64), PendingRead>,
     pub(crate) applied: u64,
+    /// This region's metric handles.
+    pub(crate) metrics: RegionMetrics,
 }
 
 impl Peer {
     pub(crate) fn new(raw: RawNode<PeerStorage>, desc: RegionDescriptor, applied: u64) -> Self {
+        let metrics = RegionMetrics::new(desc.id);
         Peer {
             raw,
             desc,
@@ -64,6 +79,7 @@ impl Peer {
             reads_waiting_index: HashMap::new(),
             reads_waiting_apply: BTreeMap::new(),
             applied,
+            metrics,
         }
     }
 
@@ -111,8 +127,8 @@ impl Peer {
         for p in self.proposals.drain(..) {
             let _ = p.reply.send(Err(err.clone()));
         }
-        for (_, reply) in self.batched.drain(..) {
-            let _ = reply.send(Err(err.clone()));
+        for b in self.batched.drain(..) {
+            let _ = b.reply.send(Err(err.clone()));
         }
         let waiting = std::mem::take(&mut self.reads_waiting_apply).into_values();
         for r in self

@@ -35,7 +35,10 @@ use tracing::{error, info, warn};
 use super::command::{KvCommand, KvResponse, PutCondition};
 use super::descriptor::{even_boundaries, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch};
 use super::error::NodeError;
-use super::peer::{check_keys, is_command, Peer, PendingProposal, PendingRead, Reply};
+use super::metrics::{NodeMetrics, NodeSample, ProposalLatencies};
+use super::peer::{
+    check_keys, is_command, BatchedProposal, Peer, PendingProposal, PendingRead, Reply,
+};
 use super::peer_storage::{PeerStorage, RegionSnapshotData};
 use crate::raft::{self, Command, ReadOnlyOption, Role, SessionOutcome};
 
@@ -213,6 +216,11 @@ pub struct Store {
     next_read_ctx: u64,
     stopping: bool,
     ticks: u64,
+    metrics: NodeMetrics,
+    /// When the current round took its first input: the receive time of its writes.
+    round_started: Instant,
+    /// Receive times of the writes answered in the current round.
+    latencies: ProposalLatencies,
 }
 
 /// Writes the first regions of a new cluster: `regions` regions evenly splitting the key
@@ -390,10 +398,14 @@ impl Store {
             next_read_ctx: 1,
             stopping: false,
             ticks: 0,
+            metrics: NodeMetrics::new(),
+            round_started: Instant::now(),
+            latencies: ProposalLatencies::default(),
         };
         for region_id in store.log.regions() {
             store.load_region(region_id)?;
         }
+        store.sample_gauges();
         info!(
             node = store.cfg.node_id,
             regions = store.peers.len(),
@@ -446,13 +458,34 @@ impl Store {
         self.regions.update(peer.route());
     }
 
+    /// Sets the node's and every region's gauges; once per tick, since it walks every
+    /// replica.
+    fn sample_gauges(&self) {
+        let mut node = NodeSample {
+            regions: self.peers.len(),
+            ..Default::default()
+        };
+        for p in self.peers.values() {
+            let r = p.raw.raft();
+            let leader = r.role() == Role::Leader;
+            node.leaders += usize::from(leader);
+            node.proposals_pending += p.proposals.len() + p.batched.len();
+            node.reads_pending += p.reads_waiting_index.len() + p.reads_waiting_apply.len();
+            p.metrics
+                .sample(leader, r.term(), r.commit_index(), p.applied);
+        }
+        self.metrics.sample(&node);
+    }
+
     /// Runs the loop until [`StoreMsg::Stop`] or until every sender is gone.
     pub fn run(mut self) {
         let tick = self.cfg.tick_interval;
         let mut next_tick = Instant::now() + tick;
         while !self.stopping {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
+            let first = self.rx.recv_timeout(wait);
+            self.round_started = Instant::now();
+            match first {
                 Ok(m) => self.handle(m),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -470,6 +503,7 @@ impl Store {
                     p.raw.tick();
                 }
                 self.ticks += 1;
+                self.sample_gauges();
                 if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
                     self.balance_leaders();
                 }
@@ -486,8 +520,14 @@ impl Store {
                 );
                 self.stopping = true;
             }
+            self.metrics.round_done(self.round_started);
         }
         for p in self.peers.values_mut() {
+            let proposals = p.proposals.len() + p.batched.len();
+            let reads = p.reads_waiting_index.len() + p.reads_waiting_apply.len();
+            self.metrics
+                .proposals_failed(&NodeError::Stopped, proposals as u64);
+            self.metrics.reads_failed(reads as u64);
             p.fail_all(NodeError::Stopped);
         }
         info!(node = self.cfg.node_id, "store stopped");
@@ -673,16 +713,21 @@ impl Store {
         cmd: KvCommand,
         reply: Reply<KvResponse>,
     ) {
+        self.metrics.proposal_received();
         let Some(p) = self.peers.get_mut(&region_id) else {
+            self.metrics.proposals_failed(&NodeError::RegionNotFound, 1);
             let _ = reply.send(Err(NodeError::RegionNotFound));
             return;
         };
         if let Err(e) = check_keys(&p.desc, &cmd) {
+            self.metrics.proposals_failed(&e, 1);
             let _ = reply.send(Err(e));
             return;
         }
         if !p.is_leader() {
-            let _ = reply.send(Err(p.not_leader()));
+            let e = p.not_leader();
+            self.metrics.proposals_failed(&e, 1);
+            let _ = reply.send(Err(e));
             return;
         }
         let data = Command {
@@ -693,7 +738,11 @@ impl Store {
         .encode();
         // Proposed together at the start of the next round: one append per follower per
         // round, not one per request.
-        p.batched.push((Bytes::from(data), reply));
+        p.batched.push(BatchedProposal {
+            data: Bytes::from(data),
+            reply,
+            proposed_at: self.round_started,
+        });
     }
 
     /// Proposes every region's batched commands as one append each.
@@ -702,16 +751,24 @@ impl Store {
             if p.batched.is_empty() {
                 continue;
             }
-            let (data, replies): (Vec<Bytes>, Vec<Reply<KvResponse>>) =
-                std::mem::take(&mut p.batched).into_iter().unzip();
+            let mut batched = std::mem::take(&mut p.batched);
+            let data: Vec<Bytes> = batched
+                .iter_mut()
+                .map(|b| std::mem::take(&mut b.data))
+                .collect();
             let n = data.len() as u64;
             match p.raw.propose_batch(data) {
                 Ok(last) => {
+                    p.metrics.proposed(n);
                     let term = p.raw.raft().term();
-                    for (i, reply) in replies.into_iter().enumerate() {
+                    for (i, b) in batched.into_iter().enumerate() {
                         let index = last + 1 - n + i as u64;
-                        p.proposals
-                            .push_back(PendingProposal { term, index, reply });
+                        p.proposals.push_back(PendingProposal {
+                            term,
+                            index,
+                            reply: b.reply,
+                            proposed_at: b.proposed_at,
+                        });
                     }
                 }
                 Err(e) => {
@@ -719,8 +776,9 @@ impl Store {
                         raft::Error::NotLeader { .. } => p.not_leader(),
                         other => NodeError::Dropped(other.to_string()),
                     };
-                    for reply in replies {
-                        let _ = reply.send(Err(err.clone()));
+                    self.metrics.proposals_failed(&err, n);
+                    for b in batched {
+                        let _ = b.reply.send(Err(err.clone()));
                     }
                 }
             }
@@ -729,14 +787,17 @@ impl Store {
 
     fn read(&mut self, region_id: u64, key: &[u8], read: PendingRead) {
         let Some(p) = self.peers.get_mut(&region_id) else {
+            self.metrics.reads_failed(1);
             read.fail(NodeError::RegionNotFound);
             return;
         };
         if !p.desc.contains(key) {
+            self.metrics.reads_failed(1);
             read.fail(NodeError::KeyNotInRegion(region_id));
             return;
         }
         if !p.is_leader() {
+            self.metrics.reads_failed(1);
             let e = p.not_leader();
             read.fail(e);
             return;
@@ -747,7 +808,10 @@ impl Store {
             Ok(()) => {
                 p.reads_waiting_index.insert(ctx, read);
             }
-            Err(e) => read.fail(NodeError::Dropped(e.to_string())),
+            Err(e) => {
+                self.metrics.reads_failed(1);
+                read.fail(NodeError::Dropped(e.to_string()))
+            }
         }
     }
 
@@ -771,6 +835,10 @@ impl Store {
                         region_id,
                         leader_node: None,
                     };
+                    self.metrics
+                        .proposals_failed(&err, p.proposals.len() as u64);
+                    self.metrics
+                        .reads_failed(p.reads_waiting_index.len() as u64);
                     for pr in p.proposals.drain(..) {
                         let _ = pr.reply.send(Err(err.clone()));
                     }
@@ -838,7 +906,10 @@ impl Store {
         }
         // 3. One write, one fdatasync, for every region of this round.
         if !batch.regions.is_empty() {
+            let regions = batch.regions.len();
+            let started = Instant::now();
             self.log.write(batch).map_err(storage)?;
+            self.metrics.log_written(started.elapsed(), regions);
         }
         // 4–5. Durable: acknowledgements may leave; apply everything committed.
         let mut ctx = ApplyContext {
@@ -847,6 +918,8 @@ impl Store {
             overlay: Default::default(),
         };
         let mut answers: Vec<(Reply<KvResponse>, Result<KvResponse, NodeError>)> = Vec::new();
+        let apply_started = Instant::now();
+        let mut applied_entries = 0;
         for (region_id, rd) in readies.iter_mut() {
             let p = self
                 .peers
@@ -858,6 +931,7 @@ impl Store {
                 &p.desc,
                 std::mem::take(&mut rd.persisted_messages),
             );
+            let mut commands = 0;
             for e in &rd.committed_entries {
                 match e.kind {
                     EntryKind::ConfChange => {
@@ -870,17 +944,17 @@ impl Store {
                     }
                     _ if is_command(e.kind, &e.data) => {
                         let result = apply_command(&mut ctx, p, *region_id, &e.data)?;
+                        commands += 1;
                         while p.proposals.front().is_some_and(|f| f.index <= e.index) {
                             let f = p.proposals.pop_front().expect("checked");
                             if f.index == e.index && f.term == e.term {
+                                self.latencies.push(f.proposed_at);
                                 answers.push((f.reply, Ok(result.clone())));
                             } else {
-                                answers.push((
-                                    f.reply,
-                                    Err(NodeError::Dropped(
-                                        "entry was replaced by a new leader".into(),
-                                    )),
-                                ));
+                                let err =
+                                    NodeError::Dropped("entry was replaced by a new leader".into());
+                                self.metrics.proposals_failed(&err, 1);
+                                answers.push((f.reply, Err(err)));
                             }
                         }
                     }
@@ -889,13 +963,22 @@ impl Store {
                 ctx.round.set_applied(*region_id, e.index);
                 p.applied = e.index;
             }
+            let committed = rd.committed_entries.len() as u64;
+            p.metrics.applied(committed, commands);
+            applied_entries += committed;
         }
         if !ctx.round.is_empty() {
             self.kv.apply(ctx.round).map_err(storage)?;
         }
+        if applied_entries > 0 {
+            self.metrics
+                .applied(apply_started.elapsed(), applied_entries);
+        }
         for (reply, r) in answers {
             let _ = reply.send(r);
         }
+        self.metrics
+            .proposals_answered(&mut self.latencies, Instant::now());
         // 6. Reads.
         for (region_id, rd) in readies {
             let p = self
@@ -912,7 +995,9 @@ impl Store {
                 }
             }
             p.raw.advance(rd);
-            serve_reads(&self.kv, p);
+            let (served, failed) = serve_reads(&self.kv, p);
+            self.metrics.reads_served(served);
+            self.metrics.reads_failed(failed);
         }
         Ok(())
     }
@@ -968,7 +1053,17 @@ fn apply_command(
     })
 }
 
-fn serve_reads(kv: &KvStore, p: &mut Peer) {
+/// Answers the reads whose index is applied; returns how many got data and how many an
+/// error.
+fn serve_reads(kv: &KvStore, p: &mut Peer) -> (u64, u64) {
+    let (mut served, mut failed) = (0, 0);
+    let mut count = |ok: bool| {
+        if ok {
+            served += 1;
+        } else {
+            failed += 1;
+        }
+    };
     while let Some(entry) = p.reads_waiting_apply.first_entry() {
         if entry.key().0 > p.applied {
             break;
@@ -979,6 +1074,7 @@ fn serve_reads(kv: &KvStore, p: &mut Peer) {
                     .get(&key)
                     .map(|v| v.map(Bytes::from))
                     .map_err(|e| NodeError::Storage(e.to_string()));
+                count(r.is_ok());
                 let _ = reply.send(r);
             }
             PendingRead::Scan {
@@ -1000,10 +1096,12 @@ fn serve_reads(kv: &KvStore, p: &mut Peer) {
                         v
                     })
                     .map_err(|e| NodeError::Storage(e.to_string()));
+                count(r.is_ok());
                 let _ = reply.send(r);
             }
         }
     }
+    (served, failed)
 }
 
 fn send_all(
