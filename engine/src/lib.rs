@@ -55,6 +55,7 @@ mod error;
 mod index;
 mod kv;
 mod log;
+pub mod metrics;
 mod rocks_log;
 mod snapshot;
 mod wal;

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use flotilla_common::{codec, Entry, HardState};
 use parking_lot::RwLock;
@@ -25,6 +26,7 @@ use crate::log::{
     LogBatch, LogStats, LogStatsSnapshot, PurgeReport, RaftLog, SnapshotMark, WriteReport,
     WriteTicket,
 };
+use crate::metrics::SyncMetrics;
 
 const CF_ENTRIES: &str = "raft_entries";
 const CF_STATE: &str = "raft_state";
@@ -95,6 +97,7 @@ impl RocksLog {
             "flotilla-rocks-log",
             RocksWriter {
                 shared: shared.clone(),
+                metrics: SyncMetrics::new("rocksdb"),
             },
             wal.batch_bytes_max,
         )?;
@@ -192,6 +195,7 @@ fn recover(shared: &Shared, path: &Path) -> Result<HashMap<u64, RegionIndex<()>>
 
 struct RocksWriter {
     shared: Arc<Shared>,
+    metrics: SyncMetrics,
 }
 
 impl RocksWriter {
@@ -258,16 +262,20 @@ impl GroupSink for RocksWriter {
         if group.is_empty() {
             return;
         }
+        let mut took = Duration::ZERO;
         let written = self.build(&group).and_then(|wb| {
             let bytes = wb.size_in_bytes() as u64;
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
+            let started = Instant::now();
             self.shared.db.write_opt(wb, &opts)?;
+            took = started.elapsed();
             Ok(bytes)
         });
         let bytes = match written {
             Ok(bytes) => bytes,
             Err(e) => {
+                self.metrics.failed();
                 let reason = e.to_string();
                 for sub in group {
                     let _ = sub.reply.send(Err(EngineError::Poisoned(reason.clone())));
@@ -277,6 +285,8 @@ impl GroupSink for RocksWriter {
         };
         let entries = group.iter().map(|s| s.batch.entry_count() as u64).sum();
         self.shared.stats.record(group.len() as u64, entries, bytes);
+        self.metrics
+            .synced(took, group.len() as u64, entries, bytes);
         let mut index = self.shared.index.write();
         let mut reports = Vec::with_capacity(group.len());
         for sub in group.iter_mut() {

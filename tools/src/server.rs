@@ -135,6 +135,10 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
     let client_addr = resolve(&args.client_addr)?;
     let status_addr = resolve(&args.status_addr)?;
 
+    // Before the transport, the log and the store start: they register their metric
+    // handles as they start, and a handle taken before the recorder exists records nothing.
+    let metrics = install_prometheus_recorder().map_err(|e| format!("metrics: {e}"))?;
+
     let mut tcfg = TransportConfig::new(cfg.cluster_id, args.id, raft_addr);
     tcfg.secret = cfg.secret.clone().into_bytes();
     let peers: Vec<(u64, SocketAddr)> = cluster
@@ -168,7 +172,6 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    let metrics = install_prometheus_recorder().map_err(|e| format!("metrics: {e}"))?;
     let handle = node.handle();
     let client_id = (args.id << 48)
         ^ std::time::SystemTime::now()

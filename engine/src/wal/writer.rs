@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::commit::{validate_group, GroupSink, Submission};
 use crate::error::{EngineError, Result};
 use crate::log::WriteReport;
+use crate::metrics::SyncMetrics;
 
 use super::payload::{self, Checkpoint, RegionCheckpoint};
 use super::record::{self, RecordType};
@@ -26,6 +28,7 @@ pub(crate) struct WalWriter {
     /// Set after a failed write or sync: what is on disk is unknown, so nothing more is
     /// written (a later sync could report success for data the kernel already dropped).
     poisoned: Option<String>,
+    metrics: SyncMetrics,
 }
 
 impl WalWriter {
@@ -40,6 +43,7 @@ impl WalWriter {
             segment_bytes_max,
             buf: Vec::new(),
             poisoned: None,
+            metrics: SyncMetrics::new("wal"),
         })
     }
 
@@ -131,11 +135,14 @@ impl GroupSink for WalWriter {
         record::finish(&mut self.buf, start);
         let rec_off = self.len;
         let rec_len = (self.buf.len() - record::RECORD_HEADER_BYTES) as u32;
+        let started = Instant::now();
         let written = self
             .file
             .append(&self.buf)
             .and_then(|()| self.file.sync_data());
+        let took = started.elapsed();
         if let Err(e) = written {
+            self.metrics.failed();
             let reason = format!(
                 "write or sync of segment {} at {rec_off} failed: {e}",
                 self.seq
@@ -154,6 +161,8 @@ impl GroupSink for WalWriter {
         self.shared
             .stats
             .record(group.len() as u64, entries, self.buf.len() as u64);
+        self.metrics
+            .synced(took, group.len() as u64, entries, self.buf.len() as u64);
         let reports = self.apply(&mut group, &bases, rec_off, rec_len);
         for (sub, report) in group.into_iter().zip(reports) {
             let _ = sub.reply.send(Ok(report));

@@ -7,6 +7,7 @@
 mod command;
 mod descriptor;
 mod error;
+pub mod metrics;
 mod peer;
 mod peer_storage;
 mod runner;

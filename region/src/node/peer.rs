@@ -2,6 +2,7 @@
 //! waiting on it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
 
 use bytes::Bytes;
 use flotilla_common::{codec, ConfChange, ConfState, EntryKind};
@@ -10,6 +11,7 @@ use tokio::sync::oneshot;
 use super::command::{KvCommand, KvResponse};
 use super::descriptor::{PeerMeta, PeerRole, RegionDescriptor};
 use super::error::NodeError;
+use super::metrics::RegionMetrics;
 use super::peer_storage::PeerStorage;
 use super::store::RegionRoute;
 use crate::raft::{RawNode, Role, SessionTable};
@@ -22,6 +24,8 @@ pub(crate) struct PendingProposal {
     pub term: u64,
     pub index: u64,
     pub reply: Reply<KvResponse>,
+    /// Start of the round that received the write (for the proposal latency).
+    pub proposed_at: Instant,
 }
 
 /// A command accepted this round, proposed (or forwarded) with the others when the round's
@@ -32,6 +36,8 @@ pub(crate) struct BatchedProposal {
     /// Its client session, which names it when a follower waits for it to apply.
     pub session: (u64, u64),
     pub reply: Reply<KvResponse>,
+    /// Start of the round that received the write (for the proposal latency).
+    pub proposed_at: Instant,
 }
 
 /// A command this follower forwarded to its leader, waiting to see it applied.
@@ -76,10 +82,13 @@ pub struct Peer {
     /// Reads confirmed at an index, waiting for apply.
     pub(crate) reads_waiting_apply: BTreeMap<(u64, u64), PendingRead>,
     pub(crate) applied: u64,
+    /// This region's metric handles.
+    pub(crate) metrics: RegionMetrics,
 }
 
 impl Peer {
     pub(crate) fn new(raw: RawNode<PeerStorage>, desc: RegionDescriptor, applied: u64) -> Self {
+        let metrics = RegionMetrics::new(desc.id);
         Peer {
             raw,
             desc,
@@ -92,6 +101,7 @@ impl Peer {
             read_deadlines: VecDeque::new(),
             reads_waiting_apply: BTreeMap::new(),
             applied,
+            metrics,
         }
     }
 

@@ -35,6 +35,7 @@ use tracing::{error, info, warn};
 use super::command::{KvCommand, KvResponse, PutCondition};
 use super::descriptor::{even_boundaries, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch};
 use super::error::NodeError;
+use super::metrics::{NodeMetrics, NodeSample, ProposalLatencies};
 use super::peer::{
     check_keys, is_command, BatchedProposal, ForwardedProposal, Peer, PendingProposal, PendingRead,
     Reply,
@@ -221,6 +222,11 @@ pub struct Store {
     next_read_ctx: u64,
     stopping: bool,
     ticks: u64,
+    metrics: NodeMetrics,
+    /// When the current round took its first input: the receive time of its writes.
+    round_started: Instant,
+    /// Receive times of the writes answered in the current round.
+    latencies: ProposalLatencies,
 }
 
 /// Writes the first regions of a new cluster: `regions` regions evenly splitting the key
@@ -398,10 +404,14 @@ impl Store {
             next_read_ctx: 1,
             stopping: false,
             ticks: 0,
+            metrics: NodeMetrics::new(),
+            round_started: Instant::now(),
+            latencies: ProposalLatencies::default(),
         };
         for region_id in store.log.regions() {
             store.load_region(region_id)?;
         }
+        store.sample_gauges();
         info!(
             node = store.cfg.node_id,
             regions = store.peers.len(),
@@ -454,13 +464,34 @@ impl Store {
         self.regions.update(peer.route());
     }
 
+    /// Sets the node's and every region's gauges; once per tick, since it walks every
+    /// replica.
+    fn sample_gauges(&self) {
+        let mut node = NodeSample {
+            regions: self.peers.len(),
+            ..Default::default()
+        };
+        for p in self.peers.values() {
+            let r = p.raw.raft();
+            let leader = r.role() == Role::Leader;
+            node.leaders += usize::from(leader);
+            node.proposals_pending += p.proposals.len() + p.batched.len();
+            node.reads_pending += p.reads_waiting_index.len() + p.reads_waiting_apply.len();
+            p.metrics
+                .sample(leader, r.term(), r.commit_index(), p.applied);
+        }
+        self.metrics.sample(&node);
+    }
+
     /// Runs the loop until [`StoreMsg::Stop`] or until every sender is gone.
     pub fn run(mut self) {
         let tick = self.cfg.tick_interval;
         let mut next_tick = Instant::now() + tick;
         while !self.stopping {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
+            let first = self.rx.recv_timeout(wait);
+            self.round_started = Instant::now();
+            match first {
                 Ok(m) => self.handle(m),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -479,6 +510,7 @@ impl Store {
                     p.raw.tick();
                     p.expire(self.ticks);
                 }
+                self.sample_gauges();
                 if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
                     self.balance_leaders();
                 }
@@ -495,8 +527,14 @@ impl Store {
                 );
                 self.stopping = true;
             }
+            self.metrics.round_done(self.round_started);
         }
         for p in self.peers.values_mut() {
+            let proposals = p.proposals.len() + p.batched.len();
+            let reads = p.reads_waiting_index.len() + p.reads_waiting_apply.len();
+            self.metrics
+                .proposals_failed(&NodeError::Stopped, proposals as u64);
+            self.metrics.reads_failed(reads as u64);
             p.fail_all(NodeError::Stopped);
         }
         info!(node = self.cfg.node_id, "store stopped");
@@ -682,18 +720,23 @@ impl Store {
         cmd: KvCommand,
         reply: Reply<KvResponse>,
     ) {
+        self.metrics.proposal_received();
         let Some(p) = self.peers.get_mut(&region_id) else {
+            self.metrics.proposals_failed(&NodeError::RegionNotFound, 1);
             let _ = reply.send(Err(NodeError::RegionNotFound));
             return;
         };
         if let Err(e) = check_keys(&p.desc, &cmd) {
+            self.metrics.proposals_failed(&e, 1);
             let _ = reply.send(Err(e));
             return;
         }
         // A follower forwards the command to its leader; only a replica that knows no
         // leader (an election is on) turns it away.
         if !p.is_leader() && p.leader_node().is_none() {
-            let _ = reply.send(Err(p.not_leader()));
+            let e = p.not_leader();
+            self.metrics.proposals_failed(&e, 1);
+            let _ = reply.send(Err(e));
             return;
         }
         let data = Command {
@@ -708,6 +751,7 @@ impl Store {
             data: Bytes::from(data),
             session,
             reply,
+            proposed_at: self.round_started,
         });
     }
 
@@ -724,21 +768,31 @@ impl Store {
             if p.batched.is_empty() {
                 continue;
             }
-            let batch = std::mem::take(&mut p.batched);
+            let mut batched = std::mem::take(&mut p.batched);
             if !p.is_leader() {
-                forward(p, batch, deadline);
+                let failed = forward(p, batched, deadline);
+                if let Some((err, n)) = failed {
+                    self.metrics.proposals_failed(&err, n);
+                }
                 continue;
             }
-            let (data, replies): (Vec<Bytes>, Vec<Reply<KvResponse>>) =
-                batch.into_iter().map(|b| (b.data, b.reply)).unzip();
+            let data: Vec<Bytes> = batched
+                .iter_mut()
+                .map(|b| std::mem::take(&mut b.data))
+                .collect();
             let n = data.len() as u64;
             match p.raw.propose_batch(data) {
                 Ok(last) => {
+                    p.metrics.proposed(n);
                     let term = p.raw.raft().term();
-                    for (i, reply) in replies.into_iter().enumerate() {
+                    for (i, b) in batched.into_iter().enumerate() {
                         let index = last + 1 - n + i as u64;
-                        p.proposals
-                            .push_back(PendingProposal { term, index, reply });
+                        p.proposals.push_back(PendingProposal {
+                            term,
+                            index,
+                            reply: b.reply,
+                            proposed_at: b.proposed_at,
+                        });
                     }
                 }
                 Err(e) => {
@@ -746,8 +800,9 @@ impl Store {
                         raft::Error::NotLeader { .. } => p.not_leader(),
                         other => NodeError::Dropped(other.to_string()),
                     };
-                    for reply in replies {
-                        let _ = reply.send(Err(err.clone()));
+                    self.metrics.proposals_failed(&err, n);
+                    for b in batched {
+                        let _ = b.reply.send(Err(err.clone()));
                     }
                 }
             }
@@ -756,16 +811,19 @@ impl Store {
 
     fn read(&mut self, region_id: u64, key: &[u8], read: PendingRead) {
         let Some(p) = self.peers.get_mut(&region_id) else {
+            self.metrics.reads_failed(1);
             read.fail(NodeError::RegionNotFound);
             return;
         };
         if !p.desc.contains(key) {
+            self.metrics.reads_failed(1);
             read.fail(NodeError::KeyNotInRegion(region_id));
             return;
         }
         // A follower asks its leader for the read index (raft forwards the request) and
         // serves the read itself once it has applied that far.
         if !p.is_leader() && p.leader_node().is_none() {
+            self.metrics.reads_failed(1);
             let e = p.not_leader();
             read.fail(e);
             return;
@@ -781,7 +839,10 @@ impl Store {
                     p.read_deadlines.push_back((deadline, ctx));
                 }
             }
-            Err(e) => read.fail(NodeError::Dropped(e.to_string())),
+            Err(e) => {
+                self.metrics.reads_failed(1);
+                read.fail(NodeError::Dropped(e.to_string()))
+            }
         }
     }
 
@@ -807,6 +868,10 @@ impl Store {
                         region_id,
                         leader_node: None,
                     };
+                    self.metrics
+                        .proposals_failed(&err, p.proposals.len() as u64);
+                    self.metrics
+                        .reads_failed(p.reads_waiting_index.len() as u64);
                     for pr in p.proposals.drain(..) {
                         let _ = pr.reply.send(Err(err.clone()));
                     }
@@ -874,7 +939,10 @@ impl Store {
         }
         // 3. One write, one fdatasync, for every region of this round.
         if !batch.regions.is_empty() {
+            let regions = batch.regions.len();
+            let started = Instant::now();
             self.log.write(batch).map_err(storage)?;
+            self.metrics.log_written(started.elapsed(), regions);
         }
         // 4–5. Durable: acknowledgements may leave; apply everything committed.
         let mut ctx = ApplyContext {
@@ -883,6 +951,8 @@ impl Store {
             overlay: Default::default(),
         };
         let mut answers: Vec<(Reply<KvResponse>, Result<KvResponse, NodeError>)> = Vec::new();
+        let apply_started = Instant::now();
+        let mut applied_entries = 0;
         for (region_id, rd) in readies.iter_mut() {
             let p = self
                 .peers
@@ -894,6 +964,7 @@ impl Store {
                 &p.desc,
                 std::mem::take(&mut rd.persisted_messages),
             );
+            let mut commands = 0;
             for e in &rd.committed_entries {
                 match e.kind {
                     EntryKind::ConfChange => {
@@ -906,6 +977,7 @@ impl Store {
                     }
                     _ if is_command(e.kind, &e.data) => {
                         let (result, session) = apply_command(&mut ctx, p, *region_id, &e.data)?;
+                        commands += 1;
                         if let Some(session) = session {
                             if !p.forwarded.is_empty() {
                                 p.answer_forwarded(session, &Ok(result.clone()));
@@ -914,14 +986,13 @@ impl Store {
                         while p.proposals.front().is_some_and(|f| f.index <= e.index) {
                             let f = p.proposals.pop_front().expect("checked");
                             if f.index == e.index && f.term == e.term {
+                                self.latencies.push(f.proposed_at);
                                 answers.push((f.reply, Ok(result.clone())));
                             } else {
-                                answers.push((
-                                    f.reply,
-                                    Err(NodeError::Dropped(
-                                        "entry was replaced by a new leader".into(),
-                                    )),
-                                ));
+                                let err =
+                                    NodeError::Dropped("entry was replaced by a new leader".into());
+                                self.metrics.proposals_failed(&err, 1);
+                                answers.push((f.reply, Err(err)));
                             }
                         }
                     }
@@ -930,13 +1001,22 @@ impl Store {
                 ctx.round.set_applied(*region_id, e.index);
                 p.applied = e.index;
             }
+            let committed = rd.committed_entries.len() as u64;
+            p.metrics.applied(committed, commands);
+            applied_entries += committed;
         }
         if !ctx.round.is_empty() {
             self.kv.apply(ctx.round).map_err(storage)?;
         }
+        if applied_entries > 0 {
+            self.metrics
+                .applied(apply_started.elapsed(), applied_entries);
+        }
         for (reply, r) in answers {
             let _ = reply.send(r);
         }
+        self.metrics
+            .proposals_answered(&mut self.latencies, Instant::now());
         // 6. Reads.
         for (region_id, rd) in readies {
             let p = self
@@ -953,7 +1033,9 @@ impl Store {
                 }
             }
             p.raw.advance(rd);
-            serve_reads(&self.kv, p);
+            let (served, failed) = serve_reads(&self.kv, p);
+            self.metrics.reads_served(served);
+            self.metrics.reads_failed(failed);
         }
         Ok(())
     }
@@ -1018,11 +1100,14 @@ fn apply_command(
     Ok((answer, session))
 }
 
-/// Sends a follower's batched commands to its leader and waits for them to apply here.
-fn forward(p: &mut Peer, batch: Vec<BatchedProposal>, deadline: u64) {
+/// Sends a follower's batched commands to its leader and waits for them to apply here;
+/// on failure, answers them and returns the error and how many failed.
+fn forward(p: &mut Peer, batch: Vec<BatchedProposal>, deadline: u64) -> Option<(NodeError, u64)> {
     let data: Vec<Bytes> = batch.iter().map(|b| b.data.clone()).collect();
+    let n = data.len() as u64;
     match p.raw.forward_proposals(data) {
         Ok(_) => {
+            p.metrics.proposed(n);
             for b in batch {
                 p.forwarded
                     .entry(b.session)
@@ -1033,6 +1118,7 @@ fn forward(p: &mut Peer, batch: Vec<BatchedProposal>, deadline: u64) {
                     });
                 p.forwarded_deadlines.push_back((deadline, b.session));
             }
+            None
         }
         Err(e) => {
             let err = match e {
@@ -1042,11 +1128,22 @@ fn forward(p: &mut Peer, batch: Vec<BatchedProposal>, deadline: u64) {
             for b in batch {
                 let _ = b.reply.send(Err(err.clone()));
             }
+            Some((err, n))
         }
     }
 }
 
-fn serve_reads(kv: &KvStore, p: &mut Peer) {
+/// Answers the reads whose index is applied; returns how many got data and how many an
+/// error.
+fn serve_reads(kv: &KvStore, p: &mut Peer) -> (u64, u64) {
+    let (mut served, mut failed) = (0, 0);
+    let mut count = |ok: bool| {
+        if ok {
+            served += 1;
+        } else {
+            failed += 1;
+        }
+    };
     while let Some(entry) = p.reads_waiting_apply.first_entry() {
         if entry.key().0 > p.applied {
             break;
@@ -1057,6 +1154,7 @@ fn serve_reads(kv: &KvStore, p: &mut Peer) {
                     .get(&key)
                     .map(|v| v.map(Bytes::from))
                     .map_err(|e| NodeError::Storage(e.to_string()));
+                count(r.is_ok());
                 let _ = reply.send(r);
             }
             PendingRead::Scan {
@@ -1078,10 +1176,12 @@ fn serve_reads(kv: &KvStore, p: &mut Peer) {
                         v
                     })
                     .map_err(|e| NodeError::Storage(e.to_string()));
+                count(r.is_ok());
                 let _ = reply.send(r);
             }
         }
     }
+    (served, failed)
 }
 
 fn send_all(

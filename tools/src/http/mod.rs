@@ -17,7 +17,9 @@ mod routes;
 mod server;
 
 pub use client::{HttpClientError, HttpResponse, StatusClient, RESPONSE_BYTES_MAX};
-pub use recorder::{install_prometheus_recorder, LATENCY_BUCKETS_SECONDS};
+pub use recorder::{
+    install_prometheus_recorder, BYTES_BUCKETS, COUNT_BUCKETS, LATENCY_BUCKETS_SECONDS,
+};
 pub use server::{StatusServer, HEADER_READ_TIMEOUT_MILLIS, HTTP_CONNECTIONS_MAX};
 
 /// Counter: status-server requests, by `route` (`health`, `metrics`, `status`,
