@@ -179,7 +179,7 @@ pub fn regions_table(regions: &[RegionStatus]) -> String {
 }
 
 /// Left-aligned columns two spaces apart, a header row first.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -6,8 +6,10 @@
 //! - [`resp`]: the Redis-protocol (RESP2) server on the client address.
 //! - [`http`]: the status server: `/metrics`, `/status`, `/health` and the admin endpoints.
 //! - [`ctl`]: `flotilla ctl`, the command line that talks to the status server.
+//! - [`cluster`]: `flotilla cluster`, a local cluster of server processes to try Flotilla out.
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod ctl;
 pub mod escape;
 pub mod http;

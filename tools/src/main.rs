@@ -1,9 +1,10 @@
 //! `flotilla`: the Flotilla command line.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flotilla_tools::ctl;
+use flotilla_tools::{cluster, ctl};
 
 /// Flotilla, a multi-raft storage engine.
 #[derive(Debug, Parser)]
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run one node: the store, the transport, the RESP and HTTP servers.
     Server(flotilla_tools::server::ServerArgs),
+    /// Start a local cluster of server processes on 127.0.0.1; Ctrl-C stops it.
+    Cluster(cluster::ClusterArgs),
     /// Inspect and steer a running node through its HTTP status address.
     Ctl(ctl::CtlArgs),
 }
@@ -25,6 +28,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Ctl(args) => run_ctl(&args),
+        Command::Cluster(args) => match cluster::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flotilla cluster: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Server(args) => {
             init_logging();
             match flotilla_tools::server::run(&args) {
@@ -60,12 +70,14 @@ fn run_ctl(args: &ctl::CtlArgs) -> ExitCode {
     }
 }
 
-/// Logs to stderr, `info` and up unless `RUST_LOG` says otherwise.
+/// Logs to stderr, `info` and up unless `RUST_LOG` says otherwise; colours only on a
+/// terminal (`flotilla cluster` sends each node's stderr to a log file).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
