@@ -437,8 +437,8 @@ async fn run_cluster(
             None
         }
     };
-    let statuses = match started {
-        Some(Ok(statuses)) => statuses,
+    match started {
+        Some(Ok(_)) => {}
         Some(Err(e)) => {
             procs.stop(&mut signals).await;
             return Err(e);
@@ -448,7 +448,7 @@ async fn run_cluster(
             return Ok(());
         }
     };
-    print!("{}", banner(plan, &statuses, &exe));
+    print!("{}", banner(plan, &exe));
 
     let ended = live_view(plan, &mut procs, &mut signals, seconds).await;
     procs.stop(&mut signals).await;
@@ -517,7 +517,7 @@ fn serving(status: &NodeStatus) -> bool {
 
 /// The addresses table and the commands to try (`exe`: this program, for the `ctl` line,
 /// since `cargo run` does not put it on the PATH).
-fn banner(plan: &ClusterPlan, statuses: &[NodeStatus], exe: &Path) -> String {
+fn banner(plan: &ClusterPlan, exe: &Path) -> String {
     let rows: Vec<Vec<String>> = plan
         .nodes
         .iter()
@@ -532,11 +532,8 @@ fn banner(plan: &ClusterPlan, statuses: &[NodeStatus], exe: &Path) -> String {
         .collect();
     let mut out = String::from("\n");
     out.push_str(&table(&["NODE", "RESP", "HTTP", "LOG"], &rows));
-    // Requests are not forwarded between nodes yet: point the example at the node that
-    // leads the example key's region.
-    let leader = example_key_leader(statuses)
-        .and_then(|id| plan.nodes.iter().find(|n| n.id == id))
-        .unwrap_or(&plan.nodes[0]);
+    // Every node serves every key (followers forward to the leader): any node will do.
+    let leader = &plan.nodes[0];
     let key = String::from_utf8_lossy(EXAMPLE_KEY);
     let _ = writeln!(
         out,
@@ -552,23 +549,10 @@ fn banner(plan: &ClusterPlan, statuses: &[NodeStatus], exe: &Path) -> String {
     );
     let _ = writeln!(
         out,
-        "A node serves the keys of the regions it leads; for other keys it answers\n\
-         TRYAGAIN naming the leader's node (forwarding between nodes is not built yet).\n\
+        "Every node serves every key: a follower forwards writes to the region's leader.\n\
          Ctrl-C stops the cluster.\n"
     );
     out
-}
-
-/// The node leading the region that holds [`EXAMPLE_KEY`], as the first node that knows says.
-fn example_key_leader(statuses: &[NodeStatus]) -> Option<u64> {
-    statuses
-        .iter()
-        .flat_map(|s| &s.regions)
-        .find(|r| {
-            r.start_key.as_ref() <= EXAMPLE_KEY
-                && (r.end_key.is_empty() || EXAMPLE_KEY < r.end_key.as_ref())
-        })
-        .and_then(|r| r.leader)
 }
 
 /// What one refresh saw of one node.
@@ -1366,7 +1350,7 @@ mod tests {
     }
 
     #[test]
-    fn the_example_points_at_the_leader_of_its_key() {
+    fn the_banner_names_every_node_and_lines_to_try() {
         let region = |id, start: &'static [u8], end: &'static [u8], leader| RegionStatus {
             id,
             start_key: Bytes::from_static(start),
@@ -1387,14 +1371,13 @@ mod tests {
             ],
         };
         assert!(!serving(&status));
-        assert_eq!(example_key_leader(std::slice::from_ref(&status)), Some(3));
         let plan = ClusterPlan::new(&args(3, 7100, Path::new("/d"))).unwrap();
-        let text = banner(&plan, &[status], Path::new("/bin/flotilla"));
+        let text = banner(&plan, Path::new("/bin/flotilla"));
         assert!(
             text.contains("/bin/flotilla ctl --addr 127.0.0.1:7102 regions"),
             "{text}"
         );
-        assert!(text.contains("redis-cli -p 7121 set hello world"), "{text}");
+        assert!(text.contains("redis-cli -p 7101 set hello world"), "{text}");
         assert!(
             text.contains("127.0.0.1:7111  127.0.0.1:7112  /d/n2.log"),
             "{text}"
