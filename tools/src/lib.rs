@@ -20,10 +20,10 @@ pub mod server;
 pub mod service;
 
 pub use http::{install_prometheus_recorder, StatusServer};
-pub use memory::{MemoryKvService, MEMORY_BYTES_MAX_DEFAULT};
+pub use memory::{MemoryKvService, MEMORY_BYTES_MAX_DEFAULT, MEMORY_NODE_ID, MEMORY_REGION_ID};
 pub use node_service::NodeService;
 pub use resp::{RespLimits, RespServer};
 pub use service::{
-    EpochStatus, KvService, NodeStatus, PutCondition, RegionStatus, ReplicaRole, ServiceError,
-    ServiceFuture, StatusSource,
+    ClientSession, EpochStatus, KvService, NodeStatus, PutCondition, RegionStatus, ReplicaRole,
+    RouteEntry, ServiceError, ServiceFuture, StatusSource,
 };

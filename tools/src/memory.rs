@@ -5,6 +5,12 @@
 //! replication (nothing survives the process). Every operation runs when the method is
 //! called, so the returned futures are already complete; that satisfies the ordering contract
 //! of [`KvService`] trivially.
+//!
+//! It is node [`MEMORY_NODE_ID`] with one region ([`MEMORY_REGION_ID`]) covering every key,
+//! led by itself. Client sessions are accepted and ignored: nothing here is retried behind
+//! the caller's back or replicated, and a write is applied exactly when its call is made,
+//! so there is no earlier attempt a session could deduplicate against. A client that sends
+//! the same write twice here (after a lost connection) may see it applied twice.
 
 use std::collections::BTreeMap;
 use std::future::ready;
@@ -13,7 +19,15 @@ use std::ops::Bound;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::service::{KvService, PutCondition, ServiceError, ServiceFuture};
+use crate::service::{
+    ClientSession, EpochStatus, KvService, PutCondition, RouteEntry, ServiceError, ServiceFuture,
+};
+
+/// The node id the in-memory service answers to `FLOTILLA.NODE`.
+pub const MEMORY_NODE_ID: u64 = 1;
+
+/// The id of the one region the in-memory service reports to `FLOTILLA.REGIONS`.
+pub const MEMORY_REGION_ID: u64 = 1;
 
 /// Default for [`MemoryKvService::with_bytes_max`]: a dev mode runs on a laptop, and failing
 /// writes with `Full` is kinder than the process being killed for memory.
@@ -116,7 +130,13 @@ impl KvService for MemoryKvService {
         done(Ok(self.inner.lock().map.get(&key).cloned()))
     }
 
-    fn put(&self, key: Bytes, value: Bytes, cond: PutCondition) -> ServiceFuture<bool> {
+    fn put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        cond: PutCondition,
+        _session: ClientSession,
+    ) -> ServiceFuture<bool> {
         let mut inner = self.inner.lock();
         let exists = inner.map.contains_key(&key);
         let write = match cond {
@@ -134,13 +154,13 @@ impl KvService for MemoryKvService {
         done(Ok(true))
     }
 
-    fn delete(&self, keys: Vec<Bytes>) -> ServiceFuture<u64> {
+    fn delete(&self, keys: Vec<Bytes>, _session: ClientSession) -> ServiceFuture<u64> {
         let mut inner = self.inner.lock();
         let deleted = keys.iter().filter(|k| inner.remove(k)).count();
         done(Ok(deleted as u64))
     }
 
-    fn incr_by(&self, key: Bytes, delta: i64) -> ServiceFuture<i64> {
+    fn incr_by(&self, key: Bytes, delta: i64, _session: ClientSession) -> ServiceFuture<i64> {
         let mut inner = self.inner.lock();
         let current = match inner.map.get(&key) {
             None => 0,
@@ -169,7 +189,7 @@ impl KvService for MemoryKvService {
         done(Ok(next))
     }
 
-    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> ServiceFuture<()> {
+    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>, _session: ClientSession) -> ServiceFuture<()> {
         let mut inner = self.inner.lock();
         // All or nothing: size the whole batch against the limit before writing any of it.
         // A key listed twice keeps its last value, so only that one counts.
@@ -214,6 +234,20 @@ impl KvService for MemoryKvService {
             .collect();
         done(Ok(pairs))
     }
+
+    fn node_id(&self) -> u64 {
+        MEMORY_NODE_ID
+    }
+
+    fn routes(&self) -> Vec<RouteEntry> {
+        vec![RouteEntry {
+            id: MEMORY_REGION_ID,
+            start_key: Bytes::new(),
+            end_key: Bytes::new(),
+            epoch: EpochStatus::default(),
+            leader: Some(MEMORY_NODE_ID),
+        }]
+    }
 }
 
 #[cfg(test)]
@@ -228,19 +262,19 @@ mod tests {
     async fn conditional_puts() {
         let s = MemoryKvService::new();
         assert_eq!(
-            s.put(b("k"), b("1"), PutCondition::IfPresent).await,
+            s.put(b("k"), b("1"), PutCondition::IfPresent, None).await,
             Ok(false)
         );
         assert_eq!(
-            s.put(b("k"), b("1"), PutCondition::IfAbsent).await,
+            s.put(b("k"), b("1"), PutCondition::IfAbsent, None).await,
             Ok(true)
         );
         assert_eq!(
-            s.put(b("k"), b("2"), PutCondition::IfAbsent).await,
+            s.put(b("k"), b("2"), PutCondition::IfAbsent, None).await,
             Ok(false)
         );
         assert_eq!(
-            s.put(b("k"), b("3"), PutCondition::IfPresent).await,
+            s.put(b("k"), b("3"), PutCondition::IfPresent, None).await,
             Ok(true)
         );
         assert_eq!(s.get(b("k")).await, Ok(Some(b("3"))));
@@ -250,14 +284,18 @@ mod tests {
     #[tokio::test]
     async fn incr_checks_type_and_overflow() {
         let s = MemoryKvService::new();
-        assert_eq!(s.incr_by(b("n"), 5).await, Ok(5));
-        assert_eq!(s.incr_by(b("n"), -7).await, Ok(-2));
+        assert_eq!(s.incr_by(b("n"), 5, None).await, Ok(5));
+        assert_eq!(s.incr_by(b("n"), -7, None).await, Ok(-2));
         let max = b(&i64::MAX.to_string());
-        s.put(b("n"), max, PutCondition::Always).await.unwrap();
-        let overflow = s.incr_by(b("n"), 1).await;
+        s.put(b("n"), max, PutCondition::Always, None)
+            .await
+            .unwrap();
+        let overflow = s.incr_by(b("n"), 1, None).await;
         assert!(matches!(overflow, Err(ServiceError::InvalidArgument(_))));
-        s.put(b("t"), b("abc"), PutCondition::Always).await.unwrap();
-        let not_int = s.incr_by(b("t"), 1).await;
+        s.put(b("t"), b("abc"), PutCondition::Always, None)
+            .await
+            .unwrap();
+        let not_int = s.incr_by(b("t"), 1, None).await;
         assert!(matches!(not_int, Err(ServiceError::InvalidArgument(_))));
     }
 
@@ -265,14 +303,14 @@ mod tests {
     async fn scan_is_ordered_and_bounded() {
         let s = MemoryKvService::new();
         let pairs = ["a", "b", "c", "d"].iter().map(|k| (b(k), b(k))).collect();
-        s.batch_put(pairs).await.unwrap();
+        s.batch_put(pairs, None).await.unwrap();
         let keys = |v: Vec<(Bytes, Bytes)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         let bc = s.scan(b("b"), Some(b("d")), 10).await.unwrap();
         assert_eq!(keys(bc), vec![b("b"), b("c")]);
         let abc = s.scan(b("a"), None, 3).await.unwrap();
         assert_eq!(keys(abc), vec![b("a"), b("b"), b("c")]);
         assert!(s.scan(b("c"), Some(b("b")), 10).await.unwrap().is_empty());
-        assert_eq!(s.delete(vec![b("a"), b("a"), b("z")]).await, Ok(1));
+        assert_eq!(s.delete(vec![b("a"), b("a"), b("z")], None).await, Ok(1));
         assert_eq!(s.len(), 3);
     }
 
@@ -280,17 +318,21 @@ mod tests {
     async fn refuses_writes_past_the_limit() {
         let s = MemoryKvService::with_bytes_max(10);
         assert_eq!(
-            s.put(b("k"), b("123456789"), PutCondition::Always).await,
+            s.put(b("k"), b("123456789"), PutCondition::Always, None)
+                .await,
             Ok(true)
         );
-        let full = s.put(b("j"), b("1"), PutCondition::Always).await;
+        let full = s.put(b("j"), b("1"), PutCondition::Always, None).await;
         assert!(matches!(full, Err(ServiceError::Full(_))));
         // Overwriting with a smaller value always fits.
-        assert_eq!(s.put(b("k"), b("1"), PutCondition::Always).await, Ok(true));
-        let full = s.batch_put(vec![(b("x"), b("123456789"))]).await;
+        assert_eq!(
+            s.put(b("k"), b("1"), PutCondition::Always, None).await,
+            Ok(true)
+        );
+        let full = s.batch_put(vec![(b("x"), b("123456789"))], None).await;
         assert!(matches!(full, Err(ServiceError::Full(_))));
         // A batch that overwrites a key twice counts its last value once.
-        s.batch_put(vec![(b("k"), b("12345678")), (b("k"), b("1234"))])
+        s.batch_put(vec![(b("k"), b("12345678")), (b("k"), b("1234"))], None)
             .await
             .unwrap();
         assert_eq!(s.bytes(), 5);

@@ -1,11 +1,14 @@
 //! The protocol servers' view of a real node: [`KvService`] and [`StatusSource`] over a
 //! [`NodeHandle`].
 //!
-//! Every write carries a client session (a client id and sequence from a
-//! [`SessionPool`]: one id per write in flight), and a write that is dropped by a
-//! leadership change is retried with the *same* session, so it applies at most once. A write whose keys span several regions (DEL, MSET) becomes one
-//! write per region: each is atomic, the whole is not. Requests for regions led by another
-//! node are forwarded there by the node (see docs/architecture.md, "request forwarding").
+//! Every write carries a client session: the one the client sent (`FLOTILLA.SESSION`, so
+//! the client's own retries, through any node, apply once), or else a client id and
+//! sequence from this service's [`SessionPool`] (one id per write in flight). A write that
+//! is dropped by a leadership change is retried with the *same* session, so it applies at
+//! most once. A write whose keys span several regions (DEL, MSET) becomes one write per
+//! region, all with the same session (each region has its own session table): each is
+//! atomic, the whole is not. Requests for regions led by another node are forwarded there
+//! by the node (see docs/architecture.md, "request forwarding").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,8 +20,8 @@ use flotilla_region::node::{self, KvCommand, KvResponse, NodeError, NodeHandle};
 use parking_lot::RwLock;
 
 use crate::service::{
-    EpochStatus, KvService, NodeStatus, PutCondition, RegionStatus, ReplicaRole, ServiceError,
-    ServiceFuture, StatusSource,
+    ClientSession, EpochStatus, KvService, NodeStatus, PutCondition, RegionStatus, ReplicaRole,
+    RouteEntry, ServiceError, ServiceFuture, StatusSource,
 };
 
 /// Retries of a write dropped by a leadership change, at most (same session each time).
@@ -102,17 +105,27 @@ impl NodeService {
         NodeService { inner }
     }
 
+    /// Runs one region's write with the client's session, or one of the pool's.
     fn write(
         &self,
         cmd: KvCommand,
+        client: ClientSession,
     ) -> impl std::future::Future<Output = Result<KvResponse, ServiceError>> + Send + 'static {
         let inner = self.inner.clone();
         async move {
-            // Held until the write has its answer: every retry carries the same pair.
-            let session = inner.sessions.acquire();
+            // Held until the write has its answer: every retry carries the same pair. A
+            // client's own session is the client's to keep; the pool is not touched.
+            let pooled;
+            let pair = match client {
+                Some(pair) => pair,
+                None => {
+                    pooled = inner.sessions.acquire();
+                    pooled.pair()
+                }
+            };
             let mut attempt = 0;
             loop {
-                match inner.node.write(cmd.clone(), session.pair()).await {
+                match inner.node.write(cmd.clone(), pair).await {
                     Ok(KvResponse::Failed(why)) => return Err(ServiceError::InvalidArgument(why)),
                     Ok(r) => return Ok(r),
                     Err(NodeError::Dropped(_)) if attempt < DROPPED_RETRIES_MAX => {
@@ -172,13 +185,19 @@ impl KvService for NodeService {
         Box::pin(async move { node.get(key).await.map_err(service_error) })
     }
 
-    fn put(&self, key: Bytes, value: Bytes, cond: PutCondition) -> ServiceFuture<bool> {
+    fn put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        cond: PutCondition,
+        session: ClientSession,
+    ) -> ServiceFuture<bool> {
         let cond = match cond {
             PutCondition::Always => node::PutCondition::Always,
             PutCondition::IfAbsent => node::PutCondition::IfAbsent,
             PutCondition::IfPresent => node::PutCondition::IfPresent,
         };
-        let w = self.write(KvCommand::Put { key, value, cond });
+        let w = self.write(KvCommand::Put { key, value, cond }, session);
         Box::pin(async move {
             match w.await? {
                 KvResponse::Written(ok) => Ok(ok),
@@ -187,14 +206,14 @@ impl KvService for NodeService {
         })
     }
 
-    fn delete(&self, keys: Vec<Bytes>) -> ServiceFuture<u64> {
+    fn delete(&self, keys: Vec<Bytes>, session: ClientSession) -> ServiceFuture<u64> {
         let groups = match self.by_region(keys, |k| k) {
             Ok(g) => g,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let writes: Vec<_> = groups
             .into_iter()
-            .map(|keys| self.write(KvCommand::Delete { keys }))
+            .map(|keys| self.write(KvCommand::Delete { keys }, session))
             .collect();
         Box::pin(async move {
             let mut n = 0;
@@ -208,8 +227,8 @@ impl KvService for NodeService {
         })
     }
 
-    fn incr_by(&self, key: Bytes, delta: i64) -> ServiceFuture<i64> {
-        let w = self.write(KvCommand::IncrBy { key, delta });
+    fn incr_by(&self, key: Bytes, delta: i64, session: ClientSession) -> ServiceFuture<i64> {
+        let w = self.write(KvCommand::IncrBy { key, delta }, session);
         Box::pin(async move {
             match w.await? {
                 KvResponse::Value(v) => Ok(v),
@@ -218,14 +237,14 @@ impl KvService for NodeService {
         })
     }
 
-    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> ServiceFuture<()> {
+    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>, session: ClientSession) -> ServiceFuture<()> {
         let groups = match self.by_region(pairs, |(k, _)| k) {
             Ok(g) => g,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let writes: Vec<_> = groups
             .into_iter()
-            .map(|pairs| self.write(KvCommand::BatchPut { pairs }))
+            .map(|pairs| self.write(KvCommand::BatchPut { pairs }, session))
             .collect();
         Box::pin(async move {
             for w in writes {
@@ -269,6 +288,29 @@ impl KvService for NodeService {
                 from = route.end_key;
             }
         })
+    }
+
+    fn node_id(&self) -> u64 {
+        self.inner.node.node_id()
+    }
+
+    fn routes(&self) -> Vec<RouteEntry> {
+        self.inner
+            .node
+            .regions()
+            .all()
+            .into_iter()
+            .map(|r| RouteEntry {
+                id: r.id,
+                start_key: r.start_key,
+                end_key: r.end_key,
+                epoch: EpochStatus {
+                    conf_ver: r.epoch.conf_ver,
+                    version: r.epoch.version,
+                },
+                leader: r.leader_node,
+            })
+            .collect()
     }
 }
 

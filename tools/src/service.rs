@@ -74,6 +74,14 @@ impl ServiceError {
     }
 }
 
+/// A client's own session for one write: `(client id, sequence)`.
+///
+/// A client that retries a write itself (possibly through another node) sends the same pair
+/// every time, and the region's state machine applies the write once and answers the retries
+/// from its session table. `None` means the service picks a session of its own, which makes
+/// the service's internal retries safe but not the client's.
+pub type ClientSession = Option<(u64, u64)>;
+
 /// Key-value access, as the client protocols need it.
 ///
 /// Ordering contract, which lets the RESP server pipeline without breaking Redis' "commands
@@ -86,25 +94,36 @@ impl ServiceError {
 /// future, is still correct; it only loses the overlap.
 ///
 /// Reads are linearizable unless the implementation documents otherwise.
+///
+/// Every write takes a [`ClientSession`]: with `Some((id, seq))` a retry of the same write
+/// with the same pair applies once. A write spanning several regions uses the same pair in
+/// each region (each region keeps its own session table), so the pair must only ever be
+/// sent again with the *same* command.
 pub trait KvService: Send + Sync + 'static {
     /// The value of `key`, if any.
     fn get(&self, key: Bytes) -> ServiceFuture<Option<Bytes>>;
 
     /// Writes `value` under `key` if `cond` holds; answers whether it wrote.
-    fn put(&self, key: Bytes, value: Bytes, cond: PutCondition) -> ServiceFuture<bool>;
+    fn put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        cond: PutCondition,
+        session: ClientSession,
+    ) -> ServiceFuture<bool>;
 
     /// Deletes each key that has a value; answers how many did. A key listed twice counts once.
     /// Keys of different regions are deleted region by region, not atomically as a whole.
-    fn delete(&self, keys: Vec<Bytes>) -> ServiceFuture<u64>;
+    fn delete(&self, keys: Vec<Bytes>, session: ClientSession) -> ServiceFuture<u64>;
 
     /// Adds `delta` to the decimal integer stored under `key` (a missing key counts as 0) and
     /// answers the new value. Atomic: the read and the write happen in the state machine.
     /// A value that is not a decimal `i64`, or a sum that overflows, is `InvalidArgument`.
-    fn incr_by(&self, key: Bytes, delta: i64) -> ServiceFuture<i64>;
+    fn incr_by(&self, key: Bytes, delta: i64, session: ClientSession) -> ServiceFuture<i64>;
 
     /// Writes every pair (a key listed twice keeps its last value). Each region's share is
     /// written atomically; pairs of different regions are not atomic as a whole.
-    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> ServiceFuture<()>;
+    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>, session: ClientSession) -> ServiceFuture<()>;
 
     /// Up to `limit` pairs with `start <= key < end` (no `end`: to the end of the key space),
     /// in key order.
@@ -114,6 +133,30 @@ pub trait KvService: Send + Sync + 'static {
         end: Option<Bytes>,
         limit: usize,
     ) -> ServiceFuture<Vec<(Bytes, Bytes)>>;
+
+    /// The id of the node this service runs on (`FLOTILLA.NODE`), so a client can tell which
+    /// of its connections leads a region.
+    fn node_id(&self) -> u64;
+
+    /// The node's routing table in key order (`FLOTILLA.REGIONS`): what a client caches to
+    /// send each request to its region's leader. It is this node's view, so its leaders may
+    /// lag behind an election.
+    fn routes(&self) -> Vec<RouteEntry>;
+}
+
+/// One region as a client routes to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// The region's id.
+    pub id: u64,
+    /// First key of the range (inclusive).
+    pub start_key: Bytes,
+    /// End of the range (exclusive); empty means the end of the key space.
+    pub end_key: Bytes,
+    /// The region's epoch.
+    pub epoch: EpochStatus,
+    /// The node that leads the region, if known.
+    pub leader: Option<u64>,
 }
 
 /// What the HTTP status server shows and the admin actions it takes.

@@ -127,7 +127,8 @@ fn redis_commands_through_a_real_node() {
         .map(|_| {
             let svc = service.clone();
             runtime.spawn(async move {
-                flotilla_tools::KvService::incr_by(&svc, bytes::Bytes::from(key(9000)), 1).await
+                flotilla_tools::KvService::incr_by(&svc, bytes::Bytes::from(key(9000)), 1, None)
+                    .await
             })
         })
         .collect();
@@ -142,8 +143,10 @@ fn redis_commands_through_a_real_node() {
     assert_eq!(seen, (1..=400).collect(), "each INCR applied exactly once");
     // The same, in the order that broke one-session-per-process: the write started second
     // finishes before the first is sent.
-    let first = flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 1);
-    let second = flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 10);
+    let first =
+        flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 1, None);
+    let second =
+        flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 10, None);
     assert_eq!(runtime.block_on(second), Ok(10));
     assert_eq!(
         runtime.block_on(first),

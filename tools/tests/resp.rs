@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_tools::resp::{BULK_BYTES_MAX, INLINE_BYTES_MAX};
 use flotilla_tools::{
-    KvService, MemoryKvService, PutCondition, RespLimits, RespServer, ServiceFuture,
+    ClientSession, KvService, MemoryKvService, PutCondition, RespLimits, RespServer, RouteEntry,
+    ServiceFuture,
 };
 use redis::{Commands, RedisResult, Value};
 
@@ -490,21 +491,33 @@ impl KvService for Laggy {
         let s = self.store.clone();
         self.lag(self.lazy_reads, move || s.get(key))
     }
-    fn put(&self, key: Bytes, value: Bytes, cond: PutCondition) -> ServiceFuture<bool> {
+    fn put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        cond: PutCondition,
+        session: ClientSession,
+    ) -> ServiceFuture<bool> {
         let s = self.store.clone();
-        self.lag(!self.lazy_reads, move || s.put(key, value, cond))
+        self.lag(!self.lazy_reads, move || s.put(key, value, cond, session))
     }
-    fn delete(&self, keys: Vec<Bytes>) -> ServiceFuture<u64> {
+    fn delete(&self, keys: Vec<Bytes>, session: ClientSession) -> ServiceFuture<u64> {
         let s = self.store.clone();
-        self.lag(!self.lazy_reads, move || s.delete(keys))
+        self.lag(!self.lazy_reads, move || s.delete(keys, session))
     }
-    fn incr_by(&self, key: Bytes, delta: i64) -> ServiceFuture<i64> {
+    fn incr_by(&self, key: Bytes, delta: i64, session: ClientSession) -> ServiceFuture<i64> {
         let s = self.store.clone();
-        self.lag(!self.lazy_reads, move || s.incr_by(key, delta))
+        self.lag(!self.lazy_reads, move || s.incr_by(key, delta, session))
     }
-    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> ServiceFuture<()> {
+    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>, session: ClientSession) -> ServiceFuture<()> {
         let s = self.store.clone();
-        self.lag(!self.lazy_reads, move || s.batch_put(pairs))
+        self.lag(!self.lazy_reads, move || s.batch_put(pairs, session))
+    }
+    fn node_id(&self) -> u64 {
+        self.store.node_id()
+    }
+    fn routes(&self) -> Vec<RouteEntry> {
+        self.store.routes()
     }
     fn scan(
         &self,

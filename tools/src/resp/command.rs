@@ -114,6 +114,23 @@ pub const COMMANDS: &[CommandSpec] = &[
     ),
     spec("client", -2, &["loading", "stale"], NO_KEYS, Access::Local),
     spec("quit", -1, &["fast"], NO_KEYS, Access::Local),
+    // Flotilla's own commands, for region-aware clients (the Rust client library).
+    spec(
+        "flotilla.node",
+        1,
+        &["fast", "stale"],
+        NO_KEYS,
+        Access::Local,
+    ),
+    spec("flotilla.regions", 1, &["stale"], NO_KEYS, Access::Local),
+    // The wrapped write's keys move with it, hence no fixed key positions.
+    spec(
+        "flotilla.session",
+        -5,
+        &["write", "denyoom", "movablekeys"],
+        NO_KEYS,
+        Access::Write,
+    ),
 ];
 
 /// A parsed command, ready to run.
@@ -183,6 +200,20 @@ pub enum Command {
     ClientSetInfo,
     /// `QUIT`: answer OK, then close.
     Quit,
+    /// `FLOTILLA.NODE`: the id of the node serving this connection.
+    NodeId,
+    /// `FLOTILLA.REGIONS`: the node's routing table.
+    Regions,
+    /// `FLOTILLA.SESSION client_id seq <write command…>`: the write, with the client's own
+    /// session instead of one of the server's, so the client's retries apply once.
+    Session {
+        /// The client id.
+        client_id: u64,
+        /// The sequence of this write within the client id.
+        seq: u64,
+        /// The wrapped write: `Set`, `Del`, `MSet` or `IncrBy`, never another `Session`.
+        write: Box<Command>,
+    },
 }
 
 /// What `COMMAND` asks.
@@ -260,6 +291,14 @@ fn not_integer() -> Reply {
 
 /// A decimal integer argument, as strict as Redis: no sign `+`, no spaces.
 pub fn parse_i64(arg: &[u8]) -> Option<i64> {
+    std::str::from_utf8(arg)
+        .ok()
+        .filter(|s| !s.starts_with('+'))
+        .and_then(|s| s.parse().ok())
+}
+
+/// An unsigned decimal argument (a client id, a sequence): digits only.
+fn parse_u64(arg: &[u8]) -> Option<u64> {
     std::str::from_utf8(arg)
         .ok()
         .filter(|s| !s.starts_with('+'))
@@ -359,6 +398,9 @@ fn parse_args(spec: &'static CommandSpec, request: Request) -> Result<Command, R
             _ => return Err(unknown_subcommand("CLIENT", &args[0])),
         },
         "quit" => Command::Quit,
+        "flotilla.node" => Command::NodeId,
+        "flotilla.regions" => Command::Regions,
+        "flotilla.session" => parse_session(args)?,
         other => unreachable!("command table entry {other} has no parser"),
     };
     Ok(cmd)
@@ -367,6 +409,27 @@ fn parse_args(spec: &'static CommandSpec, request: Request) -> Result<Command, R
 fn unknown_subcommand(command: &str, sub: &Bytes) -> Reply {
     let sub = String::from_utf8_lossy(&sub[..sub.len().min(64)]).into_owned();
     Reply::err(format!("unknown subcommand '{sub}'. Try {command} HELP."))
+}
+
+/// `FLOTILLA.SESSION client_id seq <write…>`: the ids, then the wrapped request parsed as a
+/// command of its own, which must be a data write.
+fn parse_session(mut args: Vec<Bytes>) -> Result<Command, Reply> {
+    let bad_id = || Reply::err("client id and sequence must be unsigned integers");
+    let client_id = parse_u64(&args[0]).ok_or_else(bad_id)?;
+    let seq = parse_u64(&args[1]).ok_or_else(bad_id)?;
+    let inner: Request = args.split_off(2);
+    let (spec, write) = Command::parse(inner).map_err(|(_, reply)| reply)?;
+    if spec.access != Access::Write || spec.name == "flotilla.session" {
+        return Err(Reply::err(format!(
+            "FLOTILLA.SESSION wraps one write command (SET, DEL, MSET, INCR, INCRBY, DECR, DECRBY), not '{}'",
+            spec.name
+        )));
+    }
+    Ok(Command::Session {
+        client_id,
+        seq,
+        write: Box::new(write),
+    })
 }
 
 fn parse_set(args: Vec<Bytes>) -> Result<Command, Reply> {
@@ -588,5 +651,63 @@ mod tests {
             parse(&["scan", "0", "count"]),
             Err("ERR syntax error".into())
         );
+    }
+
+    #[test]
+    fn flotilla_commands() {
+        assert_eq!(parse(&["FLOTILLA.NODE"]), Ok(Command::NodeId));
+        assert_eq!(parse(&["flotilla.regions"]), Ok(Command::Regions));
+        assert_eq!(
+            parse(&["flotilla.session", "7", "3", "incrby", "k", "5"]),
+            Ok(Command::Session {
+                client_id: 7,
+                seq: 3,
+                write: Box::new(Command::IncrBy {
+                    key: "k".into(),
+                    delta: 5
+                }),
+            })
+        );
+        assert_eq!(
+            parse(&["flotilla.session", "7", "3", "mset", "a", "1", "b", "2"]),
+            Ok(Command::Session {
+                client_id: 7,
+                seq: 3,
+                write: Box::new(Command::MSet(vec![
+                    ("a".into(), "1".into()),
+                    ("b".into(), "2".into())
+                ])),
+            })
+        );
+        // The wrapped command is checked as if sent alone.
+        assert_eq!(
+            parse(&["flotilla.session", "7", "3", "set", "k"]),
+            Err("ERR wrong number of arguments for 'set' command".into())
+        );
+        assert_eq!(
+            parse(&["flotilla.session", "7", "3", "set", "k", "v", "BOGUS"]),
+            Err("ERR syntax error".into())
+        );
+        assert!(parse(&["flotilla.session", "7", "3", "get", "k"])
+            .unwrap_err()
+            .contains("wraps one write command"));
+        assert!(parse(&[
+            "flotilla.session",
+            "1",
+            "1",
+            "flotilla.session",
+            "1",
+            "1",
+            "del",
+            "k"
+        ])
+        .unwrap_err()
+        .contains("wraps one write command"));
+        assert!(parse(&["flotilla.session", "-1", "3", "del", "k"])
+            .unwrap_err()
+            .contains("unsigned"));
+        assert!(parse(&["flotilla.session", "1", "x", "del", "k"])
+            .unwrap_err()
+            .contains("unsigned"));
     }
 }

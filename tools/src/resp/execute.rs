@@ -11,7 +11,7 @@ use super::command::{Command, CommandQuery, COMMANDS};
 use super::cursor::CursorTable;
 use super::glob;
 use super::reply::Reply;
-use crate::service::KvService;
+use crate::service::{ClientSession, KvService, RouteEntry};
 
 /// A reply that is still being computed by the service.
 pub type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
@@ -52,25 +52,14 @@ pub fn execute(cmd: Command, session: &mut Session, shared: &Shared) -> Outcome 
             let f = service.get(key);
             pending(async move { f.await.map(Reply::bulk_or_null) })
         }
-        Command::Set { key, value, cond } => {
-            let f = service.put(key, value, cond);
-            pending(async move {
-                f.await.map(|written| {
-                    if written {
-                        Reply::Simple("OK")
-                    } else {
-                        Reply::Null
-                    }
-                })
-            })
+        Command::Set { .. } | Command::Del(_) | Command::MSet(_) | Command::IncrBy { .. } => {
+            write(cmd, None, service.as_ref())
         }
-        Command::Del(keys) => {
-            let f = service.delete(keys);
-            pending(async move {
-                f.await
-                    .map(|n| Reply::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
-            })
-        }
+        Command::Session {
+            client_id,
+            seq,
+            write: inner,
+        } => write(*inner, Some((client_id, seq)), service.as_ref()),
         Command::Exists(keys) => {
             // Redis counts a key named twice twice.
             let gets: Vec<_> = keys.into_iter().map(|k| service.get(k)).collect();
@@ -91,14 +80,6 @@ pub fn execute(cmd: Command, session: &mut Session, shared: &Shared) -> Outcome 
                 }
                 Ok(Reply::Array(values))
             })
-        }
-        Command::MSet(pairs) => {
-            let f = service.batch_put(pairs);
-            pending(async move { f.await.map(|()| Reply::Simple("OK")) })
-        }
-        Command::IncrBy { key, delta } => {
-            let f = service.incr_by(key, delta);
-            pending(async move { f.await.map(Reply::Integer) })
         }
         Command::Scan {
             cursor,
@@ -127,7 +108,63 @@ pub fn execute(cmd: Command, session: &mut Session, shared: &Shared) -> Outcome 
         }
         Command::ClientGetName => Outcome::Ready(Reply::bulk_or_null(session.name.clone())),
         Command::Quit => Outcome::Close(Reply::Simple("OK")),
+        Command::NodeId => Outcome::Ready(Reply::unsigned(service.node_id())),
+        Command::Regions => Outcome::Ready(regions_reply(service.routes())),
     }
+}
+
+/// Submits a data write, with the client's session if it sent one.
+fn write(cmd: Command, session: ClientSession, service: &dyn KvService) -> Outcome {
+    match cmd {
+        Command::Set { key, value, cond } => {
+            let f = service.put(key, value, cond, session);
+            pending(async move {
+                f.await.map(|written| {
+                    if written {
+                        Reply::Simple("OK")
+                    } else {
+                        Reply::Null
+                    }
+                })
+            })
+        }
+        Command::Del(keys) => {
+            let f = service.delete(keys, session);
+            pending(async move {
+                f.await
+                    .map(|n| Reply::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
+            })
+        }
+        Command::MSet(pairs) => {
+            let f = service.batch_put(pairs, session);
+            pending(async move { f.await.map(|()| Reply::Simple("OK")) })
+        }
+        Command::IncrBy { key, delta } => {
+            let f = service.incr_by(key, delta, session);
+            pending(async move { f.await.map(Reply::Integer) })
+        }
+        // The parser only wraps the writes above; anything else is refused, not run.
+        _ => Outcome::Ready(Reply::err("not a write command")),
+    }
+}
+
+/// `FLOTILLA.REGIONS`: one `[id, start, end, version, conf_ver, leader or nil]` per region.
+fn regions_reply(routes: Vec<RouteEntry>) -> Reply {
+    Reply::Array(
+        routes
+            .into_iter()
+            .map(|r| {
+                Reply::Array(vec![
+                    Reply::unsigned(r.id),
+                    Reply::Bulk(r.start_key),
+                    Reply::Bulk(r.end_key),
+                    Reply::unsigned(r.epoch.version),
+                    Reply::unsigned(r.epoch.conf_ver),
+                    r.leader.map_or(Reply::Null, Reply::unsigned),
+                ])
+            })
+            .collect(),
+    )
 }
 
 fn pending<F>(f: F) -> Outcome

@@ -13,6 +13,9 @@
 //! | `INCR`, `DECR`, `INCRBY`, `DECRBY` | the new value; atomic in the state machine |
 //! | `SCAN cursor [MATCH glob] [COUNT n] [TYPE string]` | `[next cursor, keys]`, in key order (below) |
 //! | `RANGE start end [LIMIT n]` | `[k1, v1, k2, v2, …]` with `start <= key < end`, in key order; an empty `end` means no end; `LIMIT` 1..=10000, default 100 |
+//! | `FLOTILLA.NODE` | the node's id |
+//! | `FLOTILLA.REGIONS` | the node's routing table: `[id, start, end, epoch version, epoch conf_ver, leader or nil]` per region, in key order |
+//! | `FLOTILLA.SESSION client_id seq <write…>` | the wrapped write's answer; the write runs with the client's session, so the same pair sent again (to any node) applies once |
 //! | `COMMAND [COUNT\|LIST\|INFO…\|DOCS]`, `CONFIG GET …` (always empty), `SELECT 0`, `CLIENT SETNAME/GETNAME/SETINFO`, `QUIT` | what Redis clients and tools ask on connect |
 //!
 //! `SCAN` walks keys in order rather than by hash bucket. The cursor is a number, as every

@@ -37,6 +37,15 @@ impl Reply {
         }
     }
 
+    /// An id or counter: an integer reply when it fits in `i64` (RESP integers are signed),
+    /// else its decimal digits as a bulk string, so nothing is ever clamped.
+    pub fn unsigned(n: u64) -> Reply {
+        match i64::try_from(n) {
+            Ok(i) => Reply::Integer(i),
+            Err(_) => Reply::Bulk(Bytes::from(n.to_string())),
+        }
+    }
+
     /// A bulk string, or `Null` for `None`.
     pub fn bulk_or_null(value: Option<Bytes>) -> Reply {
         value.map_or(Reply::Null, Reply::Bulk)
@@ -103,6 +112,11 @@ mod tests {
         let arr = Reply::Array(vec![Reply::Integer(1), Reply::Null]);
         assert_eq!(wire(arr), "*2\r\n:1\r\n$-1\r\n");
         assert_eq!(wire(Reply::Array(vec![])), "*0\r\n");
+        assert_eq!(wire(Reply::unsigned(7)), ":7\r\n");
+        assert_eq!(
+            wire(Reply::unsigned(u64::MAX)),
+            "$20\r\n18446744073709551615\r\n"
+        );
     }
 
     #[test]
