@@ -105,6 +105,14 @@ enum Op {
     Delete { key: Bytes },
 }
 
+impl Op {
+    fn key(&self) -> &Bytes {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
 /// The writes of one apply round, for any number of regions. Every region whose data the
 /// round changes must also get its new applied index ([`ApplyRound::set_applied`]):
 /// [`KvStore::apply`] refuses a round that forgets one.
@@ -244,7 +252,17 @@ impl KvStore {
         let data = self.cf(CF_DEFAULT)?;
         let meta = self.cf(CF_META)?;
         let mut wb = WriteBatch::default();
-        for op in &round.ops {
+        // In key order, and only the last write of each key: the memtable's skip list
+        // inserts a run of ascending keys far faster than scattered ones (each insert
+        // starts from where the previous one ended instead of from the top), and a key
+        // written twice in a round needs only its last value. The sort is stable, so "last"
+        // is the round's order.
+        let mut ops: Vec<&Op> = round.ops.iter().collect();
+        ops.sort_by(|a, b| a.key().cmp(b.key()));
+        for (i, op) in ops.iter().enumerate() {
+            if ops.get(i + 1).is_some_and(|next| next.key() == op.key()) {
+                continue;
+            }
             match op {
                 Op::Put { key, value } => wb.put_cf(data, data_key(key), value),
                 Op::Delete { key } => wb.delete_cf(data, data_key(key)),
@@ -253,7 +271,15 @@ impl KvStore {
         for (region, descriptor) in &round.descriptors {
             wb.put_cf(meta, descriptor_key(*region), descriptor);
         }
-        for (region, client, session) in &round.sessions {
+        let mut sessions: Vec<&(u64, u64, Bytes)> = round.sessions.iter().collect();
+        sessions.sort_by_key(|(region, client, _)| (*region, *client));
+        for (i, (region, client, session)) in sessions.iter().enumerate() {
+            if sessions
+                .get(i + 1)
+                .is_some_and(|(r, c, _)| (*r, *c) == (*region, *client))
+            {
+                continue;
+            }
             wb.put_cf(meta, session_key(*region, *client), session);
         }
         let mut applied = self.applied.lock();

@@ -201,3 +201,30 @@ fn a_permit_needs_the_applied_index_durable() {
     assert_eq!(kv.applied_index(1), 10);
     assert_eq!(kv.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
 }
+
+/// A round may write a key several times, in any key order: the last write of each key
+/// wins (the store sorts a round's writes by key before inserting them), and so does the
+/// last session record of each client.
+#[test]
+fn the_last_write_of_a_key_in_a_round_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open_kv(dir.path());
+    let mut r = ApplyRound::new();
+    r.put(1, b"b".to_vec(), b"b1".to_vec());
+    r.put(1, b"a".to_vec(), b"a1".to_vec());
+    r.delete(1, b"b".to_vec());
+    r.put(1, b"c".to_vec(), b"c1".to_vec());
+    r.put(1, b"b".to_vec(), b"b2".to_vec());
+    r.put(1, b"a".to_vec(), b"a2".to_vec());
+    r.delete(1, b"c".to_vec());
+    r.set_session(1, 9, b"first".to_vec());
+    r.set_session(1, 3, b"other".to_vec());
+    r.set_session(1, 9, b"last".to_vec());
+    r.set_applied(1, 1);
+    kv.apply(r).unwrap();
+    assert_eq!(kv.get(b"a").unwrap(), Some(b"a2".to_vec()));
+    assert_eq!(kv.get(b"b").unwrap(), Some(b"b2".to_vec()));
+    assert_eq!(kv.get(b"c").unwrap(), None);
+    assert_eq!(kv.session(1, 9).unwrap(), Some(b"last".to_vec()));
+    assert_eq!(kv.session(1, 3).unwrap(), Some(b"other".to_vec()));
+}

@@ -105,32 +105,32 @@ impl NodeService {
         NodeService { inner }
     }
 
-    /// Runs one region's write with the client's session, or one of the pool's.
+    /// Submits one region's write now (with the client's session, or one of the pool's)
+    /// and returns the future of its answer: submitting at call time keeps a pipelining
+    /// connection's writes in flight together (see [`KvService`]'s ordering contract).
     fn write(
         &self,
         cmd: KvCommand,
         client: ClientSession,
     ) -> impl std::future::Future<Output = Result<KvResponse, ServiceError>> + Send + 'static {
         let inner = self.inner.clone();
+        // Held until the write has its answer: every retry carries the same pair. A
+        // client's own session is the client's to keep; the pool is not touched.
+        let pooled = client.is_none().then(|| inner.sessions.acquire());
+        let pair = client.unwrap_or_else(|| pooled.as_ref().expect("acquired").pair());
+        let first = inner.node.submit_write(cmd.clone(), pair);
         async move {
-            // Held until the write has its answer: every retry carries the same pair. A
-            // client's own session is the client's to keep; the pool is not touched.
-            let pooled;
-            let pair = match client {
-                Some(pair) => pair,
-                None => {
-                    pooled = inner.sessions.acquire();
-                    pooled.pair()
-                }
-            };
+            let _session = pooled;
             let mut attempt = 0;
+            let mut outcome = first.await;
             loop {
-                match inner.node.write(cmd.clone(), pair).await {
+                match outcome {
                     Ok(KvResponse::Failed(why)) => return Err(ServiceError::InvalidArgument(why)),
                     Ok(r) => return Ok(r),
                     Err(NodeError::Dropped(_)) if attempt < DROPPED_RETRIES_MAX => {
                         attempt += 1;
                         tokio::time::sleep(DROPPED_RETRY_PAUSE).await;
+                        outcome = inner.node.write(cmd.clone(), pair).await;
                     }
                     Err(e) => return Err(service_error(e)),
                 }
@@ -181,8 +181,8 @@ fn unexpected(r: KvResponse) -> ServiceError {
 
 impl KvService for NodeService {
     fn get(&self, key: Bytes) -> ServiceFuture<Option<Bytes>> {
-        let node = self.inner.node.clone();
-        Box::pin(async move { node.get(key).await.map_err(service_error) })
+        let read = self.inner.node.submit_get(key);
+        Box::pin(async move { read.await.map_err(service_error) })
     }
 
     fn put(

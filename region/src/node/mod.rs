@@ -27,7 +27,7 @@ pub use descriptor::{even_boundaries, PeerMeta, PeerRole, RegionDescriptor, Regi
 pub use error::NodeError;
 pub use peer::Reply;
 pub use peer_storage::{PeerStorage, RegionSnapshotData, SNAPSHOT_DATA_BYTES_MAX};
-pub use runner::{Node, NodeConfig};
+pub use runner::{Node, NodeConfig, BOOTSTRAP_RECORD};
 pub use store::{
     bootstrap, bootstrap_peer_id, RegionMap, RegionRoute, RegionStatus, Store, StoreConfig,
     StoreMsg, FORWARD_WAIT_ELECTIONS, PEER_ID_NODE_SPAN, ROUND_INPUTS_MAX,
@@ -80,37 +80,69 @@ impl NodeHandle {
         &self.regions
     }
 
-    /// Sends the request `make` builds until it succeeds, fails for good, or the call's
-    /// time is up. A follower forwards writes and read-index requests to its leader, so
-    /// this only waits out elections and dropped proposals; writes carry the same session
-    /// on every attempt, so a retry never applies twice.
-    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, NodeError>
+    /// Puts the request `make` builds in the store's queue now; the answer arrives on the
+    /// returned receiver.
+    fn try_submit<T, M>(
+        &self,
+        make: &M,
+    ) -> Result<oneshot::Receiver<Result<T, NodeError>>, NodeError>
     where
-        F: FnMut(Instant) -> Fut,
-        Fut: Future<Output = Result<T, NodeError>>,
+        M: Fn(&NodeHandle, Reply<T>) -> Result<StoreMsg, NodeError>,
+    {
+        let (reply, rx) = oneshot::channel();
+        let msg = make(self, reply)?;
+        self.tx.try_send(msg).map_err(|e| match e {
+            crossbeam::channel::TrySendError::Full(_) => {
+                NodeError::Dropped("node is overloaded".into())
+            }
+            crossbeam::channel::TrySendError::Disconnected(_) => NodeError::Stopped,
+        })?;
+        Ok(rx)
+    }
+
+    /// Submits the request `make` builds *now*, so requests reach the store in the order
+    /// they were submitted even when their futures are awaited later (a pipelining client
+    /// keeps many in flight); the future waits for the answer, and sends the request again
+    /// while it is retryable (an election, a dropped proposal, a full queue) until the
+    /// call's time is up. Writes carry the same session on every attempt, so a retry never
+    /// applies twice.
+    fn submit<T, M>(&self, make: M) -> impl Future<Output = Result<T, NodeError>> + Send + 'static
+    where
+        T: Send + 'static,
+        M: Fn(&NodeHandle, Reply<T>) -> Result<StoreMsg, NodeError> + Send + 'static,
     {
         let deadline = Instant::now() + self.timeout;
-        let mut pause = RETRY_PAUSE_MIN;
-        loop {
-            match attempt(deadline).await {
-                Err(e) if retryable(&e) && Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+        let first = self.try_submit(&make);
+        let this = self.clone();
+        async move {
+            let mut pending = first;
+            let mut pause = RETRY_PAUSE_MIN;
+            loop {
+                let r = match pending {
+                    Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(_)) => Err(NodeError::Stopped),
+                        Err(_) => Err(NodeError::Timeout),
+                    },
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Err(e) if retryable(&e) && Instant::now() + pause < deadline => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                        pending = this.try_submit(&make);
+                    }
+                    r => return r,
                 }
-                r => return r,
             }
         }
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> StoreMsg) -> Result<T, NodeError> {
-        self.call_until(Instant::now() + self.timeout, make).await
-    }
-
-    async fn call_until<T>(
+    async fn call<T: Send + 'static>(
         &self,
-        deadline: Instant,
         make: impl FnOnce(Reply<T>) -> StoreMsg,
     ) -> Result<T, NodeError> {
+        // Not retried (a status request or a transfer is cheap to ask again).
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(make(reply)).map_err(|e| match e {
             crossbeam::channel::TrySendError::Full(_) => {
@@ -118,7 +150,7 @@ impl NodeHandle {
             }
             crossbeam::channel::TrySendError::Disconnected(_) => NodeError::Stopped,
         })?;
-        match tokio::time::timeout_at(deadline, rx).await {
+        match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(NodeError::Stopped),
             Err(_) => Err(NodeError::Timeout),
@@ -132,53 +164,57 @@ impl NodeHandle {
             .ok_or(NodeError::RegionNotFound)
     }
 
-    /// Applies a write through the log of the region holding its first key, on any node
-    /// with a replica of it (a follower forwards it to the leader). `session` is the
-    /// client's (id, sequence): a retry with the same pair is applied once.
+    /// Submits a write now (see [`NodeHandle::submit_write`]) and waits for its answer.
     pub async fn write(
         &self,
         cmd: KvCommand,
         session: (u64, u64),
     ) -> Result<KvResponse, NodeError> {
+        self.submit_write(cmd, session).await
+    }
+
+    /// Submits a write through the log of the region holding its first key, on any node
+    /// with a replica of it (a follower forwards it to the leader), and returns the future
+    /// of its answer. `session` is the client's (id, sequence): a retry with the same pair
+    /// is applied once. Writes submitted one after another reach their region in that order.
+    pub fn submit_write(
+        &self,
+        cmd: KvCommand,
+        session: (u64, u64),
+    ) -> impl Future<Output = Result<KvResponse, NodeError>> + Send + 'static {
         let key = cmd
             .keys()
             .first()
             .map(|k| Bytes::copy_from_slice(k))
             .unwrap_or_default();
-        self.retrying(|deadline| {
-            let cmd = cmd.clone();
-            let region = self.region_of(&key);
-            async move {
-                let region_id = region?;
-                self.call_until(deadline, |reply| StoreMsg::Propose {
-                    region_id,
-                    session,
-                    cmd,
-                    reply,
-                })
-                .await
-            }
+        self.submit(move |h, reply| {
+            Ok(StoreMsg::Propose {
+                region_id: h.region_of(&key)?,
+                session,
+                cmd: cmd.clone(),
+                reply,
+            })
         })
-        .await
     }
 
     /// Reads a key linearizably (a follower confirms the read index with its leader and
     /// reads its own state machine).
     pub async fn get(&self, key: Bytes) -> Result<Option<Bytes>, NodeError> {
-        self.retrying(|deadline| {
-            let key = key.clone();
-            let region = self.region_of(&key);
-            async move {
-                let region_id = region?;
-                self.call_until(deadline, |reply| StoreMsg::Get {
-                    region_id,
-                    key,
-                    reply,
-                })
-                .await
-            }
+        self.submit_get(key).await
+    }
+
+    /// Submits a linearizable read of `key` now; returns the future of its answer.
+    pub fn submit_get(
+        &self,
+        key: Bytes,
+    ) -> impl Future<Output = Result<Option<Bytes>, NodeError>> + Send + 'static {
+        self.submit(move |h, reply| {
+            Ok(StoreMsg::Get {
+                region_id: h.region_of(&key)?,
+                key: key.clone(),
+                reply,
+            })
         })
-        .await
     }
 
     /// Reads up to `limit` pairs from `start` to `end` (empty: the region's end) within
@@ -189,20 +225,14 @@ impl NodeHandle {
         end: Bytes,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, NodeError> {
-        self.retrying(|deadline| {
-            let (start, end) = (start.clone(), end.clone());
-            let region = self.region_of(&start);
-            async move {
-                let region_id = region?;
-                self.call_until(deadline, |reply| StoreMsg::Scan {
-                    region_id,
-                    start,
-                    end,
-                    limit,
-                    reply,
-                })
-                .await
-            }
+        self.submit(move |h, reply| {
+            Ok(StoreMsg::Scan {
+                region_id: h.region_of(&start)?,
+                start: start.clone(),
+                end: end.clone(),
+                limit,
+                reply,
+            })
         })
         .await
     }

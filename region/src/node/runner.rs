@@ -54,6 +54,7 @@ impl Node {
             Arc::from(open_log(&cfg.data_dir, &cfg.engine).map_err(storage)?);
         let kv =
             Arc::new(KvStore::open(cfg.data_dir.join("kv"), &cfg.engine.rocksdb).map_err(storage)?);
+        check_bootstrap_record(&cfg)?;
         if log.regions().is_empty() && cfg.initial_nodes.contains(&cfg.store.node_id) {
             bootstrap(&*log, &kv, &cfg.initial_nodes, cfg.initial_regions)?;
             info!(
@@ -109,5 +110,82 @@ impl Node {
         }
         // Detach: it exits once the transport's side of the channel is gone.
         drop(self.inbound_thread.take());
+    }
+}
+
+/// The file in a data directory that records the flags it was bootstrapped with.
+pub const BOOTSTRAP_RECORD: &str = "bootstrap.txt";
+
+fn bootstrap_record(nodes: &[u64], regions: usize) -> String {
+    let mut sorted = nodes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let nodes: Vec<String> = sorted.iter().map(u64::to_string).collect();
+    format!(
+        "initial_nodes={}\ninitial_regions={regions}\n",
+        nodes.join(",")
+    )
+}
+
+/// Refuses to start a data directory with bootstrap flags other than those it was created
+/// with (the cluster's node ids, the initial region count): the flags would silently mean
+/// nothing, or worse, describe another cluster. A new directory gets the record, written
+/// and synced before anything else, so a crash during bootstrap restarts it the same way.
+fn check_bootstrap_record(cfg: &NodeConfig) -> Result<(), NodeError> {
+    let io = |e: std::io::Error| NodeError::Storage(format!("{BOOTSTRAP_RECORD}: {e}"));
+    let path = cfg.data_dir.join(BOOTSTRAP_RECORD);
+    let wanted = bootstrap_record(&cfg.initial_nodes, cfg.initial_regions);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == wanted => Ok(()),
+        Ok(found) => Err(NodeError::Storage(format!(
+            "{} was bootstrapped with {:?}, but this start asks for {:?}; start it with the \
+             original --initial-cluster and --initial-regions, or use a new data directory",
+            cfg.data_dir.display(),
+            found.trim().replace('\n', " "),
+            wanted.trim().replace('\n', " "),
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = path.with_extension("tmp");
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp).map_err(io)?;
+                f.write_all(wanted.as_bytes()).map_err(io)?;
+                f.sync_all().map_err(io)?;
+            }
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::File::open(&cfg.data_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &std::path::Path, nodes: Vec<u64>, regions: usize) -> NodeConfig {
+        NodeConfig {
+            store: StoreConfig::default(),
+            data_dir: dir.to_path_buf(),
+            engine: EngineConfig::default(),
+            initial_nodes: nodes,
+            initial_regions: regions,
+            request_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_data_dir_keeps_the_flags_it_was_bootstrapped_with() {
+        let dir = tempfile::tempdir().unwrap();
+        check_bootstrap_record(&cfg(dir.path(), vec![3, 1, 2], 16)).unwrap();
+        // The same flags, in another order: fine.
+        check_bootstrap_record(&cfg(dir.path(), vec![1, 2, 3], 16)).unwrap();
+        let e = check_bootstrap_record(&cfg(dir.path(), vec![1, 2, 3], 8)).unwrap_err();
+        assert!(e.to_string().contains("initial_regions=16"), "{e}");
+        let e = check_bootstrap_record(&cfg(dir.path(), vec![1, 2, 4], 16)).unwrap_err();
+        assert!(e.to_string().contains("initial_nodes=1,2,3"), "{e}");
     }
 }
