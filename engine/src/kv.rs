@@ -26,6 +26,8 @@ const DATA_PREFIX: u8 = b'z';
 const APPLIED_PREFIX: u8 = b'a';
 const DESCRIPTOR_PREFIX: u8 = b'd';
 const SESSION_PREFIX: u8 = b's';
+/// The node's id counter (one key in `meta`).
+const ID_COUNTER_KEY: &[u8] = b"i";
 
 /// A range of user keys: `start` inclusive, `end` exclusive; an empty `end` means no end.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -356,6 +358,108 @@ impl KvStore {
         Ok(self
             .db
             .get_cf(self.cf(CF_META)?, session_key(region_id, client_id))?)
+    }
+
+    /// Every region with a descriptor in the store, in id order.
+    pub fn region_ids(&self) -> Result<Vec<u64>> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(vec![DESCRIPTOR_PREFIX + 1]);
+        let lower = [DESCRIPTOR_PREFIX];
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_META)?,
+            opts,
+            IteratorMode::From(&lower, Direction::Forward),
+        ) {
+            let (key, _) = item?;
+            let id = key
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| EngineError::Corruption {
+                    file: self.path.clone(),
+                    offset: 0,
+                    reason: format!("descriptor key of {} bytes", key.len()),
+                })?;
+            out.push(id);
+        }
+        Ok(out)
+    }
+
+    /// Every client session of the region: (client id, session), in client order.
+    pub fn sessions(&self, region_id: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let (lower, upper) = session_bounds(region_id);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(upper.to_vec());
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_META)?,
+            opts,
+            IteratorMode::From(&lower, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            let client = key
+                .get(9..17)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| EngineError::Corruption {
+                    file: self.path.clone(),
+                    offset: 0,
+                    reason: format!("session key of {} bytes", key.len()),
+                })?;
+            out.push((client, value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The next value of the node's durable counter (1, 2, …): written and synced before it
+    /// is returned, so no value is handed out twice, even across crashes.
+    pub fn next_id(&self) -> Result<u64> {
+        let _one_at_a_time = self.sync_lock.lock();
+        let meta = self.cf(CF_META)?;
+        let current = match self.db.get_cf(meta, ID_COUNTER_KEY)? {
+            None => 0,
+            Some(v) => codec::decode::<u64>(&v)?,
+        };
+        let next = current + 1;
+        self.db
+            .put_cf(meta, ID_COUNTER_KEY, codec::encode(&next)?)?;
+        self.db.flush_wal(true)?;
+        Ok(next)
+    }
+
+    /// The key in the middle of `range` by bytes of keys and values (the first key past half
+    /// of the range's data), reading at most `scan_bytes_max` bytes; `None` if the range
+    /// holds fewer than two keys.
+    pub fn middle_key(&self, range: &KeyRange, scan_bytes_max: usize) -> Result<Option<Bytes>> {
+        let (lower, upper) = range.data_bounds();
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(upper);
+        let mut keys: Vec<(Bytes, usize)> = Vec::new();
+        let mut total = 0usize;
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_DEFAULT)?,
+            opts,
+            IteratorMode::From(&lower, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            total += key.len() + value.len();
+            keys.push((Bytes::copy_from_slice(&key[1..]), total));
+            if total >= scan_bytes_max {
+                break;
+            }
+        }
+        if keys.len() < 2 {
+            return Ok(None);
+        }
+        let half = total / 2;
+        // The first key whose running total passes half, but never the first key (the left
+        // part must not be empty).
+        let at = keys
+            .iter()
+            .position(|(_, t)| *t > half)
+            .unwrap_or(keys.len() - 1);
+        Ok(Some(keys[at.max(1)].0.clone()))
     }
 
     /// Makes everything written so far durable (flushes and syncs RocksDB's WAL).

@@ -228,3 +228,51 @@ fn the_last_write_of_a_key_in_a_round_wins() {
     assert_eq!(kv.session(1, 9).unwrap(), Some(b"last".to_vec()));
     assert_eq!(kv.session(1, 3).unwrap(), Some(b"other".to_vec()));
 }
+
+/// What a region split needs from the store: the regions it holds (to find regions whose
+/// raft log is still empty), a region's sessions (copied to the new regions), a durable id
+/// counter, and a key that halves a range.
+#[test]
+fn region_ids_sessions_counter_and_middle_key() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let kv = open_kv(dir.path());
+        let mut r = ApplyRound::new();
+        for region in [7u64, 3, 300] {
+            r.set_descriptor(region, format!("d{region}").into_bytes());
+            r.set_applied(region, 1);
+        }
+        r.set_session(3, 42, b"s42".to_vec());
+        r.set_session(3, 5, b"s5".to_vec());
+        r.set_session(7, 1, b"other region".to_vec());
+        for i in 0..100u32 {
+            r.put(3, format!("k{i:03}").into_bytes(), vec![b'v'; 10]);
+        }
+        kv.apply(r).unwrap();
+        assert_eq!(kv.region_ids().unwrap(), vec![3, 7, 300]);
+        assert_eq!(
+            kv.sessions(3).unwrap(),
+            vec![(5, b"s5".to_vec()), (42, b"s42".to_vec())]
+        );
+        assert_eq!((kv.next_id().unwrap(), kv.next_id().unwrap()), (1, 2));
+        let all = KeyRange::new(&b"k"[..], &b"l"[..]);
+        let mid = kv.middle_key(&all, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            mid,
+            Bytes::from_static(b"k050"),
+            "equal pairs: the 51st key passes half"
+        );
+        // Bounded scan: the middle of what was read.
+        let part = kv.middle_key(&all, 140).unwrap().unwrap();
+        assert!(part.as_ref() < b"k010".as_ref(), "{part:?}");
+        let one = KeyRange::new(&b"k099"[..], &b"l"[..]);
+        assert_eq!(
+            kv.middle_key(&one, 1 << 20).unwrap(),
+            None,
+            "one key cannot split"
+        );
+    }
+    // The counter survives a restart.
+    let kv = open_kv(dir.path());
+    assert_eq!(kv.next_id().unwrap(), 3);
+}

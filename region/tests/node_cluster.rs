@@ -480,3 +480,175 @@ async fn whole_cluster_restart_keeps_data_regions_and_balance() {
         n.stop();
     }
 }
+
+/// Every node's routing table tiles the key space: starts at the empty key, each region
+/// ends where the next begins, the last is unbounded. Returns (id, start, end) in order.
+fn tiling(h: &NodeHandle) -> Vec<(u64, Bytes, Bytes)> {
+    let routes = h.regions().all();
+    assert!(
+        routes.first().is_some_and(|r| r.start_key.is_empty()),
+        "node {}",
+        h.node_id()
+    );
+    assert!(
+        routes.last().is_some_and(|r| r.end_key.is_empty()),
+        "node {}",
+        h.node_id()
+    );
+    for w in routes.windows(2) {
+        assert_eq!(
+            w[0].end_key,
+            w[1].start_key,
+            "gap or overlap on node {}",
+            h.node_id()
+        );
+    }
+    routes
+        .into_iter()
+        .map(|r| (r.id, r.start_key, r.end_key))
+        .collect()
+}
+
+/// Region split under load: region 1 is split twelve times (at given keys and at the
+/// middle of its data) while eight clients write into it through every node. Afterwards
+/// every acknowledged write is read back through every node, every node's regions tile
+/// the key space the same way, the new regions have leaders, and all of it survives a
+/// restart of the whole cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_under_load_keep_every_write_and_tile_the_key_space() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    // Region 1 holds [.., 0x0400): keys 0x00 0x?? ... land in it.
+    let in_region_1 = |c: u64, i: u64| {
+        let mut k = vec![0u8, ((c * 31 + i * 7) % 256) as u8];
+        k.extend_from_slice(format!("w{c}-{i}").as_bytes());
+        Bytes::from(k)
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for c in 0..8u64 {
+        let handles = handles.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let put = KvCommand::Put {
+                    key: in_region_1(c, i),
+                    value: Bytes::from(format!("v{i}")),
+                    cond: PutCondition::Always,
+                };
+                let h = &handles[(i % NODES) as usize];
+                match h.write(put, (100 + c, i + 1)).await {
+                    Ok(KvResponse::Written(true)) => acked.push(i),
+                    other => panic!("write {c}/{i} failed: {other:?}"),
+                }
+                i += 1;
+            }
+            (c, acked)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut created = Vec::new();
+    for s in 1..=12u8 {
+        let h = &handles[(s as usize) % NODES as usize];
+        let end = h
+            .regions()
+            .all()
+            .into_iter()
+            .find(|r| r.id == 1)
+            .expect("region 1")
+            .end_key;
+        let key = if s % 4 == 0 {
+            None // the middle of region 1's data
+        } else {
+            // Three quarters of the way along region 1's shrinking range.
+            let second = if end[0] > 0 { 255 } else { end[1] as u16 };
+            Some(Bytes::from(vec![0u8, (second * 3 / 4) as u8]))
+        };
+        let ids = h.split(1, key).await.expect("split");
+        assert_eq!(ids.len(), 1);
+        created.extend(ids);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.push(w.await.expect("writer"));
+    }
+    let total: usize = acked.iter().map(|(_, a)| a.len()).sum();
+    assert!(total > 100, "the writers made progress: {total} writes");
+
+    // Every node's view converges: same tiling, 64 + 12 regions, each with a leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let views: Vec<_> = handles.iter().map(tiling).collect();
+        let led = handles[0]
+            .regions()
+            .all()
+            .iter()
+            .all(|r| r.leader_node.is_some());
+        if views.iter().all(|v| v == &views[0]) && views[0].len() == REGIONS + 12 && led {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "views did not converge: {:?}",
+            views.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &created {
+        assert!(
+            handles[0].regions().all().iter().any(|r| r.id == *id),
+            "region {id}"
+        );
+    }
+    let check = |handles: Vec<NodeHandle>, acked: Vec<(u64, Vec<u64>)>| async move {
+        for (c, list) in &acked {
+            for &i in list {
+                for h in &handles {
+                    let got = h.get(in_region_1(*c, i)).await;
+                    assert_eq!(
+                        got,
+                        Ok(Some(Bytes::from(format!("v{i}")))),
+                        "{c}/{i} on node {}",
+                        h.node_id()
+                    );
+                }
+            }
+        }
+    };
+    check(handles.clone(), acked.clone()).await;
+    let before = tiling(&handles[0]);
+
+    let Cluster {
+        nodes, _dirs: dirs, ..
+    } = cluster;
+    for n in nodes {
+        n.stop();
+    }
+    let cluster = start_cluster_in(dirs);
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !handles[0]
+        .regions()
+        .all()
+        .iter()
+        .all(|r| r.leader_node.is_some())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "regions without a leader after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for h in &handles {
+        assert_eq!(tiling(h), before, "node {} after restart", h.node_id());
+    }
+    check(handles.clone(), acked).await;
+    for n in cluster.nodes {
+        n.stop();
+    }
+}

@@ -4,6 +4,7 @@
 //! flotilla ctl --addr 127.0.0.1:7001 status
 //! flotilla ctl --addr 127.0.0.1:7001 regions [--json]
 //! flotilla ctl --addr 127.0.0.1:7001 transfer-leader 3 2
+//! flotilla ctl --addr 127.0.0.1:7001 split 3 'user:5000'
 //! ```
 //!
 //! Tables are for people; `--json` prints what the server sent, for scripts.
@@ -53,6 +54,14 @@ pub enum CtlCommand {
         /// The node id to lead it.
         node: u64,
     },
+    /// Split REGION at KEY (escaped text: `\\xNN` for any byte), or at the middle of its
+    /// data when no KEY is given.
+    Split {
+        /// The region id.
+        region: u64,
+        /// Where the new region starts.
+        key: Option<String>,
+    },
 }
 
 /// Why a `ctl` command failed.
@@ -72,6 +81,9 @@ pub enum CtlError {
     /// The server's answer was not the JSON expected.
     #[error("unexpected answer from the server: {0}")]
     BadAnswer(#[from] serde_json::Error),
+    /// A key given on the command line could not be read.
+    #[error("bad key {0}")]
+    BadKey(String),
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -91,6 +103,25 @@ pub async fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 (_, true) => writeln!(out, "{}", serde_json::to_string_pretty(&status.regions)?)?,
                 (CtlCommand::Status, false) => out.write_all(status_table(&status).as_bytes())?,
                 (_, false) => out.write_all(regions_table(&status.regions).as_bytes())?,
+            }
+        }
+        CtlCommand::Split { region, key } => {
+            let mut path = format!("/admin/split?region={region}");
+            if let Some(k) = key {
+                let bytes = crate::escape::unescape(k)
+                    .map_err(|e| CtlError::BadKey(format!("{k:?}: {e}")))?;
+                path.push_str(&format!("&key={}", crate::http::encode_hex(&bytes)));
+            }
+            let body = call(&client, Method::POST, &path).await?;
+            if args.json {
+                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
+            } else {
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                writeln!(
+                    out,
+                    "split region {region}: new regions {}",
+                    v["new_regions"]
+                )?;
             }
         }
         CtlCommand::TransferLeader { region, node } => {

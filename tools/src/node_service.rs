@@ -46,6 +46,7 @@ fn service_error(e: NodeError) -> ServiceError {
         }
         NodeError::KeyNotInRegion(r) => ServiceError::TryAgain(format!("key left region {r}")),
         NodeError::Dropped(why) => ServiceError::TryAgain(why),
+        NodeError::Refused(why) => ServiceError::InvalidArgument(why),
         NodeError::Timeout => ServiceError::Timeout,
         NodeError::Stopped => ServiceError::TryAgain("node is stopping".into()),
         NodeError::Storage(why) => ServiceError::Internal(why),
@@ -315,6 +316,11 @@ impl KvService for NodeService {
 }
 
 impl StatusSource for NodeService {
+    fn split(&self, region: u64, key: Option<Bytes>) -> ServiceFuture<Vec<u64>> {
+        let handle = self.inner.node.clone();
+        Box::pin(async move { handle.split(region, key).await.map_err(service_error) })
+    }
+
     fn status(&self) -> NodeStatus {
         self.inner.status.read().clone()
     }

@@ -167,6 +167,10 @@ pub trait StatusSource: Send + Sync + 'static {
     /// Asks the leader of `region` to hand leadership to its replica on `node`. Resolves when
     /// the request has been accepted, not when the transfer has finished.
     fn transfer_leader(&self, region: u64, node: u64) -> ServiceFuture<()>;
+
+    /// Splits `region` at `key` (`None`: at the middle of its data) and answers the new
+    /// region ids, once the split is applied on this node.
+    fn split(&self, region: u64, key: Option<Bytes>) -> ServiceFuture<Vec<u64>>;
 }
 
 /// One node, as `/status` shows it.

@@ -27,6 +27,7 @@ fn metrics_handle() -> PrometheusHandle {
 #[derive(Default)]
 struct FakeNode {
     transfers: Mutex<Vec<(u64, u64)>>,
+    splits: Mutex<Vec<(u64, Option<Bytes>)>>,
 }
 
 impl FakeNode {
@@ -57,6 +58,16 @@ impl FakeNode {
 }
 
 impl StatusSource for FakeNode {
+    fn split(&self, region: u64, key: Option<Bytes>) -> ServiceFuture<Vec<u64>> {
+        let result = if region == 99 {
+            Err(ServiceError::RegionNotFound(99))
+        } else {
+            self.splits.lock().push((region, key));
+            Ok(vec![65_537])
+        };
+        Box::pin(std::future::ready(result))
+    }
+
     fn status(&self) -> NodeStatus {
         FakeNode::node_status()
     }
@@ -308,5 +319,51 @@ async fn flotilla_ctl_binary() {
     assert!(
         stderr.starts_with("flotilla ctl: cannot connect to 127.0.0.1:9"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn split_reaches_the_node_with_its_key_and_ctl_sends_it() {
+    let node = Arc::new(FakeNode::default());
+    let addr = start(node.clone()).await;
+    let c = client(addr);
+    let ok = c
+        .request(Method::POST, "/admin/split?region=3&key=00ff61")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
+    assert_eq!(body["new_regions"], serde_json::json!([65_537]));
+    let ok = c
+        .request(Method::POST, "/admin/split?region=3")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+    for (path, status) in [
+        ("/admin/split?region=3&key=0", StatusCode::BAD_REQUEST),
+        ("/admin/split?key=00", StatusCode::BAD_REQUEST),
+        ("/admin/split?region=99", StatusCode::NOT_FOUND),
+    ] {
+        let resp = c.request(Method::POST, path).await.unwrap();
+        assert_eq!(resp.status, status, "{path}");
+    }
+    let out = run_ctl(
+        addr,
+        CtlCommand::Split {
+            region: 4,
+            key: Some("user\\x00:7".into()),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("new regions [65537]"), "{out}");
+    assert_eq!(
+        *node.splits.lock(),
+        vec![
+            (3, Some(Bytes::from_static(&[0, 0xff, b'a']))),
+            (3, None),
+            (4, Some(Bytes::from_static(b"user\x00:7"))),
+        ]
     );
 }

@@ -45,6 +45,16 @@ pub enum KvCommand {
         /// The pairs.
         pairs: Vec<(Bytes, Bytes)>,
     },
+    /// Split the region (an admin command): it keeps the keys before `split_keys[0]`;
+    /// region `new_region_ids[i]` gets `split_keys[i]..split_keys[i + 1]` (the last one up
+    /// to the old end), with a replica on every node of the old region. The keys must be
+    /// ascending and strictly inside the region.
+    Split {
+        /// Where the new regions start.
+        split_keys: Vec<Bytes>,
+        /// Their ids, unique in the cluster.
+        new_region_ids: Vec<u64>,
+    },
 }
 
 impl KvCommand {
@@ -54,6 +64,7 @@ impl KvCommand {
             KvCommand::Put { key, .. } | KvCommand::IncrBy { key, .. } => vec![key.as_ref()],
             KvCommand::Delete { keys } => keys.iter().map(|k| k.as_ref()).collect(),
             KvCommand::BatchPut { pairs } => pairs.iter().map(|(k, _)| k.as_ref()).collect(),
+            KvCommand::Split { .. } => Vec::new(),
         }
     }
 
@@ -81,6 +92,8 @@ pub enum KvResponse {
     Done,
     /// The command could not be applied (for example INCR on a non-integer).
     Failed(String),
+    /// A split: the regions it created.
+    Split(Vec<u64>),
 }
 
 impl KvResponse {

@@ -30,6 +30,10 @@ pub enum NodeError {
     /// The proposal was dropped (leadership lost, transfer in progress, too large); retry.
     #[error("proposal dropped: {0}; retry")]
     Dropped(String),
+    /// The request cannot be served as asked (a split key outside the region, a region
+    /// too small to split); sending it again will not help.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The request did not finish in time.
     #[error("timed out")]
     Timeout,

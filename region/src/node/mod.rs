@@ -11,6 +11,7 @@ pub mod metrics;
 mod peer;
 mod peer_storage;
 mod runner;
+mod split;
 mod store;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ pub use error::NodeError;
 pub use peer::Reply;
 pub use peer_storage::{PeerStorage, RegionSnapshotData, SNAPSHOT_DATA_BYTES_MAX};
 pub use runner::{Node, NodeConfig, BOOTSTRAP_RECORD};
+pub use split::{plan_split, split_region_id, SplitPlan, REGION_ID_MAX};
 pub use store::{
     bootstrap, bootstrap_peer_id, RegionMap, RegionRoute, RegionStatus, Store, StoreConfig,
     StoreMsg, FORWARD_WAIT_ELECTIONS, PEER_ID_NODE_SPAN, ROUND_INPUTS_MAX,
@@ -38,12 +40,29 @@ pub const RETRY_PAUSE_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between such retries.
 pub const RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
 
+/// Retries of a request refused because its key left the region it was sent to (a split
+/// applied meanwhile), at most. One is enough for a split (the routing table changes when
+/// the split applies here); a request whose keys span regions never fits and fails after
+/// these.
+pub const REROUTE_RETRIES_MAX: u32 = 3;
+
 /// Whether sending the same request again, after a pause, may succeed: an election was
-/// on, or the proposal was dropped by a leadership change. (A timeout is not: its time is
-/// used up.)
-fn retryable(e: &NodeError) -> bool {
-    matches!(e, NodeError::NotLeader { .. } | NodeError::Dropped(_))
+/// on, or the proposal was dropped by a leadership change, or (a bounded number of times)
+/// the routing changed under it. A timeout is not: its time is used up.
+fn retryable(e: &NodeError, reroutes: &mut u32) -> bool {
+    match e {
+        NodeError::NotLeader { .. } | NodeError::Dropped(_) => true,
+        NodeError::KeyNotInRegion(_) | NodeError::EpochNotMatch { .. } => {
+            *reroutes += 1;
+            *reroutes <= REROUTE_RETRIES_MAX
+        }
+        _ => false,
+    }
 }
+
+/// Client ids of the sessions split commands carry: this bit and the first new region id,
+/// which is unique in the cluster, so a split's session never meets a client's.
+pub const SPLIT_CLIENT_BIT: u64 = 1 << 63;
 
 /// The request side of a node's store.
 #[derive(Clone)]
@@ -117,6 +136,7 @@ impl NodeHandle {
         async move {
             let mut pending = first;
             let mut pause = RETRY_PAUSE_MIN;
+            let mut reroutes = 0;
             loop {
                 let r = match pending {
                     Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
@@ -127,7 +147,7 @@ impl NodeHandle {
                     Err(e) => Err(e),
                 };
                 match r {
-                    Err(e) if retryable(&e) && Instant::now() + pause < deadline => {
+                    Err(e) if Instant::now() + pause < deadline && retryable(&e, &mut reroutes) => {
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(RETRY_PAUSE_MAX);
                         pending = this.try_submit(&make);
@@ -195,6 +215,40 @@ impl NodeHandle {
                 reply,
             })
         })
+    }
+
+    /// Splits region `region_id` at `key` (`None`: at the middle of its data, by bytes) into
+    /// two regions with the same replicas; returns the new region's id. The node picks the
+    /// new id; the split goes through the region's log like a write.
+    pub async fn split(&self, region_id: u64, key: Option<Bytes>) -> Result<Vec<u64>, NodeError> {
+        let cmd = self
+            .call(|reply| StoreMsg::PrepareSplit {
+                region_id,
+                key,
+                reply,
+            })
+            .await?;
+        let first_id = match &cmd {
+            KvCommand::Split { new_region_ids, .. } => new_region_ids.first().copied(),
+            _ => None,
+        }
+        .ok_or_else(|| NodeError::Storage("split preparation returned no region id".into()))?;
+        let session = (SPLIT_CLIENT_BIT | first_id, 1);
+        let answer = self
+            .submit(move |_, reply| {
+                Ok(StoreMsg::Propose {
+                    region_id,
+                    session,
+                    cmd: cmd.clone(),
+                    reply,
+                })
+            })
+            .await?;
+        match answer {
+            KvResponse::Split(ids) => Ok(ids),
+            KvResponse::Failed(why) => Err(NodeError::Refused(why)),
+            other => Err(NodeError::Storage(format!("split answered {other:?}"))),
+        }
     }
 
     /// Reads a key linearizably (a follower confirms the read index with its leader and

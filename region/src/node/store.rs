@@ -41,6 +41,7 @@ use super::peer::{
     Reply,
 };
 use super::peer_storage::{PeerStorage, RegionSnapshotData};
+use super::split::{plan_split, split_region_id, SplitPlan};
 use crate::raft::{self, Command, ReadOnlyOption, Role, SessionOutcome};
 
 /// Inputs handled per round before the Readies are collected, at most: bounds the latency
@@ -60,6 +61,16 @@ pub const BALANCE_TRANSFERS_MAX: usize = 8;
 /// leader (or a read index it asked the leader for) come back before it gives up and lets
 /// the caller retry: the leader drops proposals silently (during a transfer, say).
 pub const FORWARD_WAIT_ELECTIONS: u64 = 2;
+
+/// Bytes of keys and values read, at most, to find the middle of a region to split.
+pub const SPLIT_SCAN_BYTES_MAX: usize = 64 << 20;
+
+/// Regions without a replica on this node whose messages are held, at most.
+pub const ORPHAN_REGIONS_MAX: usize = 256;
+/// Messages held per such region, at most.
+pub const ORPHAN_MESSAGES_MAX: usize = 32;
+/// How long such messages are held, in election timeouts.
+pub const ORPHAN_WAIT_ELECTIONS: u64 = 2;
 
 /// Raft peer ids are `region_id * PEER_ID_NODE_SPAN + node_id`, so node ids must stay
 /// below this.
@@ -196,6 +207,16 @@ pub enum StoreMsg {
         /// Done (the transfer itself finishes asynchronously).
         reply: Reply<()>,
     },
+    /// Pick a split key (if none is given) and a new region id, and check the split:
+    /// answers the `Split` command to propose.
+    PrepareSplit {
+        /// The region to split.
+        region_id: u64,
+        /// Where (`None`: the middle of its data).
+        key: Option<Bytes>,
+        /// The command.
+        reply: Reply<KvCommand>,
+    },
     /// Report every replica's state.
     Status {
         /// Where the report goes.
@@ -220,6 +241,8 @@ pub struct Store {
     rx: Receiver<StoreMsg>,
     regions: Arc<RegionMap>,
     next_read_ctx: u64,
+    /// Messages for regions without a replica here yet: region → (tick first held, messages).
+    orphans: std::collections::HashMap<u64, (u64, Vec<RaftEnvelope>)>,
     stopping: bool,
     ticks: u64,
     metrics: NodeMetrics,
@@ -377,6 +400,8 @@ impl ApplyContext<'_> {
                 }
                 KvResponse::Done
             }
+            // A split changes regions, not data: `apply_command` handles it.
+            KvCommand::Split { .. } => KvResponse::Failed("a split is not a data command".into()),
         })
     }
 }
@@ -402,14 +427,24 @@ impl Store {
             rx,
             regions,
             next_read_ctx: 1,
+            orphans: Default::default(),
             stopping: false,
             ticks: 0,
             metrics: NodeMetrics::new(),
             round_started: Instant::now(),
             latencies: ProposalLatencies::default(),
         };
-        for region_id in store.log.regions() {
-            store.load_region(region_id)?;
+        // A region split off in the last apply round before a crash has a descriptor but
+        // may not have written anything to the raft log yet: load both sets.
+        let mut ids: std::collections::BTreeSet<u64> = store.log.regions().into_iter().collect();
+        ids.extend(
+            store
+                .kv
+                .region_ids()
+                .map_err(|e| NodeError::Storage(e.to_string()))?,
+        );
+        for region_id in ids {
+            store.load_region(region_id, None)?;
         }
         store.sample_gauges();
         info!(
@@ -421,7 +456,9 @@ impl Store {
         Ok((store, tx, map))
     }
 
-    fn load_region(&mut self, region_id: u64) -> Result<(), NodeError> {
+    /// Creates the replica of `region_id` from its stored descriptor. `campaign`: whether
+    /// it starts an election at once (`None`: only a new cluster's preferred replica does).
+    fn load_region(&mut self, region_id: u64, campaign: Option<bool>) -> Result<(), NodeError> {
         let ps = PeerStorage::new(region_id, self.log.clone(), self.kv.clone());
         let Some(desc) = ps
             .descriptor()
@@ -451,12 +488,19 @@ impl Store {
             .peers
             .get(region_id as usize % desc.peers.len().max(1))
             .map(|p| p.node_id);
-        if fresh && preferred == Some(self.cfg.node_id) {
+        if campaign.unwrap_or(fresh && preferred == Some(self.cfg.node_id)) {
             let _ = raw.campaign();
         }
         let peer = Peer::new(raw, desc, applied);
         self.refresh_route(&peer);
         self.peers.insert(region_id, peer);
+        // Messages that arrived before this replica existed (a vote from a replica that
+        // applied the split first) are delivered now.
+        if let Some((_, held)) = self.orphans.remove(&region_id) {
+            for env in held {
+                self.step_envelope(env);
+            }
+        }
         Ok(())
     }
 
@@ -510,6 +554,7 @@ impl Store {
                     p.raw.tick();
                     p.expire(self.ticks);
                 }
+                self.expire_orphans();
                 self.sample_gauges();
                 if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
                     self.balance_leaders();
@@ -599,6 +644,13 @@ impl Store {
                 };
                 let _ = reply.send(r);
             }
+            StoreMsg::PrepareSplit {
+                region_id,
+                key,
+                reply,
+            } => {
+                let _ = reply.send(self.prepare_split(region_id, key));
+            }
             StoreMsg::Status { reply } => {
                 let out = self
                     .peers
@@ -676,8 +728,7 @@ impl Store {
 
     fn step_envelope(&mut self, env: RaftEnvelope) {
         let Some(p) = self.peers.get_mut(&env.region_id) else {
-            // Region creation by a message (a new replica) arrives with membership
-            // changes; until then an unknown region's traffic is dropped.
+            self.hold_orphan(env);
             return;
         };
         if let Err(e) = p.raw.step(env.message) {
@@ -687,6 +738,62 @@ impl Store {
                 "raft message refused: {e}"
             );
         }
+    }
+
+    fn prepare_split(&self, region_id: u64, key: Option<Bytes>) -> Result<KvCommand, NodeError> {
+        let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+        let p = self
+            .peers
+            .get(&region_id)
+            .ok_or(NodeError::RegionNotFound)?;
+        let key = match key {
+            Some(k) => k,
+            None => {
+                let range = KeyRange::new(p.desc.start_key.clone(), p.desc.end_key.clone());
+                self.kv
+                    .middle_key(&range, SPLIT_SCAN_BYTES_MAX)
+                    .map_err(storage)?
+                    .ok_or_else(|| {
+                        NodeError::Refused(format!(
+                            "region {region_id} holds fewer than two keys: give a split key"
+                        ))
+                    })?
+            }
+        };
+        // Checked here for a clear answer; checked again where it applies.
+        let probe = [super::split::REGION_ID_MAX];
+        plan_split(&p.desc, std::slice::from_ref(&key), &probe).map_err(NodeError::Refused)?;
+        let id = split_region_id(self.kv.next_id().map_err(storage)?, self.cfg.node_id);
+        Ok(KvCommand::Split {
+            split_keys: vec![key],
+            new_region_ids: vec![id],
+        })
+    }
+
+    /// Keeps a message for a region this node has no replica of, for a while: after a split,
+    /// the replicas that applied it first campaign in the new regions, and their votes reach
+    /// replicas that have not applied it yet. The message waits (it never creates a second
+    /// copy of the range) and is delivered if the split creates the region in time; held
+    /// messages are bounded in number and age.
+    fn hold_orphan(&mut self, env: RaftEnvelope) {
+        let now = self.ticks;
+        if !self.orphans.contains_key(&env.region_id) && self.orphans.len() >= ORPHAN_REGIONS_MAX {
+            return;
+        }
+        let (_, held) = self
+            .orphans
+            .entry(env.region_id)
+            .or_insert_with(|| (now, Vec::new()));
+        if held.len() < ORPHAN_MESSAGES_MAX {
+            held.push(env);
+        }
+    }
+
+    /// Drops held messages older than [`ORPHAN_WAIT_ELECTIONS`] election timeouts.
+    fn expire_orphans(&mut self) {
+        let wait = ORPHAN_WAIT_ELECTIONS * self.cfg.election_ticks as u64;
+        let now = self.ticks;
+        self.orphans.retain(|_, (since, _)| now < *since + wait);
     }
 
     fn handle_event(&mut self, ev: PeerEvent) {
@@ -951,6 +1058,7 @@ impl Store {
             overlay: Default::default(),
         };
         let mut answers: Vec<(Reply<KvResponse>, Result<KvResponse, NodeError>)> = Vec::new();
+        let mut splits: Vec<SplitPlan> = Vec::new();
         let apply_started = Instant::now();
         let mut applied_entries = 0;
         for (region_id, rd) in readies.iter_mut() {
@@ -976,18 +1084,19 @@ impl Store {
                         }
                     }
                     _ if is_command(e.kind, &e.data) => {
-                        let (result, session) = apply_command(&mut ctx, p, *region_id, &e.data)?;
+                        let (result, session) =
+                            apply_command(&mut ctx, p, *region_id, &e.data, &mut splits)?;
                         commands += 1;
                         if let Some(session) = session {
                             if !p.forwarded.is_empty() {
-                                p.answer_forwarded(session, &Ok(result.clone()));
+                                p.answer_forwarded(session, &result);
                             }
                         }
                         while p.proposals.front().is_some_and(|f| f.index <= e.index) {
                             let f = p.proposals.pop_front().expect("checked");
                             if f.index == e.index && f.term == e.term {
                                 self.latencies.push(f.proposed_at);
-                                answers.push((f.reply, Ok(result.clone())));
+                                answers.push((f.reply, result.clone()));
                             } else {
                                 let err =
                                     NodeError::Dropped("entry was replaced by a new leader".into());
@@ -1007,6 +1116,20 @@ impl Store {
         }
         if !ctx.round.is_empty() {
             self.kv.apply(ctx.round).map_err(storage)?;
+        }
+        // The new regions of a split exist once the round that holds their descriptors is
+        // written; the old region's leader campaigns in them at once.
+        for plan in splits {
+            let campaign = match self.peers.get(&plan.left.id) {
+                Some(p) => {
+                    self.regions.update(p.route());
+                    p.is_leader()
+                }
+                None => false,
+            };
+            for d in &plan.new {
+                self.load_region(d.id, Some(campaign))?;
+            }
         }
         if applied_entries > 0 {
             self.metrics
@@ -1041,29 +1164,37 @@ impl Store {
     }
 }
 
-/// Applies one command entry; returns its answer and its client session (if the entry
-/// decoded far enough to name one).
+/// The answer to a client for one applied entry.
+type Answer = Result<KvResponse, NodeError>;
+
+/// Applies one command entry; returns the client's answer and the command's session (if
+/// the entry decoded far enough to name one). A split's plan goes to `splits`, for the
+/// store to create the new regions once the round is written. An `Err` is a storage
+/// failure (the store stops).
 fn apply_command(
     ctx: &mut ApplyContext<'_>,
     p: &mut Peer,
     region_id: u64,
     data: &[u8],
-) -> Result<(KvResponse, Option<(u64, u64)>), NodeError> {
+    splits: &mut Vec<SplitPlan>,
+) -> Result<(Answer, Option<(u64, u64)>), NodeError> {
     let Ok(command) = Command::decode(data) else {
-        return Ok((KvResponse::Failed("undecodable command".into()), None));
+        return Ok((Ok(KvResponse::Failed("undecodable command".into())), None));
     };
     let session = Some((command.client_id, command.seq));
     let cmd = match KvCommand::decode(&command.payload) {
         Ok(c) => c,
         Err(e) => {
             return Ok((
-                KvResponse::Failed(format!("undecodable command: {e}")),
+                Ok(KvResponse::Failed(format!("undecodable command: {e}"))),
                 session,
             ))
         }
     };
     if check_keys(&p.desc, &cmd).is_err() {
-        return Ok((KvResponse::Failed("key outside the region".into()), session));
+        // The region shrank (a split) after the command was proposed: nothing is applied
+        // or remembered, and the client retries in the region that holds the key now.
+        return Ok((Err(NodeError::KeyNotInRegion(region_id)), session));
     }
     if p.sessions.last_seq(command.client_id).is_none() {
         // After a restart the session lives only in RocksDB until first used.
@@ -1074,8 +1205,23 @@ fn apply_command(
         }
     }
     let mut failure = None;
+    let mut plan = None;
+    let desc = &p.desc;
     let outcome = p.sessions.apply(command.client_id, command.seq, || {
-        match ctx.exec(region_id, cmd) {
+        let r = match cmd {
+            KvCommand::Split {
+                split_keys,
+                new_region_ids,
+            } => match plan_split(desc, &split_keys, &new_region_ids) {
+                Ok(pl) => {
+                    plan = Some(pl);
+                    Ok(KvResponse::Split(new_region_ids))
+                }
+                Err(why) => Ok(KvResponse::Failed(why)),
+            },
+            cmd => ctx.exec(region_id, cmd),
+        };
+        match r {
             Ok(r) => r.encode(),
             Err(e) => {
                 failure = Some(e);
@@ -1097,7 +1243,49 @@ fn apply_command(
         }
         SessionOutcome::Stale => KvResponse::Failed("stale request sequence".into()),
     };
-    Ok((answer, session))
+    if let Some(plan) = plan {
+        apply_split(ctx, p, region_id, &plan)?;
+        splits.push(plan);
+    }
+    Ok((Ok(answer), session))
+}
+
+/// Writes a split into the apply round: the old region's new descriptor, and for each new
+/// region its descriptor, an applied index of 0 (its log starts empty) and a copy of the
+/// old region's client sessions (a retry of a write the old region applied must not apply
+/// again in the region that holds its key now).
+fn apply_split(
+    ctx: &mut ApplyContext<'_>,
+    p: &mut Peer,
+    region_id: u64,
+    plan: &SplitPlan,
+) -> Result<(), NodeError> {
+    let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+    let mut sessions: BTreeMap<u64, Vec<u8>> = ctx
+        .kv
+        .sessions(region_id)
+        .map_err(storage)?
+        .into_iter()
+        .collect();
+    for (client, seq, answer) in p.sessions.iter() {
+        let s = codec::encode(&(seq, answer)).expect("a session encodes");
+        sessions.insert(client, s);
+    }
+    p.desc = plan.left.clone();
+    ctx.round.set_descriptor(region_id, p.desc.encode());
+    for d in &plan.new {
+        ctx.round.set_descriptor(d.id, d.encode());
+        ctx.round.set_applied(d.id, 0);
+        for (client, s) in &sessions {
+            ctx.round.set_session(d.id, *client, s.clone());
+        }
+    }
+    info!(
+        region = region_id,
+        new = ?plan.new.iter().map(|d| d.id).collect::<Vec<_>>(),
+        "region split"
+    );
+    Ok(())
 }
 
 /// Sends a follower's batched commands to its leader and waits for them to apply here;

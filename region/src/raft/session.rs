@@ -103,6 +103,13 @@ impl SessionTable {
             .map(|s| (s.last_seq, s.answer.clone()))
     }
 
+    /// Every client's (id, last sequence, answer), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, Bytes)> + '_ {
+        self.sessions
+            .iter()
+            .map(|(&c, s)| (c, s.last_seq, s.answer.clone()))
+    }
+
     /// The last sequence applied for `client_id`.
     pub fn last_seq(&self, client_id: u64) -> Option<u64> {
         self.sessions.get(&client_id).map(|s| s.last_seq)

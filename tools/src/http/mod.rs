@@ -20,6 +20,7 @@ pub use client::{HttpClientError, HttpResponse, StatusClient, RESPONSE_BYTES_MAX
 pub use recorder::{
     install_prometheus_recorder, BYTES_BUCKETS, COUNT_BUCKETS, LATENCY_BUCKETS_SECONDS,
 };
+pub use routes::{decode_hex, encode_hex};
 pub use server::{StatusServer, HEADER_READ_TIMEOUT_MILLIS, HTTP_CONNECTIONS_MAX};
 
 /// Counter: status-server requests, by `route` (`health`, `metrics`, `status`,

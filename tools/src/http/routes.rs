@@ -36,6 +36,7 @@ pub async fn route(
         "/metrics" => ("metrics", Method::GET),
         "/status" => ("status", Method::GET),
         "/admin/transfer-leader" => ("transfer_leader", Method::POST),
+        "/admin/split" => ("split", Method::POST),
         _ => {
             metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => "other").increment(1);
             return error(StatusCode::NOT_FOUND, &format!("no route {path}"));
@@ -60,8 +61,64 @@ pub async fn route(
             Bytes::from(state.metrics.render()),
         ),
         "status" => json(StatusCode::OK, &state.status.status()),
+        "split" => split(state, query).await,
         _ => transfer_leader(state, query).await,
     }
+}
+
+/// `POST /admin/split?region=R[&key=HEX]`: the key in hexadecimal (keys are bytes); none
+/// splits at the middle of the region's data.
+async fn split(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    let region = match query_u64(query, "region") {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let key = match query_param(query, "key") {
+        None => None,
+        Some(hex) => match decode_hex(hex) {
+            Ok(k) => Some(Bytes::from(k)),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        },
+    };
+    match state.status.split(region, key).await {
+        Ok(ids) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "region": region, "new_regions": ids }),
+        ),
+        Err(e) => error(status_of(&e), &e.to_string()),
+    }
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// Bytes from lowercase or uppercase hexadecimal.
+pub fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
+    if !hex.len().is_multiple_of(2) {
+        return Err(format!(
+            "a hex key has an even number of digits, got {}",
+            hex.len()
+        ));
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("not a hex key: {hex:?}"))
+        })
+        .collect()
+}
+
+/// Lowercase hexadecimal of `bytes` (for `key=` in `/admin/split`).
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn transfer_leader(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
@@ -144,5 +201,16 @@ mod tests {
             .contains("unsigned integer"));
         assert!(query_u64(None, "region").unwrap_err().contains("missing"));
         assert!(query_u64(Some("region=-1"), "region").is_err());
+    }
+
+    #[test]
+    fn hex_keys_round_trip_and_bad_ones_are_errors() {
+        let key = [0u8, 0xff, b'a', 0x10];
+        assert_eq!(decode_hex(&encode_hex(&key)), Ok(key.to_vec()));
+        assert_eq!(decode_hex("00FFaa"), Ok(vec![0, 0xff, 0xaa]));
+        assert!(decode_hex("abc").is_err());
+        assert!(decode_hex("zz").is_err());
+        assert!(decode_hex("é1").is_err());
+        assert_eq!(decode_hex(""), Ok(vec![]));
     }
 }
