@@ -68,6 +68,10 @@ pub struct ServerConfig {
     pub lease_reads: bool,
     /// How long a client request may wait, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Compact a region's raft log once it holds more applied entries than this.
+    pub log_compact_trigger_entries: u64,
+    /// Applied entries a compaction keeps for followers a little behind.
+    pub log_keep_entries: u64,
     /// The storage engine.
     pub engine: EngineConfig,
 }
@@ -83,6 +87,8 @@ impl Default for ServerConfig {
             heartbeat_ticks: store.heartbeat_ticks,
             lease_reads: store.lease_reads,
             request_timeout_ms: 5_000,
+            log_compact_trigger_entries: store.log_compact_trigger_entries,
+            log_keep_entries: store.log_keep_entries,
             engine: EngineConfig::default(),
         }
     }
@@ -157,6 +163,8 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             election_ticks: cfg.election_ticks,
             heartbeat_ticks: cfg.heartbeat_ticks,
             lease_reads: cfg.lease_reads,
+            log_compact_trigger_entries: cfg.log_compact_trigger_entries,
+            log_keep_entries: cfg.log_keep_entries,
         },
         data_dir: args.data_dir.clone(),
         engine: cfg.engine.clone(),

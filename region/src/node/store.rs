@@ -65,6 +65,9 @@ pub const FORWARD_WAIT_ELECTIONS: u64 = 2;
 /// Bytes of keys and values read, at most, to find the middle of a region to split.
 pub const SPLIT_SCAN_BYTES_MAX: usize = 64 << 20;
 
+/// Ticks between two checks for raft logs to compact (and WAL segments to delete).
+pub const COMPACT_CHECK_TICKS: u64 = 20;
+
 /// Regions without a replica on this node whose messages are held, at most.
 pub const ORPHAN_REGIONS_MAX: usize = 256;
 /// Messages held per such region, at most.
@@ -89,6 +92,11 @@ pub struct StoreConfig {
     pub heartbeat_ticks: usize,
     /// Serve reads from a leader lease instead of a heartbeat round per read.
     pub lease_reads: bool,
+    /// A region's raft log is compacted once it holds more than this many applied entries.
+    pub log_compact_trigger_entries: u64,
+    /// Applied entries a compaction keeps, for followers a little behind (one further
+    /// behind gets a snapshot).
+    pub log_keep_entries: u64,
 }
 
 impl Default for StoreConfig {
@@ -99,6 +107,8 @@ impl Default for StoreConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             lease_reads: true,
+            log_compact_trigger_entries: 20_000,
+            log_keep_entries: 5_000,
         }
     }
 }
@@ -556,6 +566,12 @@ impl Store {
                 }
                 self.expire_orphans();
                 self.sample_gauges();
+                if self.ticks.is_multiple_of(COMPACT_CHECK_TICKS) {
+                    if let Err(e) = self.compact_logs() {
+                        error!(node = self.cfg.node_id, "log compaction failed: {e}");
+                        self.stopping = true;
+                    }
+                }
                 if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
                     self.balance_leaders();
                 }
@@ -738,6 +754,40 @@ impl Store {
                 "raft message refused: {e}"
             );
         }
+    }
+
+    /// Compacts the raft log of every region holding more than
+    /// `log_compact_trigger_entries` applied entries, down to `log_keep_entries`, in one
+    /// write; then deletes the WAL segments no region needs any more. The key-value store
+    /// issues the permits, so a log is never cut above what is durably applied.
+    fn compact_logs(&mut self) -> Result<(), NodeError> {
+        let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+        let mut batch = LogBatch::new();
+        for (&region_id, p) in &self.peers {
+            let first = self.log.first_index(region_id);
+            if p.applied <= first + self.cfg.log_compact_trigger_entries {
+                continue;
+            }
+            let to = p.applied - self.cfg.log_keep_entries.min(p.applied);
+            if to <= first {
+                continue;
+            }
+            let permit = self.kv.compaction_permit(region_id, to).map_err(storage)?;
+            batch.push(RegionBatch::new(region_id).with_compaction(to, permit));
+        }
+        if batch.regions.is_empty() {
+            return Ok(());
+        }
+        let regions = batch.regions.len();
+        self.log.write(batch).map_err(storage)?;
+        let purged = self.log.purge().map_err(storage)?;
+        tracing::debug!(
+            node = self.cfg.node_id,
+            regions,
+            ?purged,
+            "raft logs compacted"
+        );
+        Ok(())
     }
 
     fn prepare_split(&self, region_id: u64, key: Option<Bytes>) -> Result<KvCommand, NodeError> {
