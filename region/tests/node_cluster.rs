@@ -718,3 +718,79 @@ async fn logs_are_compacted_and_a_lagging_replica_catches_up_by_snapshot() {
         n.stop();
     }
 }
+
+/// A replica that misses a split and then skips it — it is cut off while the split
+/// commits and the old region's log is compacted past it, so a snapshot of the shrunk old
+/// region brings it back — learns of the new region from that region's leader, asks it
+/// for a snapshot and is created from it: the new region is whole again on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_skipped_a_split_gets_the_new_region_by_snapshot() {
+    let dirs = (0..NODES)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let cluster = start_cluster_with(dirs, |node_id| StoreConfig {
+        node_id,
+        log_compact_trigger_entries: 40,
+        log_keep_entries: 10,
+        ..Default::default()
+    });
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    cluster._net.isolate(3);
+    let new = handles[0]
+        .split(1, Some(Bytes::from_static(&[0, 0x80])))
+        .await
+        .expect("split while node 3 is cut off")[0];
+    let k = |i: u64| {
+        let mut k = vec![0u8, if i.is_multiple_of(2) { 0x10 } else { 0x90 }];
+        k.extend_from_slice(format!("skip-{i}").as_bytes());
+        Bytes::from(k)
+    };
+    for i in 0..400u64 {
+        let put = KvCommand::Put {
+            key: k(i),
+            value: Bytes::from(format!("s{i}")),
+            cond: PutCondition::Always,
+        };
+        let r = handles[(i % 2) as usize].write(put, (4444, i + 1)).await;
+        assert_eq!(r, Ok(KvResponse::Written(true)), "write {i}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.nodes[0].log().first_index(1) < 100
+        || cluster.nodes[0].log().first_index(new) < 100
+    {
+        assert!(Instant::now() < deadline, "logs were not compacted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster._net.heal();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !handles[2].regions().all().iter().any(|r| r.id == new) {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never got region {new}: {:?}",
+            handles[2]
+                .regions()
+                .all()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        tiling(&handles[2]),
+        tiling(&handles[0]),
+        "node 3 has the same regions"
+    );
+    for i in 0..400u64 {
+        let got = handles[2].get(k(i)).await;
+        assert_eq!(
+            got,
+            Ok(Some(Bytes::from(format!("s{i}")))),
+            "key {i} through node 3"
+        );
+    }
+    for n in cluster.nodes {
+        n.stop();
+    }
+}

@@ -75,6 +75,10 @@ pub const ORPHAN_MESSAGES_MAX: usize = 32;
 /// How long such messages are held, in election timeouts.
 pub const ORPHAN_WAIT_ELECTIONS: u64 = 2;
 
+/// Entries a replica may lag behind its leader and still be given the leadership by the
+/// balancer.
+pub const BALANCE_LAG_MAX: u64 = 64;
+
 /// Raft peer ids are `region_id * PEER_ID_NODE_SPAN + node_id`, so node ids must stay
 /// below this.
 pub const PEER_ID_NODE_SPAN: u64 = 1 << 16;
@@ -241,6 +245,18 @@ pub fn bootstrap_peer_id(region_id: u64, node_id: u64) -> u64 {
     region_id * PEER_ID_NODE_SPAN + node_id
 }
 
+/// A region this node has no replica of, but hears from.
+struct Orphan {
+    /// Tick of its first message (since it was last forgotten).
+    first_seen: u64,
+    /// Tick of its latest message.
+    last_seen: u64,
+    /// Tick this node last asked its leader for a snapshot.
+    asked: Option<u64>,
+    /// Messages held for delivery, if the replica is created soon.
+    held: Vec<RaftEnvelope>,
+}
+
 /// The store of one node.
 pub struct Store {
     cfg: StoreConfig,
@@ -252,7 +268,7 @@ pub struct Store {
     regions: Arc<RegionMap>,
     next_read_ctx: u64,
     /// Messages for regions without a replica here yet: region → (tick first held, messages).
-    orphans: std::collections::HashMap<u64, (u64, Vec<RaftEnvelope>)>,
+    orphans: std::collections::HashMap<u64, Orphan>,
     stopping: bool,
     ticks: u64,
     metrics: NodeMetrics,
@@ -506,8 +522,8 @@ impl Store {
         self.peers.insert(region_id, peer);
         // Messages that arrived before this replica existed (a vote from a replica that
         // applied the split first) are delivered now.
-        if let Some((_, held)) = self.orphans.remove(&region_id) {
-            for env in held {
+        if let Some(orphan) = self.orphans.remove(&region_id) {
+            for env in orphan.held {
                 self.step_envelope(env);
             }
         }
@@ -705,11 +721,26 @@ impl Store {
                 *led.entry(n).or_insert(0) += 1;
             }
         }
+        // Only nodes this node hears from are given leaderships: a transfer to a node that
+        // is down or cut off never finishes, and the region refuses writes until it is
+        // abandoned (an election timeout later).
+        let mut reachable: std::collections::BTreeSet<u64> = Default::default();
+        for p in self.peers.values().filter(|p| p.is_leader()) {
+            for peer in &p.desc.peers {
+                if p.raw
+                    .raft()
+                    .progress(peer.peer_id)
+                    .is_some_and(|pr| pr.recent_active)
+                {
+                    reachable.insert(peer.node_id);
+                }
+            }
+        }
         for _ in 0..BALANCE_TRANSFERS_MAX {
             let mine = led.get(&me).copied().unwrap_or(0);
             let Some((target, target_count)) = led
                 .iter()
-                .filter(|(&n, _)| n != me)
+                .filter(|(&n, _)| n != me && reachable.contains(&n))
                 .min_by_key(|(_, &c)| c)
                 .map(|(&n, &c)| (n, c))
             else {
@@ -719,12 +750,19 @@ impl Store {
             if mine <= target_count + 1 {
                 return;
             }
+            // A region whose replica there is active and caught up (within a round's worth
+            // of entries), so the transfer finishes at once.
             let candidate = self.peers.values_mut().find(|p| {
+                let r = p.raw.raft();
                 p.is_leader()
-                    && p.raw.raft().lead_transferee().is_none()
+                    && r.lead_transferee().is_none()
                     && p.desc
                         .peer_on_node(target)
-                        .is_some_and(|t| t.role == PeerRole::Voter)
+                        .filter(|t| t.role == PeerRole::Voter)
+                        .and_then(|t| r.progress(t.peer_id))
+                        .is_some_and(|pr| {
+                            pr.recent_active && pr.matched + BALANCE_LAG_MAX >= r.last_index()
+                        })
             });
             let Some(p) = candidate else { return };
             let to = p.desc.peer_on_node(target).expect("checked").peer_id;
@@ -820,30 +858,129 @@ impl Store {
         })
     }
 
-    /// Keeps a message for a region this node has no replica of, for a while: after a split,
-    /// the replicas that applied it first campaign in the new regions, and their votes reach
-    /// replicas that have not applied it yet. The message waits (it never creates a second
-    /// copy of the range) and is delivered if the split creates the region in time; held
-    /// messages are bounded in number and age.
+    /// Handles a message for a region this node has no replica of.
+    ///
+    /// For a while it is held: after a split, the replicas that applied it first campaign in
+    /// the new regions, and their votes reach replicas that have not applied it yet; the
+    /// message is delivered if the split creates the region in time. A held message never
+    /// creates a replica (the range is still served by the old region here).
+    ///
+    /// If the region stays unknown longer than that, this node is missing a replica it
+    /// should have — it skipped the split by installing a snapshot of the old region taken
+    /// after it. It then answers the region's leader with a snapshot request (at most once
+    /// per wait), and creates the replica from the snapshot that comes back, provided the
+    /// snapshot's range overlaps no region of this node: never a second copy of a range.
     fn hold_orphan(&mut self, env: RaftEnvelope) {
         let now = self.ticks;
+        let wait = ORPHAN_WAIT_ELECTIONS * self.cfg.election_ticks as u64;
         if !self.orphans.contains_key(&env.region_id) && self.orphans.len() >= ORPHAN_REGIONS_MAX {
             return;
         }
-        let (_, held) = self
-            .orphans
-            .entry(env.region_id)
-            .or_insert_with(|| (now, Vec::new()));
-        if held.len() < ORPHAN_MESSAGES_MAX {
-            held.push(env);
+        let orphan = self.orphans.entry(env.region_id).or_insert_with(|| Orphan {
+            first_seen: now,
+            last_seen: now,
+            asked: None,
+            held: Vec::new(),
+        });
+        orphan.last_seen = now;
+        if now < orphan.first_seen + wait {
+            if orphan.held.len() < ORPHAN_MESSAGES_MAX {
+                orphan.held.push(env);
+            }
+            return;
+        }
+        orphan.held.clear();
+        match env.message.kind {
+            MessageKind::Snapshot => self.adopt_from_snapshot(env),
+            MessageKind::Append | MessageKind::Heartbeat => {
+                if orphan.asked.is_some_and(|t| now < t + wait) {
+                    return;
+                }
+                orphan.asked = Some(now);
+                let m = &env.message;
+                let mut ask = flotilla_common::Message::new(
+                    MessageKind::AppendResponse,
+                    m.to,
+                    m.from,
+                    m.term,
+                );
+                ask.reject = true;
+                ask.request_snapshot = true;
+                ask.index = m.index;
+                let reply = RaftEnvelope::new(env.region_id, self.cfg.node_id, env.from_node, ask);
+                if let Err(e) = self.transport.send(reply) {
+                    tracing::debug!(region = env.region_id, "snapshot request not sent: {e}");
+                }
+            }
+            _ => {}
         }
     }
 
-    /// Drops held messages older than [`ORPHAN_WAIT_ELECTIONS`] election timeouts.
+    /// Creates the replica a snapshot is for, from the descriptor it carries, if that
+    /// names this node and overlaps no region here; then hands it the snapshot.
+    fn adopt_from_snapshot(&mut self, env: RaftEnvelope) {
+        let region_id = env.region_id;
+        let Some(snap) = env.message.snapshot.as_deref() else {
+            return;
+        };
+        let desc = codec::decode::<RegionSnapshotData>(&snap.data)
+            .ok()
+            .and_then(|d| d.header.descriptor)
+            .and_then(|d| RegionDescriptor::decode(&d).ok());
+        let Some(desc) = desc else {
+            warn!(
+                region = region_id,
+                "snapshot for an unknown region without a descriptor"
+            );
+            return;
+        };
+        let mine = desc.peer_on_node(self.cfg.node_id);
+        if desc.id != region_id || mine.map(|p| p.peer_id) != Some(env.message.to) {
+            warn!(
+                region = region_id,
+                "snapshot descriptor does not name this replica"
+            );
+            return;
+        }
+        let overlaps = self.peers.values().find(|p| {
+            let a = &p.desc;
+            (desc.end_key.is_empty() || a.start_key < desc.end_key)
+                && (a.end_key.is_empty() || desc.start_key < a.end_key)
+        });
+        if let Some(p) = overlaps {
+            info!(
+                region = region_id,
+                overlapping = p.desc.id,
+                "not creating a replica from a snapshot: its range is still served here"
+            );
+            return;
+        }
+        let mut round = ApplyRound::new();
+        round.set_descriptor(region_id, desc.encode());
+        round.set_applied(region_id, 0);
+        if let Err(e) = self.kv.apply(round) {
+            error!(region = region_id, "cannot create a replica: {e}");
+            return;
+        }
+        info!(region = region_id, "replica created from a snapshot");
+        self.orphans.remove(&region_id);
+        match self.load_region(region_id, Some(false)) {
+            Ok(()) => self.step_envelope(env),
+            Err(e) => error!(region = region_id, "cannot load the new replica: {e}"),
+        }
+    }
+
+    /// Forgets held messages after [`ORPHAN_WAIT_ELECTIONS`] election timeouts, and a
+    /// region without traffic for as long.
     fn expire_orphans(&mut self) {
         let wait = ORPHAN_WAIT_ELECTIONS * self.cfg.election_ticks as u64;
         let now = self.ticks;
-        self.orphans.retain(|_, (since, _)| now < *since + wait);
+        self.orphans.retain(|_, o| {
+            if now >= o.first_seen + wait {
+                o.held.clear();
+            }
+            now < o.last_seen + wait
+        });
     }
 
     fn handle_event(&mut self, ev: PeerEvent) {
@@ -1066,7 +1203,9 @@ impl Store {
                 any = true;
                 if let Some(d) = &data.header.descriptor {
                     if let Ok(desc) = RegionDescriptor::decode(d) {
+                        // The range may have shrunk (a split this replica skipped).
                         p.desc = desc;
+                        self.regions.update(p.route());
                     }
                 }
                 p.sessions = raft::SessionTable::new();
