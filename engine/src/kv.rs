@@ -432,6 +432,17 @@ impl KvStore {
     /// of the range's data), reading at most `scan_bytes_max` bytes; `None` if the range
     /// holds fewer than two keys.
     pub fn middle_key(&self, range: &KeyRange, scan_bytes_max: usize) -> Result<Option<Bytes>> {
+        Ok(self.size_and_middle(range, scan_bytes_max)?.1)
+    }
+
+    /// Bytes of keys and values in `range`, counting at most `scan_bytes_max` (the answer is
+    /// then at least that), and the first key past half of what was counted (`None` with
+    /// fewer than two keys).
+    pub fn size_and_middle(
+        &self,
+        range: &KeyRange,
+        scan_bytes_max: usize,
+    ) -> Result<(u64, Option<Bytes>)> {
         let (lower, upper) = range.data_bounds();
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(upper);
@@ -450,16 +461,14 @@ impl KvStore {
             }
         }
         if keys.len() < 2 {
-            return Ok(None);
+            return Ok((total as u64, None));
         }
         let half = total / 2;
-        // The first key whose running total passes half, but never the first key (the left
-        // part must not be empty).
         let at = keys
             .iter()
             .position(|(_, t)| *t > half)
             .unwrap_or(keys.len() - 1);
-        Ok(Some(keys[at.max(1)].0.clone()))
+        Ok((total as u64, Some(keys[at.max(1)].0.clone())))
     }
 
     /// Makes everything written so far durable (flushes and syncs RocksDB's WAL).

@@ -794,3 +794,123 @@ async fn a_replica_that_skipped_a_split_gets_the_new_region_by_snapshot() {
         n.stop();
     }
 }
+
+/// Automatic split by size: with a 256 KiB limit, 1.5 MiB written into region 1 splits it
+/// (and its parts, again and again) until every part is under the limit; every write is
+/// still there, and the key space still tiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_over_its_size_limit_splits_until_every_part_fits() {
+    const LIMIT: u64 = 256 << 10;
+    let dirs = (0..NODES)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let cluster = start_cluster_with(dirs, |node_id| StoreConfig {
+        node_id,
+        region_max_bytes: LIMIT,
+        ..Default::default()
+    });
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    let old_end = handles[0].regions().route(&[0]).expect("region 1").end_key;
+    let key = |i: u64| {
+        let mut k = vec![0u8, (i * 97 % 256) as u8];
+        k.extend_from_slice(format!("big-{i:05}").as_bytes());
+        Bytes::from(k)
+    };
+    let value = Bytes::from(vec![b'x'; 1000]);
+    for batch in 0..48u64 {
+        let pairs = (0..32)
+            .map(|j| (key(batch * 32 + j), value.clone()))
+            .collect();
+        let r = handles[(batch % NODES) as usize]
+            .write(KvCommand::BatchPut { pairs }, (5151, batch + 1))
+            .await;
+        assert_eq!(r, Ok(KvResponse::Done), "batch {batch}");
+    }
+    // Every region inside region 1's old range ends up under the limit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let parts: Vec<_> = handles[0]
+            .regions()
+            .all()
+            .into_iter()
+            .filter(|r| !old_end.is_empty() && r.start_key < old_end)
+            .collect();
+        let mut sizes = Vec::new();
+        for r in &parts {
+            let pairs = handles[0]
+                .scan(r.start_key.clone(), r.end_key.clone(), usize::MAX)
+                .await
+                .expect("scan");
+            sizes.push(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>(),
+            );
+        }
+        if parts.len() > 1 && sizes.iter().all(|&s| s <= LIMIT) {
+            assert!(
+                sizes.iter().sum::<u64>() >= 48 * 32 * 1000,
+                "no data lost: {sizes:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "parts and sizes: {sizes:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for h in &handles {
+        tiling(h);
+    }
+    for i in 0..48 * 32 {
+        assert_eq!(
+            handles[(i % NODES) as usize].get(key(i)).await,
+            Ok(Some(value.clone())),
+            "key {i}"
+        );
+    }
+    for n in cluster.nodes {
+        n.stop();
+    }
+}
+
+/// Automatic split by load: a region applying more than `region_split_qps` commands a
+/// second for three checks in a row is split at the middle of its data, though small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_region_splits_for_load() {
+    let dirs = (0..NODES)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let cluster = start_cluster_with(dirs, |node_id| StoreConfig {
+        node_id,
+        region_split_qps: 50,
+        ..Default::default()
+    });
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0u64;
+    while handles[0].regions().all().len() == REGIONS {
+        assert!(Instant::now() < deadline, "no split after {i} writes");
+        let mut k = vec![0u8, (i % 256) as u8];
+        k.extend_from_slice(b"hot");
+        let put = KvCommand::Put {
+            key: Bytes::from(k),
+            value: Bytes::from_static(b"v"),
+            cond: PutCondition::Always,
+        };
+        let r = handles[(i % NODES) as usize]
+            .write(put, (6161, i + 1))
+            .await;
+        assert_eq!(r, Ok(KvResponse::Written(true)));
+        i += 1;
+    }
+    let split = handles[0].regions().route(&[0]).expect("region 1");
+    assert!(
+        !split.end_key.is_empty() && split.end_key.as_ref() < &[4u8, 0][..],
+        "region 1 shrank: {split:?}"
+    );
+    for n in cluster.nodes {
+        n.stop();
+    }
+}

@@ -72,6 +72,11 @@ pub struct ServerConfig {
     pub log_compact_trigger_entries: u64,
     /// Applied entries a compaction keeps for followers a little behind.
     pub log_keep_entries: u64,
+    /// Split a region once its keys and values pass this many bytes.
+    pub region_max_bytes: u64,
+    /// Split a region applying more commands per second than this for a few seconds
+    /// (0: never split for load).
+    pub region_split_qps: u64,
     /// The storage engine.
     pub engine: EngineConfig,
 }
@@ -89,6 +94,8 @@ impl Default for ServerConfig {
             request_timeout_ms: 5_000,
             log_compact_trigger_entries: store.log_compact_trigger_entries,
             log_keep_entries: store.log_keep_entries,
+            region_max_bytes: store.region_max_bytes,
+            region_split_qps: store.region_split_qps,
             engine: EngineConfig::default(),
         }
     }
@@ -165,6 +172,8 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             lease_reads: cfg.lease_reads,
             log_compact_trigger_entries: cfg.log_compact_trigger_entries,
             log_keep_entries: cfg.log_keep_entries,
+            region_max_bytes: cfg.region_max_bytes,
+            region_split_qps: cfg.region_split_qps,
         },
         data_dir: args.data_dir.clone(),
         engine: cfg.engine.clone(),

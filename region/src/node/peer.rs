@@ -82,6 +82,14 @@ pub struct Peer {
     /// Reads confirmed at an index, waiting for apply.
     pub(crate) reads_waiting_apply: BTreeMap<(u64, u64), PendingRead>,
     pub(crate) applied: u64,
+    /// Bytes of commands applied since the last size check (a hint, not a size).
+    pub(crate) written_since_check: u64,
+    /// Commands applied since the last load check, and how many checks in a row found the
+    /// rate over the split threshold.
+    pub(crate) commands_since_check: u64,
+    pub(crate) hot_checks: u32,
+    /// A size check of this region is running.
+    pub(crate) checking: bool,
     /// This region's metric handles.
     pub(crate) metrics: RegionMetrics,
 }
@@ -101,6 +109,10 @@ impl Peer {
             read_deadlines: VecDeque::new(),
             reads_waiting_apply: BTreeMap::new(),
             applied,
+            written_since_check: 0,
+            commands_since_check: 0,
+            hot_checks: 0,
+            checking: false,
             metrics,
         }
     }

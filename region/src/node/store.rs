@@ -65,6 +65,14 @@ pub const FORWARD_WAIT_ELECTIONS: u64 = 2;
 /// Bytes of keys and values read, at most, to find the middle of a region to split.
 pub const SPLIT_SCAN_BYTES_MAX: usize = 64 << 20;
 
+/// Ticks between two split checks (sizes and loads of the regions this node leads).
+pub const SPLIT_CHECK_TICKS: u64 = 20;
+/// Checks in a row a region must be over `region_split_qps` to be split for load.
+pub const SPLIT_HOT_CHECKS: u32 = 3;
+/// A region is measured once this fraction (1/n) of `region_max_bytes` was written to it
+/// since its last measurement.
+pub const SPLIT_CHECK_WRITTEN_FRACTION: u64 = 16;
+
 /// Ticks between two checks for raft logs to compact (and WAL segments to delete).
 pub const COMPACT_CHECK_TICKS: u64 = 20;
 
@@ -101,6 +109,12 @@ pub struct StoreConfig {
     /// Applied entries a compaction keeps, for followers a little behind (one further
     /// behind gets a snapshot).
     pub log_keep_entries: u64,
+    /// A region whose keys and values pass this many bytes is split in two (by its leader,
+    /// at the middle of its data).
+    pub region_max_bytes: u64,
+    /// A region applying more than this many commands per second for
+    /// [`SPLIT_HOT_CHECKS`] checks in a row is split in two; 0 turns load splits off.
+    pub region_split_qps: u64,
 }
 
 impl Default for StoreConfig {
@@ -113,6 +127,8 @@ impl Default for StoreConfig {
             lease_reads: true,
             log_compact_trigger_entries: 20_000,
             log_keep_entries: 5_000,
+            region_max_bytes: 96 << 20,
+            region_split_qps: 0,
         }
     }
 }
@@ -231,6 +247,17 @@ pub enum StoreMsg {
         /// The command.
         reply: Reply<KvCommand>,
     },
+    /// The outcome of a region's size measurement (sent by the store's own check thread).
+    SplitCheck {
+        /// The region.
+        region_id: u64,
+        /// Its epoch version when measured (a split since then makes the result stale).
+        version: u64,
+        /// Bytes of keys and values (at least this many).
+        size: u64,
+        /// The key that halves it, if it has two keys or more.
+        middle: Option<Bytes>,
+    },
     /// Report every replica's state.
     Status {
         /// Where the report goes.
@@ -269,6 +296,10 @@ pub struct Store {
     next_read_ctx: u64,
     /// Messages for regions without a replica here yet: region → (tick first held, messages).
     orphans: std::collections::HashMap<u64, Orphan>,
+    /// The store's own input, for its background measurements to report to.
+    self_tx: Sender<StoreMsg>,
+    /// A size measurement is running (one at a time per node).
+    split_check_running: bool,
     stopping: bool,
     ticks: u64,
     metrics: NodeMetrics,
@@ -454,6 +485,8 @@ impl Store {
             regions,
             next_read_ctx: 1,
             orphans: Default::default(),
+            self_tx: tx.clone(),
+            split_check_running: false,
             stopping: false,
             ticks: 0,
             metrics: NodeMetrics::new(),
@@ -517,7 +550,9 @@ impl Store {
         if campaign.unwrap_or(fresh && preferred == Some(self.cfg.node_id)) {
             let _ = raw.campaign();
         }
-        let peer = Peer::new(raw, desc, applied);
+        let mut peer = Peer::new(raw, desc, applied);
+        // Measured at the first check: it may have grown past the limit while down.
+        peer.written_since_check = self.cfg.region_max_bytes / SPLIT_CHECK_WRITTEN_FRACTION;
         self.refresh_route(&peer);
         self.peers.insert(region_id, peer);
         // Messages that arrived before this replica existed (a vote from a replica that
@@ -582,6 +617,9 @@ impl Store {
                 }
                 self.expire_orphans();
                 self.sample_gauges();
+                if self.ticks.is_multiple_of(SPLIT_CHECK_TICKS) {
+                    self.check_splits();
+                }
                 if self.ticks.is_multiple_of(COMPACT_CHECK_TICKS) {
                     if let Err(e) = self.compact_logs() {
                         error!(node = self.cfg.node_id, "log compaction failed: {e}");
@@ -676,6 +714,12 @@ impl Store {
                 };
                 let _ = reply.send(r);
             }
+            StoreMsg::SplitCheck {
+                region_id,
+                version,
+                size,
+                middle,
+            } => self.split_checked(region_id, version, size, middle),
             StoreMsg::PrepareSplit {
                 region_id,
                 key,
@@ -826,6 +870,113 @@ impl Store {
             "raft logs compacted"
         );
         Ok(())
+    }
+
+    /// Measures (on a thread of its own) one region this node leads that was written
+    /// enough since its last measurement, or that has been busy for a while.
+    fn check_splits(&mut self) {
+        let per_second = 1000 / self.cfg.tick_interval.as_millis().max(1) as u64;
+        let interval_commands = self.cfg.region_split_qps * SPLIT_CHECK_TICKS / per_second.max(1);
+        let written_trigger = self.cfg.region_max_bytes / SPLIT_CHECK_WRITTEN_FRACTION;
+        // The most urgent first: busy regions, then the most written.
+        let mut pick: Option<((bool, u64), u64)> = None;
+        for p in self.peers.values_mut() {
+            let hot = self.cfg.region_split_qps > 0 && p.commands_since_check > interval_commands;
+            p.hot_checks = if hot && p.is_leader() {
+                p.hot_checks + 1
+            } else {
+                0
+            };
+            p.commands_since_check = 0;
+            let busy = p.hot_checks >= SPLIT_HOT_CHECKS;
+            let due = p.written_since_check >= written_trigger || busy;
+            let urgency = (busy, p.written_since_check);
+            if due && p.is_leader() && !p.checking && pick.is_none_or(|(u, _)| urgency > u) {
+                pick = Some((urgency, p.desc.id));
+            }
+        }
+        if self.split_check_running {
+            return;
+        }
+        let Some((_, region_id)) = pick else { return };
+        let p = self
+            .peers
+            .get_mut(&region_id)
+            .expect("picked from the peers");
+        p.checking = true;
+        p.written_since_check = 0;
+        self.split_check_running = true;
+        let kv = self.kv.clone();
+        let tx = self.self_tx.clone();
+        let range = KeyRange::new(p.desc.start_key.clone(), p.desc.end_key.clone());
+        let version = p.desc.epoch.version;
+        let cap = (self.cfg.region_max_bytes.saturating_mul(2)).min(usize::MAX as u64) as usize;
+        let spawned = std::thread::Builder::new()
+            .name("split-check".into())
+            .spawn(move || {
+                let (size, middle) = match kv.size_and_middle(&range, cap) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(region = region_id, "split check failed: {e}");
+                        (0, None)
+                    }
+                };
+                let _ = tx.send(StoreMsg::SplitCheck {
+                    region_id,
+                    version,
+                    size,
+                    middle,
+                });
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start a split check: {e}");
+            p.checking = false;
+            self.split_check_running = false;
+        }
+    }
+
+    /// Splits a measured region that is too big (or too busy) at its middle, if it is
+    /// still as measured and this node still leads it.
+    fn split_checked(&mut self, region_id: u64, version: u64, size: u64, middle: Option<Bytes>) {
+        self.split_check_running = false;
+        let max = self.cfg.region_max_bytes;
+        let Some(p) = self.peers.get_mut(&region_id) else {
+            return;
+        };
+        p.checking = false;
+        let hot = p.hot_checks >= SPLIT_HOT_CHECKS;
+        let (Some(key), true) = (middle, p.is_leader() && p.desc.epoch.version == version) else {
+            return;
+        };
+        if size <= max && !hot {
+            return;
+        }
+        p.hot_checks = 0;
+        // Each half is about this big: measured first at the next checks (ahead of regions
+        // that were merely written to).
+        p.written_since_check = p.written_since_check.max(size / 2);
+        let id = match self.kv.next_id() {
+            Ok(n) => split_region_id(n, self.cfg.node_id),
+            Err(e) => {
+                error!(region = region_id, "no id for a split: {e}");
+                return;
+            }
+        };
+        info!(
+            region = region_id,
+            size,
+            max,
+            hot,
+            new = id,
+            "splitting a region automatically"
+        );
+        let cmd = KvCommand::Split {
+            split_keys: vec![key],
+            new_region_ids: vec![id],
+        };
+        // Nobody waits for the answer: a split that fails is tried again at a later check.
+        let (reply, _) = oneshot::channel();
+        self.propose(region_id, (super::SPLIT_CLIENT_BIT | id, 1), cmd, reply);
     }
 
     fn prepare_split(&self, region_id: u64, key: Option<Bytes>) -> Result<KvCommand, NodeError> {
@@ -1276,6 +1427,8 @@ impl Store {
                         let (result, session) =
                             apply_command(&mut ctx, p, *region_id, &e.data, &mut splits)?;
                         commands += 1;
+                        p.written_since_check += e.data.len() as u64;
+                        p.commands_since_check += 1;
                         if let Some(session) = session {
                             if !p.forwarded.is_empty() {
                                 p.answer_forwarded(session, &result);
@@ -1309,15 +1462,21 @@ impl Store {
         // The new regions of a split exist once the round that holds their descriptors is
         // written; the old region's leader campaigns in them at once.
         for plan in splits {
-            let campaign = match self.peers.get(&plan.left.id) {
+            let trigger = self.cfg.region_max_bytes / SPLIT_CHECK_WRITTEN_FRACTION;
+            let (campaign, written) = match self.peers.get_mut(&plan.left.id) {
                 Some(p) => {
                     self.regions.update(p.route());
-                    p.is_leader()
+                    // Measured again: the part it kept may still be over the limit.
+                    p.written_since_check = p.written_since_check.max(trigger);
+                    (p.is_leader(), p.written_since_check)
                 }
-                None => false,
+                None => (false, trigger),
             };
             for d in &plan.new {
                 self.load_region(d.id, Some(campaign))?;
+                if let Some(p) = self.peers.get_mut(&d.id) {
+                    p.written_since_check = written;
+                }
             }
         }
         if applied_entries > 0 {
