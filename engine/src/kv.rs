@@ -92,13 +92,13 @@ pub(crate) fn session_key(region_id: u64, client_id: u64) -> [u8; 17] {
     k
 }
 
-/// The bounds of a region's session keys in `meta`.
+/// The bounds of a region's session keys in `meta`: the lower inclusive, the upper
+/// exclusive (the next region's first; region ids stay far below `u64::MAX`).
 pub(crate) fn session_bounds(region_id: u64) -> ([u8; 17], [u8; 17]) {
-    (session_key(region_id, 0), {
-        let mut end = [0xff; 17];
-        end[..9].copy_from_slice(&meta_key(SESSION_PREFIX, region_id));
-        end
-    })
+    (
+        session_key(region_id, 0),
+        session_key(region_id.saturating_add(1), 0),
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +125,7 @@ pub struct ApplyRound {
     applied: BTreeMap<u64, u64>,
     descriptors: Vec<(u64, Bytes)>,
     sessions: Vec<(u64, u64, Bytes)>,
+    removed: Vec<u64>,
 }
 
 impl ApplyRound {
@@ -165,9 +166,20 @@ impl ApplyRound {
         self.sessions.push((region_id, client_id, session.into()));
     }
 
+    /// Removes a region's own records — descriptor, applied index, sessions — after those
+    /// the round writes for it (a merged-away region; its data keys belong to another
+    /// region now and stay). Its applied index stays known to this process, so its raft
+    /// log can still be cut under a permit.
+    pub fn remove_region(&mut self, region_id: u64) {
+        self.removed.push(region_id);
+    }
+
     /// Whether the round writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.applied.is_empty() && self.touched.is_empty()
+        self.ops.is_empty()
+            && self.applied.is_empty()
+            && self.touched.is_empty()
+            && self.removed.is_empty()
     }
 }
 
@@ -294,6 +306,12 @@ impl KvStore {
                 });
             }
             wb.put_cf(meta, applied_key(region), codec::encode(&index)?);
+        }
+        for &region in &round.removed {
+            wb.delete_cf(meta, descriptor_key(region));
+            wb.delete_cf(meta, applied_key(region));
+            let (lower, upper) = session_bounds(region);
+            wb.delete_range_cf(meta, lower, upper);
         }
         // Under the lock so that the written indexes follow the order of the writes.
         self.db.write(wb)?;

@@ -276,3 +276,32 @@ fn region_ids_sessions_counter_and_middle_key() {
     let kv = open_kv(dir.path());
     assert_eq!(kv.next_id().unwrap(), 3);
 }
+
+/// A merged-away region's records go (descriptor, applied index, sessions); its data keys
+/// and every other region's records stay.
+#[test]
+fn a_removed_region_leaves_no_records_but_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open_kv(dir.path());
+    let mut r = ApplyRound::new();
+    for region in [1u64, 2] {
+        r.set_descriptor(region, format!("d{region}").into_bytes());
+        r.set_session(region, 7, b"s".to_vec());
+        r.set_session(region, u64::MAX, b"last client".to_vec());
+        r.set_applied(region, 5);
+    }
+    r.put(2, b"k2".to_vec(), b"v".to_vec());
+    kv.apply(r).unwrap();
+    let mut r = ApplyRound::new();
+    r.remove_region(2);
+    kv.apply(r).unwrap();
+    assert_eq!(kv.region_ids().unwrap(), vec![1]);
+    assert_eq!(kv.descriptor(2).unwrap(), None);
+    assert!(kv.sessions(2).unwrap().is_empty());
+    assert_eq!(kv.sessions(1).unwrap().len(), 2);
+    assert_eq!(kv.get(b"k2").unwrap(), Some(b"v".to_vec()));
+    drop(kv);
+    let kv = open_kv(dir.path());
+    assert_eq!(kv.applied_index(2), 0, "no applied record after a restart");
+    assert_eq!(kv.applied_index(1), 5);
+}
