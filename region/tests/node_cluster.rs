@@ -509,8 +509,13 @@ fn tiling(h: &NodeHandle) -> Vec<(u64, Bytes, Bytes)> {
         assert_eq!(
             w[0].end_key,
             w[1].start_key,
-            "gap or overlap on node {}",
-            h.node_id()
+            "gap or overlap on node {}: {:?}",
+            h.node_id(),
+            routes
+                .iter()
+                .take(6)
+                .map(|r| (r.id, r.start_key.clone(), r.end_key.clone(), r.merging_into))
+                .collect::<Vec<_>>()
         );
     }
     routes
@@ -909,6 +914,183 @@ async fn a_busy_region_splits_for_load() {
     assert!(
         !split.end_key.is_empty() && split.end_key.as_ref() < &[4u8, 0][..],
         "region 1 shrank: {split:?}"
+    );
+    for n in cluster.nodes {
+        n.stop();
+    }
+}
+
+/// Splits region 1 (`["", 0x0400)`) at `0x00c0`, `0x0080`, `0x0040` and returns the ids of
+/// the parts in key order: `[1, C, B, A]`.
+async fn split_region_1_in_four(h: &NodeHandle) -> Vec<u64> {
+    let mut ids = vec![1];
+    for second in [0xc0u8, 0x80, 0x40] {
+        let id = h
+            .split(1, Some(Bytes::from(vec![0u8, second])))
+            .await
+            .expect("split")[0];
+        ids.insert(1, id);
+    }
+    ids
+}
+
+/// Waits until every node's routing table agrees and has `regions` regions.
+async fn wait_for_views(handles: &[NodeHandle], regions: usize) -> Vec<(u64, Bytes, Bytes)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let views: Vec<_> = handles.iter().map(tiling).collect();
+        if views.iter().all(|v| v == &views[0]) && views[0].len() == regions {
+            return views[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "views did not converge to {regions} regions: {:?}",
+            views.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Region merge under load: region 1 is split in four and merged back, source into
+/// target, while eight clients write into it through every node. Every acknowledged write
+/// is there afterwards on every node, the key space tiles exactly as before the splits,
+/// and all of it survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_under_load_keep_every_write_and_restore_the_key_space() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    let original = tiling(&handles[0]);
+    let in_region_1 = |c: u64, i: u64| {
+        let mut k = vec![0u8, ((c * 61 + i * 13) % 256) as u8];
+        k.extend_from_slice(format!("m{c}-{i}").as_bytes());
+        Bytes::from(k)
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for c in 0..8u64 {
+        let handles = handles.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let put = KvCommand::Put {
+                    key: in_region_1(c, i),
+                    value: Bytes::from(format!("v{i}")),
+                    cond: PutCondition::Always,
+                };
+                match handles[(i % NODES) as usize]
+                    .write(put, (200 + c, i + 1))
+                    .await
+                {
+                    Ok(KvResponse::Written(true)) => acked.push(i),
+                    other => panic!("write {c}/{i} failed: {other:?}"),
+                }
+                i += 1;
+            }
+            (c, acked)
+        }));
+    }
+    let parts = split_region_1_in_four(&handles[0]).await;
+    wait_for_views(&handles, REGIONS + 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A into B, C into 1, then B into 1: sources on both sides of their targets.
+    let (one, c, b, a) = (parts[0], parts[1], parts[2], parts[3]);
+    handles[1].merge(a, b).await.expect("merge A into B");
+    handles[2].merge(c, one).await.expect("merge C into 1");
+    handles[0].merge(b, one).await.expect("merge B into 1");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.push(w.await.expect("writer"));
+    }
+    let total: usize = acked.iter().map(|(_, a)| a.len()).sum();
+    assert!(total > 100, "the writers made progress: {total} writes");
+    assert_eq!(
+        wait_for_views(&handles, REGIONS).await,
+        original,
+        "region 1 is whole again"
+    );
+    let check = |handles: Vec<NodeHandle>, acked: Vec<(u64, Vec<u64>)>| async move {
+        for (c, list) in &acked {
+            for &i in list {
+                for h in &handles {
+                    let got = h.get(in_region_1(*c, i)).await;
+                    assert_eq!(
+                        got,
+                        Ok(Some(Bytes::from(format!("v{i}")))),
+                        "{c}/{i} on node {}",
+                        h.node_id()
+                    );
+                }
+            }
+        }
+    };
+    check(handles.clone(), acked.clone()).await;
+    let Cluster {
+        nodes, _dirs: dirs, ..
+    } = cluster;
+    for n in nodes {
+        n.stop();
+    }
+    let cluster = start_cluster_in(dirs);
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    assert_eq!(
+        wait_for_views(&handles, REGIONS).await,
+        original,
+        "after a restart"
+    );
+    check(handles.clone(), acked).await;
+    for n in cluster.nodes {
+        n.stop();
+    }
+}
+
+/// A merge the target refuses (the regions are not adjacent) is rolled back: the source
+/// serves writes again. A merge while a replica is cut off waits for it, and completes
+/// once it returns, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_merge_rolls_back_and_a_merge_waits_for_a_lagging_replica() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    let parts = split_region_1_in_four(&handles[0]).await;
+    wait_for_views(&handles, REGIONS + 3).await;
+    let (c, a) = (parts[1], parts[3]);
+    let refused = handles[0].merge(c, a).await;
+    assert!(
+        matches!(&refused, Err(NodeError::Refused(why)) if why.contains("rolled back")),
+        "{refused:?}"
+    );
+    let key_in_c = Bytes::from_static(&[0, 0x50, b'c']);
+    let put = KvCommand::Put {
+        key: key_in_c.clone(),
+        value: Bytes::from_static(b"after rollback"),
+        cond: PutCondition::Always,
+    };
+    assert_eq!(
+        handles[1].write(put, (7070, 1)).await,
+        Ok(KvResponse::Written(true))
+    );
+
+    cluster._net.isolate(3);
+    let h = handles[0].clone();
+    let merging = tokio::spawn(async move { h.merge(a, parts[2]).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !merging.is_finished(),
+        "the merge waited for the cut-off replica"
+    );
+    cluster._net.heal();
+    merging
+        .await
+        .expect("task")
+        .expect("merge after the replica returned");
+    wait_for_views(&handles, REGIONS + 2).await;
+    assert_eq!(
+        handles[2].get(key_in_c).await,
+        Ok(Some(Bytes::from_static(b"after rollback")))
     );
     for n in cluster.nodes {
         n.stop();

@@ -5,6 +5,7 @@
 //! flotilla ctl --addr 127.0.0.1:7001 regions [--json]
 //! flotilla ctl --addr 127.0.0.1:7001 transfer-leader 3 2
 //! flotilla ctl --addr 127.0.0.1:7001 split 3 'user:5000'
+//! flotilla ctl --addr 127.0.0.1:7001 merge 70001 3
 //! ```
 //!
 //! Tables are for people; `--json` prints what the server sent, for scripts.
@@ -53,6 +54,13 @@ pub enum CtlCommand {
         region: u64,
         /// The node id to lead it.
         node: u64,
+    },
+    /// Merge region SOURCE into the adjacent region TARGET (same nodes).
+    Merge {
+        /// The region that goes away.
+        source: u64,
+        /// The region that takes its range.
+        target: u64,
     },
     /// Split REGION at KEY (escaped text: `\\xNN` for any byte), or at the middle of its
     /// data when no KEY is given.
@@ -122,6 +130,15 @@ pub async fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                     "split region {region}: new regions {}",
                     v["new_regions"]
                 )?;
+            }
+        }
+        CtlCommand::Merge { source, target } => {
+            let path = format!("/admin/merge?source={source}&target={target}");
+            let body = call(&client, Method::POST, &path).await?;
+            if args.json {
+                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
+            } else {
+                writeln!(out, "merged region {source} into region {target}")?;
             }
         }
         CtlCommand::TransferLeader { region, node } => {

@@ -316,6 +316,11 @@ impl KvService for NodeService {
 }
 
 impl StatusSource for NodeService {
+    fn merge(&self, source: u64, target: u64) -> ServiceFuture<()> {
+        let handle = self.inner.node.clone();
+        Box::pin(async move { handle.merge(source, target).await.map_err(service_error) })
+    }
+
     fn split(&self, region: u64, key: Option<Bytes>) -> ServiceFuture<Vec<u64>> {
         let handle = self.inner.node.clone();
         Box::pin(async move { handle.split(region, key).await.map_err(service_error) })

@@ -171,6 +171,10 @@ pub trait StatusSource: Send + Sync + 'static {
     /// Splits `region` at `key` (`None`: at the middle of its data) and answers the new
     /// region ids, once the split is applied on this node.
     fn split(&self, region: u64, key: Option<Bytes>) -> ServiceFuture<Vec<u64>>;
+
+    /// Merges region `source` into the adjacent region `target`; resolves once the source
+    /// is gone (or with the reason the target refused it, the source rolled back).
+    fn merge(&self, source: u64, target: u64) -> ServiceFuture<()>;
 }
 
 /// One node, as `/status` shows it.

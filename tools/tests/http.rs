@@ -28,6 +28,7 @@ fn metrics_handle() -> PrometheusHandle {
 struct FakeNode {
     transfers: Mutex<Vec<(u64, u64)>>,
     splits: Mutex<Vec<(u64, Option<Bytes>)>>,
+    merges: Mutex<Vec<(u64, u64)>>,
 }
 
 impl FakeNode {
@@ -58,6 +59,18 @@ impl FakeNode {
 }
 
 impl StatusSource for FakeNode {
+    fn merge(&self, source: u64, target: u64) -> ServiceFuture<()> {
+        let result = if source == target {
+            Err(ServiceError::InvalidArgument(
+                "a region cannot merge into itself".into(),
+            ))
+        } else {
+            self.merges.lock().push((source, target));
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
+    }
+
     fn split(&self, region: u64, key: Option<Bytes>) -> ServiceFuture<Vec<u64>> {
         let result = if region == 99 {
             Err(ServiceError::RegionNotFound(99))
@@ -366,4 +379,35 @@ async fn split_reaches_the_node_with_its_key_and_ctl_sends_it() {
             (4, Some(Bytes::from_static(b"user\x00:7"))),
         ]
     );
+}
+
+#[tokio::test]
+async fn merge_reaches_the_node_and_ctl_sends_it() {
+    let node = Arc::new(FakeNode::default());
+    let addr = start(node.clone()).await;
+    let c = client(addr);
+    let ok = c
+        .request(Method::POST, "/admin/merge?source=7&target=3")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+    for (path, status) in [
+        ("/admin/merge?source=7", StatusCode::BAD_REQUEST),
+        ("/admin/merge?source=3&target=3", StatusCode::BAD_REQUEST),
+    ] {
+        let resp = c.request(Method::POST, path).await.unwrap();
+        assert_eq!(resp.status, status, "{path}");
+    }
+    let out = run_ctl(
+        addr,
+        CtlCommand::Merge {
+            source: 9,
+            target: 4,
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("merged region 9 into region 4"), "{out}");
+    assert_eq!(*node.merges.lock(), vec![(7, 3), (9, 4)]);
 }

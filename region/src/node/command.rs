@@ -55,6 +55,22 @@ pub enum KvCommand {
         /// Their ids, unique in the cluster.
         new_region_ids: Vec<u64>,
     },
+    /// Freeze the region for a merge into `target` (an admin command; see the merge
+    /// module): it applies no data command from here on.
+    PrepareMerge {
+        /// The region to merge into.
+        target: u64,
+    },
+    /// Take in the adjacent `source` region, prepared at `prepare_index` (an admin
+    /// command applied in the target).
+    CommitMerge {
+        /// The source's descriptor, as prepared.
+        source: super::descriptor::RegionDescriptor,
+        /// The source's `PrepareMerge` index.
+        prepare_index: u64,
+    },
+    /// Unfreeze a region whose merge was refused by its target.
+    RollbackMerge,
 }
 
 impl KvCommand {
@@ -64,7 +80,10 @@ impl KvCommand {
             KvCommand::Put { key, .. } | KvCommand::IncrBy { key, .. } => vec![key.as_ref()],
             KvCommand::Delete { keys } => keys.iter().map(|k| k.as_ref()).collect(),
             KvCommand::BatchPut { pairs } => pairs.iter().map(|(k, _)| k.as_ref()).collect(),
-            KvCommand::Split { .. } => Vec::new(),
+            KvCommand::Split { .. }
+            | KvCommand::PrepareMerge { .. }
+            | KvCommand::CommitMerge { .. }
+            | KvCommand::RollbackMerge => Vec::new(),
         }
     }
 

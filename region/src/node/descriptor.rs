@@ -49,9 +49,29 @@ pub struct RegionDescriptor {
     pub epoch: RegionEpoch,
     /// Replicas.
     pub peers: Vec<PeerMeta>,
+    /// Set while the region is being merged into another (it serves no writes then).
+    pub merging: Option<MergeState>,
+}
+
+/// A region frozen for a merge: from its `PrepareMerge` on, it applies no data command;
+/// the target region's `CommitMerge` takes its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeState {
+    /// The region it merges into.
+    pub target: u64,
+    /// The log index of its `PrepareMerge`: the target's replicas apply this region's log
+    /// up to here before they take its range.
+    pub prepare_index: u64,
 }
 
 impl RegionDescriptor {
+    /// The nodes hosting its replicas, sorted.
+    pub fn nodes(&self) -> Vec<u64> {
+        let mut n: Vec<u64> = self.peers.iter().map(|p| p.node_id).collect();
+        n.sort_unstable();
+        n
+    }
+
     /// Whether `key` falls in this region's range.
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start_key.as_ref() && (self.end_key.is_empty() || key < self.end_key.as_ref())
@@ -128,6 +148,10 @@ mod tests {
                     role: PeerRole::Learner,
                 },
             ],
+            merging: Some(MergeState {
+                target: 9,
+                prepare_index: 40,
+            }),
         };
         assert!(d.contains(b"b") && d.contains(b"c") && !d.contains(b"d") && !d.contains(b"a"));
         assert_eq!(d.conf_state().voters, vec![1]);

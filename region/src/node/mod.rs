@@ -7,6 +7,7 @@
 mod command;
 mod descriptor;
 mod error;
+mod merge;
 pub mod metrics;
 mod peer;
 mod peer_storage;
@@ -24,8 +25,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use command::{KvCommand, KvResponse, PutCondition};
-pub use descriptor::{even_boundaries, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch};
+pub use descriptor::{
+    even_boundaries, MergeState, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch,
+};
 pub use error::NodeError;
+pub use merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
 pub use peer::Reply;
 pub use peer_storage::{PeerStorage, RegionSnapshotData, SNAPSHOT_DATA_BYTES_MAX};
 pub use runner::{Node, NodeConfig, BOOTSTRAP_RECORD};
@@ -41,7 +45,7 @@ pub const RETRY_PAUSE_MIN: Duration = Duration::from_millis(10);
 pub const RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
 
 /// Retries of a request refused because its key left the region it was sent to (a split
-/// applied meanwhile), at most. One is enough for a split (the routing table changes when
+/// or a merge applied meanwhile), at most. One is enough for a split (the routing table changes when
 /// the split applies here); a request whose keys span regions never fits and fails after
 /// these.
 pub const REROUTE_RETRIES_MAX: u32 = 3;
@@ -52,7 +56,9 @@ pub const REROUTE_RETRIES_MAX: u32 = 3;
 fn retryable(e: &NodeError, reroutes: &mut u32) -> bool {
     match e {
         NodeError::NotLeader { .. } | NodeError::Dropped(_) => true,
-        NodeError::KeyNotInRegion(_) | NodeError::EpochNotMatch { .. } => {
+        NodeError::KeyNotInRegion(_)
+        | NodeError::EpochNotMatch { .. }
+        | NodeError::RegionNotFound => {
             *reroutes += 1;
             *reroutes <= REROUTE_RETRIES_MAX
         }
@@ -248,6 +254,59 @@ impl NodeHandle {
             KvResponse::Split(ids) => Ok(ids),
             KvResponse::Failed(why) => Err(NodeError::Refused(why)),
             other => Err(NodeError::Storage(format!("split answered {other:?}"))),
+        }
+    }
+
+    /// Merges region `source` into the adjacent region `target` (both with replicas on the
+    /// same nodes): `source` is frozen through its log, and once every replica has that,
+    /// `target` takes its range through its own log (see the merge module). Answers once
+    /// the source is gone from this node's routing table, or with `Refused` if the target
+    /// refused it (the source was rolled back and serves again).
+    pub async fn merge(&self, source: u64, target: u64) -> Result<(), NodeError> {
+        let known = |id| self.regions.all().into_iter().any(|r| r.id == id);
+        if !known(source) || !known(target) {
+            return Err(NodeError::RegionNotFound);
+        }
+        if source == target {
+            return Err(NodeError::Refused(
+                "a region cannot merge into itself".into(),
+            ));
+        }
+        let version_before = self
+            .regions
+            .all()
+            .into_iter()
+            .find(|r| r.id == source)
+            .map_or(0, |r| r.epoch.version);
+        let seq = self.call(|reply| StoreMsg::AllocateId { reply }).await?;
+        let session = (merge_client_id(MergeCommandKind::Prepare, source), seq);
+        let answer = self
+            .submit(move |_, reply| {
+                Ok(StoreMsg::Propose {
+                    region_id: source,
+                    session,
+                    cmd: KvCommand::PrepareMerge { target },
+                    reply,
+                })
+            })
+            .await?;
+        if let KvResponse::Failed(why) = answer {
+            return Err(NodeError::Refused(why));
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.regions.all().into_iter().find(|r| r.id == source) {
+                None => return Ok(()),
+                // A rollback bumps the version; a source still unfrozen at its old version
+                // has not applied its PrepareMerge here yet.
+                Some(r) if r.merging_into.is_none() && r.epoch.version > version_before => {
+                    return Err(NodeError::Refused(format!(
+                        "region {target} refused to take in region {source}; the merge was rolled back"
+                    )))
+                }
+                Some(_) if Instant::now() >= deadline => return Err(NodeError::Timeout),
+                Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
         }
     }
 

@@ -90,6 +90,8 @@ pub struct Peer {
     pub(crate) hot_checks: u32,
     /// A size check of this region is running.
     pub(crate) checking: bool,
+    /// The answer to this (source) region's `CommitMerge`, while it is proposed.
+    pub(crate) merge_pending: Option<oneshot::Receiver<Result<KvResponse, NodeError>>>,
     /// This region's metric handles.
     pub(crate) metrics: RegionMetrics,
 }
@@ -113,6 +115,7 @@ impl Peer {
             commands_since_check: 0,
             hot_checks: 0,
             checking: false,
+            merge_pending: None,
             metrics,
         }
     }
@@ -146,6 +149,7 @@ impl Peer {
                 .filter(|p| p.role == PeerRole::Voter)
                 .map(|p| p.node_id)
                 .collect(),
+            merging_into: self.desc.merging.map(|m| m.target),
         }
     }
 

@@ -94,6 +94,7 @@ pub fn plan_split(
                     ..*p
                 })
                 .collect(),
+            merging: None,
         })
         .collect();
     Ok(SplitPlan { left, new })
@@ -120,6 +121,7 @@ mod tests {
                     role: PeerRole::Voter,
                 })
                 .to_vec(),
+            merging: None,
         }
     }
 

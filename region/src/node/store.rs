@@ -33,8 +33,10 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::command::{KvCommand, KvResponse, PutCondition};
+use super::descriptor::MergeState;
 use super::descriptor::{even_boundaries, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch};
 use super::error::NodeError;
+use super::merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
 use super::metrics::{NodeMetrics, NodeSample, ProposalLatencies};
 use super::peer::{
     check_keys, is_command, BatchedProposal, ForwardedProposal, Peer, PendingProposal, PendingRead,
@@ -148,6 +150,8 @@ pub struct RegionRoute {
     pub leader_node: Option<u64>,
     /// The nodes hosting its voting replicas.
     pub voter_nodes: Vec<u64>,
+    /// The region it is being merged into, if it is frozen for a merge.
+    pub merging_into: Option<u64>,
 }
 
 /// A region replica's state, for `/status`.
@@ -187,7 +191,19 @@ impl RegionMap {
     }
 
     fn update(&self, r: RegionRoute) {
-        self.by_start.write().insert(r.start_key.clone(), r);
+        let mut map = self.by_start.write();
+        // A region whose start moved (it took in a merged neighbour on its left) leaves
+        // its old entry behind: drop it.
+        map.retain(|start, old| old.id != r.id || *start == r.start_key);
+        map.insert(r.start_key.clone(), r);
+    }
+
+    /// Forgets merged-away regions and updates the region that took them in, in one step:
+    /// no reader ever sees their range uncovered.
+    pub(crate) fn merge(&self, gone: &[u64], r: RegionRoute) {
+        let mut map = self.by_start.write();
+        map.retain(|_, old| !gone.contains(&old.id) && old.id != r.id);
+        map.insert(r.start_key.clone(), r);
     }
 }
 
@@ -257,6 +273,11 @@ pub enum StoreMsg {
         size: u64,
         /// The key that halves it, if it has two keys or more.
         middle: Option<Bytes>,
+    },
+    /// A value of the node's durable counter (unique, increasing).
+    AllocateId {
+        /// Where it goes.
+        reply: Reply<u64>,
     },
     /// Report every replica's state.
     Status {
@@ -361,6 +382,7 @@ pub fn bootstrap(
                     role: PeerRole::Voter,
                 })
                 .collect(),
+            merging: None,
         };
         round.set_descriptor(id, desc.encode());
         round.set_applied(id, 0);
@@ -457,8 +479,11 @@ impl ApplyContext<'_> {
                 }
                 KvResponse::Done
             }
-            // A split changes regions, not data: `apply_command` handles it.
-            KvCommand::Split { .. } => KvResponse::Failed("a split is not a data command".into()),
+            // Splits and merges change regions, not data: `apply_command` handles them.
+            KvCommand::Split { .. }
+            | KvCommand::PrepareMerge { .. }
+            | KvCommand::CommitMerge { .. }
+            | KvCommand::RollbackMerge => KvResponse::Failed("not a data command".into()),
         })
     }
 }
@@ -616,6 +641,7 @@ impl Store {
                     p.expire(self.ticks);
                 }
                 self.expire_orphans();
+                self.drive_merges();
                 self.sample_gauges();
                 if self.ticks.is_multiple_of(SPLIT_CHECK_TICKS) {
                     self.check_splits();
@@ -726,6 +752,13 @@ impl Store {
                 reply,
             } => {
                 let _ = reply.send(self.prepare_split(region_id, key));
+            }
+            StoreMsg::AllocateId { reply } => {
+                let r = self
+                    .kv
+                    .next_id()
+                    .map_err(|e| NodeError::Storage(e.to_string()));
+                let _ = reply.send(r);
             }
             StoreMsg::Status { reply } => {
                 let out = self
@@ -872,6 +905,102 @@ impl Store {
         Ok(())
     }
 
+    /// Ends the raft log of a region merged away here: it restarts empty after the source's
+    /// last applied entry, so no WAL segment stays pinned by it.
+    fn retire_log(&self, region_id: u64, prepare_index: u64) -> Result<(), NodeError> {
+        let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+        let term = self.log.term(region_id, prepare_index).map_err(storage)?;
+        let permit = self
+            .kv
+            .compaction_permit(region_id, prepare_index)
+            .map_err(storage)?;
+        let mut batch = LogBatch::new();
+        batch.push(RegionBatch::new(region_id).with_snapshot(
+            SnapshotMark {
+                index: prepare_index,
+                term,
+            },
+            permit,
+        ));
+        self.log.write(batch).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Drives the merges of the regions this node leads that are frozen for one: once every
+    /// replica has the `PrepareMerge`, proposes `CommitMerge` in the target (the same
+    /// session each time, so it applies once) until it has an answer; a refusal rolls the
+    /// source back.
+    fn drive_merges(&mut self) {
+        enum Step {
+            Commit(u64, RegionDescriptor, u64),
+            Rollback(u64, u64),
+        }
+        let mut steps = Vec::new();
+        for p in self.peers.values_mut() {
+            let Some(m) = p.desc.merging else {
+                p.merge_pending = None;
+                continue;
+            };
+            if !p.is_leader() || p.applied < m.prepare_index {
+                continue;
+            }
+            if let Some(rx) = &mut p.merge_pending {
+                match rx.try_recv() {
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => continue,
+                    Ok(Ok(KvResponse::Done)) => continue, // the target takes the range
+                    Ok(Ok(KvResponse::Failed(why))) => {
+                        warn!(
+                            source = p.desc.id,
+                            target = m.target,
+                            "merge refused, rolling back: {why}"
+                        );
+                        p.merge_pending = None;
+                        steps.push(Step::Rollback(p.desc.id, m.prepare_index));
+                        continue;
+                    }
+                    _ => p.merge_pending = None, // not answered: propose again
+                }
+            }
+            let r = p.raw.raft();
+            let everywhere = p.desc.peers.iter().all(|x| {
+                x.peer_id == r.id()
+                    || r.progress(x.peer_id)
+                        .is_some_and(|pr| pr.matched >= m.prepare_index)
+            });
+            if everywhere {
+                steps.push(Step::Commit(m.target, p.desc.clone(), m.prepare_index));
+            }
+        }
+        for step in steps {
+            match step {
+                Step::Commit(target, source, prepare_index) => {
+                    let sid = source.id;
+                    let (reply, rx) = oneshot::channel();
+                    let session = (
+                        merge_client_id(MergeCommandKind::Commit, sid),
+                        prepare_index,
+                    );
+                    let cmd = KvCommand::CommitMerge {
+                        source,
+                        prepare_index,
+                    };
+                    self.propose(target, session, cmd, reply);
+                    if let Some(p) = self.peers.get_mut(&sid) {
+                        p.merge_pending = Some(rx);
+                    }
+                }
+                Step::Rollback(sid, prepare_index) => {
+                    let (reply, _) = oneshot::channel();
+                    let session = (
+                        merge_client_id(MergeCommandKind::Rollback, sid),
+                        prepare_index,
+                    );
+                    self.propose(sid, session, KvCommand::RollbackMerge, reply);
+                }
+            }
+        }
+    }
+
     /// Measures (on a thread of its own) one region this node leads that was written
     /// enough since its last measurement, or that has been busy for a while.
     fn check_splits(&mut self) {
@@ -891,7 +1020,12 @@ impl Store {
             let busy = p.hot_checks >= SPLIT_HOT_CHECKS;
             let due = p.written_since_check >= written_trigger || busy;
             let urgency = (busy, p.written_since_check);
-            if due && p.is_leader() && !p.checking && pick.is_none_or(|(u, _)| urgency > u) {
+            if due
+                && p.is_leader()
+                && !p.checking
+                && p.desc.merging.is_none()
+                && pick.is_none_or(|(u, _)| urgency > u)
+            {
                 pick = Some((urgency, p.desc.id));
             }
         }
@@ -1176,6 +1310,12 @@ impl Store {
             let _ = reply.send(Err(e));
             return;
         }
+        if p.desc.merging.is_some() && !matches!(cmd, KvCommand::RollbackMerge) {
+            let e = NodeError::Dropped(format!("region {region_id} is merging"));
+            self.metrics.proposals_failed(&e, 1);
+            let _ = reply.send(Err(e));
+            return;
+        }
         // A follower forwards the command to its leader; only a replica that knows no
         // leader (an election is on) turns it away.
         if !p.is_leader() && p.leader_node().is_none() {
@@ -1401,11 +1541,13 @@ impl Store {
         let mut splits: Vec<SplitPlan> = Vec::new();
         let apply_started = Instant::now();
         let mut applied_entries = 0;
+        let mut merged_away: Vec<(u64, u64)> = Vec::new();
         for (region_id, rd) in readies.iter_mut() {
-            let p = self
-                .peers
-                .get_mut(region_id)
-                .expect("ready of a loaded region");
+            // Out of the map while its entries apply, so a merge can reach its source.
+            let Some(mut p) = self.peers.remove(region_id) else {
+                continue; // merged away earlier in this round
+            };
+            let shape = (p.desc.epoch, p.desc.merging);
             send_all(
                 &*self.transport,
                 node_id,
@@ -1424,8 +1566,31 @@ impl Store {
                         }
                     }
                     _ if is_command(e.kind, &e.data) => {
-                        let (result, session) =
-                            apply_command(&mut ctx, p, *region_id, &e.data, &mut splits)?;
+                        let mut merge = None;
+                        let (result, session) = apply_command(
+                            &mut ctx,
+                            &mut p,
+                            *region_id,
+                            e.index,
+                            &e.data,
+                            &mut splits,
+                            &mut merge,
+                        )?;
+                        if let Some(plan) = merge {
+                            let before = merged_away.len();
+                            take_in_source(
+                                &mut ctx,
+                                &*self.log,
+                                &mut self.peers,
+                                &mut p,
+                                &plan,
+                                &mut splits,
+                                &mut merged_away,
+                            )?;
+                            let gone: Vec<u64> =
+                                merged_away[before..].iter().map(|(id, _)| *id).collect();
+                            self.regions.merge(&gone, p.route());
+                        }
                         commands += 1;
                         p.written_since_check += e.data.len() as u64;
                         p.commands_since_check += 1;
@@ -1455,6 +1620,13 @@ impl Store {
             let committed = rd.committed_entries.len() as u64;
             p.metrics.applied(committed, commands);
             applied_entries += committed;
+            // (A split's routes change after the round, with its new regions, so that no
+            // reader sees the range between them uncovered.)
+            let split_here = splits.iter().any(|s| s.left.id == *region_id);
+            if (p.desc.epoch, p.desc.merging) != shape && !split_here {
+                self.regions.update(p.route());
+            }
+            self.peers.insert(*region_id, p);
         }
         if !ctx.round.is_empty() {
             self.kv.apply(ctx.round).map_err(storage)?;
@@ -1465,18 +1637,22 @@ impl Store {
             let trigger = self.cfg.region_max_bytes / SPLIT_CHECK_WRITTEN_FRACTION;
             let (campaign, written) = match self.peers.get_mut(&plan.left.id) {
                 Some(p) => {
-                    self.regions.update(p.route());
                     // Measured again: the part it kept may still be over the limit.
                     p.written_since_check = p.written_since_check.max(trigger);
                     (p.is_leader(), p.written_since_check)
                 }
                 None => (false, trigger),
             };
+            // The new regions' routes first: until the old region's shrinks, lookups pick
+            // the nearest start, so the two overlapping is harmless where a gap is not.
             for d in &plan.new {
                 self.load_region(d.id, Some(campaign))?;
                 if let Some(p) = self.peers.get_mut(&d.id) {
                     p.written_since_check = written;
                 }
+            }
+            if let Some(p) = self.peers.get(&plan.left.id) {
+                self.regions.update(p.route());
             }
         }
         if applied_entries > 0 {
@@ -1488,12 +1664,17 @@ impl Store {
         }
         self.metrics
             .proposals_answered(&mut self.latencies, Instant::now());
+        // A merged-away source's log is cut to nothing (it pins no WAL segment).
+        for (sid, prepare_index) in merged_away {
+            if let Err(e) = self.retire_log(sid, prepare_index) {
+                warn!(region = sid, "merged region's log not cut: {e}");
+            }
+        }
         // 6. Reads.
         for (region_id, rd) in readies {
-            let p = self
-                .peers
-                .get_mut(&region_id)
-                .expect("ready of a loaded region");
+            let Some(p) = self.peers.get_mut(&region_id) else {
+                continue; // merged away in this round
+            };
             for rs in &rd.read_states {
                 let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_ref()) else {
                     continue;
@@ -1519,12 +1700,15 @@ type Answer = Result<KvResponse, NodeError>;
 /// the entry decoded far enough to name one). A split's plan goes to `splits`, for the
 /// store to create the new regions once the round is written. An `Err` is a storage
 /// failure (the store stops).
+#[allow(clippy::too_many_arguments)]
 fn apply_command(
     ctx: &mut ApplyContext<'_>,
     p: &mut Peer,
     region_id: u64,
+    index: u64,
     data: &[u8],
     splits: &mut Vec<SplitPlan>,
+    merge: &mut Option<MergePlan>,
 ) -> Result<(Answer, Option<(u64, u64)>), NodeError> {
     let Ok(command) = Command::decode(data) else {
         return Ok((Ok(KvResponse::Failed("undecodable command".into())), None));
@@ -1544,6 +1728,15 @@ fn apply_command(
         // or remembered, and the client retries in the region that holds the key now.
         return Ok((Err(NodeError::KeyNotInRegion(region_id)), session));
     }
+    if p.desc.merging.is_some() && !matches!(cmd, KvCommand::RollbackMerge) {
+        // Frozen for a merge: nothing after the PrepareMerge changes the source (the
+        // target applies its log only that far). The client retries, in the target once
+        // the merge is done.
+        return Ok((
+            Err(NodeError::Dropped(format!("region {region_id} is merging"))),
+            session,
+        ));
+    }
     if p.sessions.last_seq(command.client_id).is_none() {
         // After a restart the session lives only in RocksDB until first used.
         if let Ok(Some(s)) = ctx.kv.session(region_id, command.client_id) {
@@ -1554,6 +1747,8 @@ fn apply_command(
     }
     let mut failure = None;
     let mut plan = None;
+    let mut new_desc = None;
+    let mut merge_plan = None;
     let desc = &p.desc;
     let outcome = p.sessions.apply(command.client_id, command.seq, || {
         let r = match cmd {
@@ -1564,6 +1759,44 @@ fn apply_command(
                 Ok(pl) => {
                     plan = Some(pl);
                     Ok(KvResponse::Split(new_region_ids))
+                }
+                Err(why) => Ok(KvResponse::Failed(why)),
+            },
+            KvCommand::PrepareMerge { target } => {
+                if target == region_id || target == 0 {
+                    Ok(KvResponse::Failed(format!("bad merge target {target}")))
+                } else {
+                    new_desc = Some(RegionDescriptor {
+                        merging: Some(MergeState {
+                            target,
+                            prepare_index: index,
+                        }),
+                        ..desc.clone()
+                    });
+                    Ok(KvResponse::Done)
+                }
+            }
+            KvCommand::RollbackMerge => match desc.merging {
+                None => Ok(KvResponse::Failed("the region is not merging".into())),
+                Some(_) => {
+                    let mut d = desc.clone();
+                    d.merging = None;
+                    d.epoch.version += 1;
+                    new_desc = Some(d);
+                    Ok(KvResponse::Done)
+                }
+            },
+            KvCommand::CommitMerge {
+                source,
+                prepare_index,
+            } => match plan_merge(desc, &source, prepare_index) {
+                Ok(merged) => {
+                    new_desc = Some(merged);
+                    merge_plan = Some(MergePlan {
+                        source,
+                        prepare_index,
+                    });
+                    Ok(KvResponse::Done)
                 }
                 Err(why) => Ok(KvResponse::Failed(why)),
             },
@@ -1595,7 +1828,99 @@ fn apply_command(
         apply_split(ctx, p, region_id, &plan)?;
         splits.push(plan);
     }
+    if let Some(d) = new_desc {
+        p.desc = d;
+        ctx.round.set_descriptor(region_id, p.desc.encode());
+    }
+    *merge = merge_plan;
     Ok((Ok(answer), session))
+}
+
+/// A target replica's side of a merge, at its `CommitMerge`: applies the rest of the local
+/// source replica's log (up to its `PrepareMerge`; the entries are on every node, since the
+/// source's leader waited for that), hands the source's client sessions to the target
+/// (the higher sequence of each client wins), and removes the source's records — all in
+/// the round that changes the target's range.
+fn take_in_source(
+    ctx: &mut ApplyContext<'_>,
+    log: &dyn RaftLog,
+    peers: &mut BTreeMap<u64, Peer>,
+    target: &mut Peer,
+    plan: &MergePlan,
+    splits: &mut Vec<SplitPlan>,
+    merged_away: &mut Vec<(u64, u64)>,
+) -> Result<(), NodeError> {
+    let source = peers.remove(&plan.source.id);
+    merged_away.push((plan.source.id, plan.prepare_index));
+    let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+    let sid = plan.source.id;
+    let tid = target.desc.id;
+    let Some(mut s) = source else {
+        error!(
+            source = sid,
+            target = tid,
+            "merge: no replica of the source on this node; its range may be missing data here"
+        );
+        ctx.round.remove_region(sid);
+        return Ok(());
+    };
+    if s.applied < plan.prepare_index {
+        let entries = log
+            .entries(sid, s.applied + 1, plan.prepare_index + 1, u64::MAX)
+            .map_err(storage)?;
+        if entries.first().map(|e| e.index) != Some(s.applied + 1)
+            || entries.last().map(|e| e.index) != Some(plan.prepare_index)
+        {
+            return Err(NodeError::Storage(format!(
+                "merge of region {sid}: its log here lacks entries {}..={}",
+                s.applied + 1,
+                plan.prepare_index
+            )));
+        }
+        for e in entries {
+            if is_command(e.kind, &e.data) {
+                let mut nested = None;
+                let _ = apply_command(ctx, &mut s, sid, e.index, &e.data, splits, &mut nested)?;
+                // The source took in a region of its own before it was frozen.
+                if let Some(inner) = nested {
+                    take_in_source(ctx, log, peers, &mut s, &inner, splits, merged_away)?;
+                }
+            }
+            ctx.round.set_applied(sid, e.index);
+            s.applied = e.index;
+        }
+    }
+    let mut sessions: BTreeMap<u64, (u64, Bytes)> = BTreeMap::new();
+    for (client, bytes) in ctx.kv.sessions(sid).map_err(storage)? {
+        if let Ok(v) = codec::decode::<(u64, Bytes)>(&bytes) {
+            sessions.insert(client, v);
+        }
+    }
+    for (client, seq, answer) in s.sessions.iter() {
+        sessions.insert(client, (seq, answer));
+    }
+    for (client, (seq, answer)) in sessions {
+        let known = match target.sessions.last_seq(client) {
+            Some(t) => Some(t),
+            None => ctx
+                .kv
+                .session(tid, client)
+                .map_err(storage)?
+                .and_then(|b| codec::decode::<(u64, Bytes)>(&b).ok())
+                .map(|(t, _)| t),
+        };
+        if known.is_none_or(|t| seq > t) {
+            let bytes = codec::encode(&(seq, answer.clone())).expect("a session encodes");
+            ctx.round.set_session(tid, client, bytes);
+            target.sessions.restore(client, seq, answer);
+        }
+    }
+    ctx.round.remove_region(sid);
+    s.fail_all(NodeError::Dropped(format!(
+        "region {sid} merged into {tid}"
+    )));
+    info!(source = sid, target = tid, "regions merged");
+    Ok(())
 }
 
 /// Writes a split into the apply round: the old region's new descriptor, and for each new

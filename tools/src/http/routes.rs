@@ -37,6 +37,7 @@ pub async fn route(
         "/status" => ("status", Method::GET),
         "/admin/transfer-leader" => ("transfer_leader", Method::POST),
         "/admin/split" => ("split", Method::POST),
+        "/admin/merge" => ("merge", Method::POST),
         _ => {
             metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => "other").increment(1);
             return error(StatusCode::NOT_FOUND, &format!("no route {path}"));
@@ -62,6 +63,7 @@ pub async fn route(
         ),
         "status" => json(StatusCode::OK, &state.status.status()),
         "split" => split(state, query).await,
+        "merge" => merge(state, query).await,
         _ => transfer_leader(state, query).await,
     }
 }
@@ -84,6 +86,21 @@ async fn split(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
         Ok(ids) => json(
             StatusCode::OK,
             &serde_json::json!({ "ok": true, "region": region, "new_regions": ids }),
+        ),
+        Err(e) => error(status_of(&e), &e.to_string()),
+    }
+}
+
+/// `POST /admin/merge?source=S&target=T`.
+async fn merge(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    let (source, target) = match (query_u64(query, "source"), query_u64(query, "target")) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match state.status.merge(source, target).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "source": source, "target": target }),
         ),
         Err(e) => error(status_of(&e), &e.to_string()),
     }
