@@ -11,6 +11,7 @@
 //! - [`history`]: the recorded operations (ok, failed for certain, unknown);
 //! - [`checker`]: per-key linearizability (registers and counters, unknown outcomes
 //!   included), lost acknowledged writes, invented values;
+//! - [`wgl`]: the linearizability search itself;
 //! - [`report`] and [`run`]: one run end to end, and its report directory.
 //!
 //! ```no_run
@@ -29,4 +30,5 @@ pub mod nodes;
 pub mod proxy;
 pub mod report;
 pub mod run;
+pub mod wgl;
 pub mod workload;

@@ -45,6 +45,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Size of each node's tmpfs when disk faults are on: room for the WAL (segments of
 /// [`WAL_SEGMENT_BYTES`]) and a small RocksDB.
 pub const DISK_BYTES: u64 = 96 << 20;
+/// After a full disk is freed, the node must take writes again within this time.
+pub const DISK_RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// WAL segment size in the harness's server config: small, so a full disk is reached soon
 /// and purge frees space in steps.
 pub const WAL_SEGMENT_BYTES: u64 = 4 << 20;
@@ -102,6 +104,9 @@ pub struct RunOutcome {
     pub unexpected_exits: Vec<String>,
     /// Nodes that did not answer the final reads in time.
     pub not_recovered: Vec<u64>,
+    /// Full-disk episodes whose node did not take writes again within
+    /// [`DISK_RECOVERY_TIMEOUT`] of the space being freed (it was then restarted).
+    pub disk_not_recovered: Vec<String>,
     /// Why disk faults were left out, if they were.
     pub disk_faults_skipped: Option<String>,
     /// Episodes played.
@@ -112,7 +117,10 @@ impl RunOutcome {
     /// Whether the run passed: the checker found nothing, no node crashed, every node came
     /// back.
     pub fn passed(&self) -> bool {
-        self.verdict.ok() && self.unexpected_exits.is_empty() && self.not_recovered.is_empty()
+        self.verdict.ok()
+            && self.unexpected_exits.is_empty()
+            && self.not_recovered.is_empty()
+            && self.disk_not_recovered.is_empty()
     }
 }
 
@@ -237,10 +245,10 @@ fn transfer_one(nodes: &[Node], rng: &mut ChaCha8Rng) -> String {
     let answer = node
         .transfer_leader(region, to)
         .unwrap_or_else(|| "no answer".into());
-    format!(
-        "leader transfer: region {region} n{from} -> n{to}: {}",
-        answer.trim()
-    )
+    // One line: the answer is pretty-printed JSON.
+    let answer = serde_json::from_str::<serde_json::Value>(&answer)
+        .map_or_else(|_| answer.trim().to_string(), |v| v.to_string());
+    format!("leader transfer: region {region} n{from} -> n{to}: {answer}")
 }
 
 /// Runs one seed; answers the outcome, or an error when the harness itself could not run
@@ -421,6 +429,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
     }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xfa17);
     let mut unexpected_exits = Vec::new();
+    let mut disk_not_recovered = Vec::new();
     let mut shaded = Vec::new();
     let check_exits = |nodes: &mut Vec<Node>, log: &mut Log, exits: &mut Vec<String>| {
         for n in nodes.iter_mut() {
@@ -431,7 +440,12 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
             }
         }
     };
-    for ep in &schedule.episodes {
+    // Episodes run late when healing takes longer than planned (a node that had to be
+    // restarted); the rest of the schedule moves by as much, keeping its gaps.
+    let mut shift = Duration::ZERO;
+    for planned in &schedule.episodes {
+        let mut ep = planned.clone();
+        ep.at += shift;
         while start.elapsed() < ep.at {
             check_exits(&mut nodes, &mut log, &mut unexpected_exits);
             std::thread::sleep(Duration::from_millis(20));
@@ -478,6 +492,17 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
             }
             log.line(&transfer_one(&nodes, &mut rng));
         }
+        if let Fault::DiskFull { node } = &ep.fault {
+            while start.elapsed() < ep.at + ep.duration / 2 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // What a client writing through the full node is told.
+            let addr = nodes[*node as usize - 1].client_addr();
+            let answer = runtime.block_on(workload::probe_write(&addr, "full"));
+            log.line(&format!(
+                "write through n{node} while its disk is full: {answer:?}"
+            ));
+        }
         while start.elapsed() < end {
             check_exits(&mut nodes, &mut log, &mut unexpected_exits);
             std::thread::sleep(Duration::from_millis(20));
@@ -500,13 +525,45 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
                 .map_err(|e| format!("restart n{v}: {e}"))?;
         }
         log.line(&format!("heal: {}", ep.fault));
+        if let Fault::DiskFull { node } = &ep.fault {
+            let n = &mut nodes[*node as usize - 1];
+            let freed = Instant::now();
+            let recovered = loop {
+                match runtime.block_on(workload::probe_write(&n.client_addr(), "freed")) {
+                    Ok(_) => break true,
+                    Err(e) if freed.elapsed() > DISK_RECOVERY_TIMEOUT => {
+                        log.line(&format!("n{node} takes no writes {DISK_RECOVERY_TIMEOUT:?} after its disk was freed: {e}"));
+                        break false;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            };
+            if recovered {
+                log.line(&format!(
+                    "n{node} takes writes again {:?} after its disk was freed",
+                    freed.elapsed()
+                ));
+            } else {
+                disk_not_recovered.push(format!("n{node} (episode at {:?})", ep.at));
+                n.kill();
+                n.start(
+                    &cfg.flotilla_bin,
+                    cfg.regions,
+                    &config,
+                    "restart: no recovery after a full disk",
+                )
+                .map_err(|e| format!("restart n{node}: {e}"))?;
+                log.line(&format!("n{node} restarted by the harness"));
+            }
+        }
         shaded.push((
             began.as_secs_f64(),
             start.elapsed().as_secs_f64(),
             description,
         ));
+        shift += start.elapsed().saturating_sub(ep.at + ep.duration);
     }
-    while start.elapsed() < Duration::from_secs(cfg.seconds) {
+    while start.elapsed() < Duration::from_secs(cfg.seconds) + shift {
         check_exits(&mut nodes, &mut log, &mut unexpected_exits);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -577,6 +634,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
         counts,
         unexpected_exits,
         not_recovered,
+        disk_not_recovered,
         disk_faults_skipped,
         episodes: schedule.episodes.len(),
     };
@@ -655,6 +713,9 @@ fn write_report(
     );
     for e in &o.unexpected_exits {
         let _ = writeln!(s, "unexpected exit: {e}");
+    }
+    for n in &o.disk_not_recovered {
+        let _ = writeln!(s, "no recovery after a full disk was freed: {n}");
     }
     for n in &o.not_recovered {
         let _ = writeln!(s, "not recovered: n{n} did not answer the final reads");

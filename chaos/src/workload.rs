@@ -407,6 +407,24 @@ pub async fn final_reads(node_addr: &str, recorder: &Recorder) -> usize {
     ok
 }
 
+/// One `SET chaos/probe <value>` through `addr`, not recorded (the key is not a hot key):
+/// answers the reply line, or the error.
+pub async fn probe_write(addr: &str, value: &str) -> Result<String, String> {
+    let mut conn = RespConn::connect(addr).await.map_err(|e| e.to_string())?;
+    let args = [
+        Bytes::from_static(b"SET"),
+        Bytes::from_static(b"chaos/probe"),
+        Bytes::copy_from_slice(value.as_bytes()),
+    ];
+    match tokio::time::timeout(RESP_TIMEOUT, conn.call(&args)).await {
+        Ok(Ok(Value::Status(s))) => Ok(s),
+        Ok(Ok(Value::Error(e))) => Err(e),
+        Ok(Ok(other)) => Err(format!("unexpected reply {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer in {RESP_TIMEOUT:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
