@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_common::session_pool::SessionPool;
-use flotilla_region::node::{self, KvCommand, KvResponse, NodeError, NodeHandle};
+use flotilla_region::node::{self, final_error, KvCommand, KvResponse, NodeError, NodeHandle};
 use parking_lot::RwLock;
 
 use crate::service::{
@@ -133,7 +133,9 @@ impl NodeService {
                         tokio::time::sleep(DROPPED_RETRY_PAUSE).await;
                         outcome = inner.node.write(cmd.clone(), pair).await;
                     }
-                    Err(e) => return Err(service_error(e)),
+                    // After a dropped attempt (which may still be applied), a retry's "not
+                    // leader" must not tell the client "not applied": the outcome is unknown.
+                    Err(e) => return Err(service_error(final_error(e, attempt > 0))),
                 }
             }
         }

@@ -70,6 +70,31 @@ fn retryable(e: &NodeError, reroutes: &mut u32) -> bool {
 /// which is unique in the cluster, so a split's session never meets a client's.
 pub const SPLIT_CLIENT_BIT: u64 = 1 << 63;
 
+/// Whether an attempt that failed with `e` certainly had no effect: the request was
+/// refused before anything was appended (no leader here, the wrong region). Anything else
+/// (a dropped proposal, a timeout) may still be applied.
+pub fn certainly_not_applied(e: &NodeError) -> bool {
+    matches!(
+        e,
+        NodeError::NotLeader { .. }
+            | NodeError::RegionNotFound
+            | NodeError::EpochNotMatch { .. }
+            | NodeError::KeyNotInRegion(_)
+    )
+}
+
+/// The error a request answers with after its last attempt failed with `last`. When an
+/// earlier attempt may have been applied, a last error that says "not applied" would be a
+/// lie (a client retrying on it would apply the write twice), so the outcome is reported
+/// as unknown: [`NodeError::Timeout`].
+pub fn final_error(last: NodeError, earlier_maybe_applied: bool) -> NodeError {
+    if earlier_maybe_applied && certainly_not_applied(&last) {
+        NodeError::Timeout
+    } else {
+        last
+    }
+}
+
 /// The request side of a node's store.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -143,6 +168,7 @@ impl NodeHandle {
             let mut pending = first;
             let mut pause = RETRY_PAUSE_MIN;
             let mut reroutes = 0;
+            let mut maybe_applied = false;
             loop {
                 let r = match pending {
                     Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
@@ -154,10 +180,12 @@ impl NodeHandle {
                 };
                 match r {
                     Err(e) if Instant::now() + pause < deadline && retryable(&e, &mut reroutes) => {
+                        maybe_applied |= !certainly_not_applied(&e);
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(RETRY_PAUSE_MAX);
                         pending = this.try_submit(&make);
                     }
+                    Err(e) => return Err(final_error(e, maybe_applied)),
                     r => return r,
                 }
             }
@@ -370,5 +398,32 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeError::Timeout)?
             .map_err(|_| NodeError::Stopped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (found by the fault-tolerance suite, seed 1): a write whose first attempt
+    /// was dropped by a leadership change and whose retry found no leader was answered
+    /// "not leader", which says "not applied"; the first attempt's entry then committed.
+    #[test]
+    fn a_retry_after_an_ambiguous_attempt_never_answers_not_applied() {
+        let not_leader = NodeError::NotLeader {
+            region_id: 4,
+            leader_node: None,
+        };
+        assert_eq!(final_error(not_leader.clone(), true), NodeError::Timeout);
+        assert_eq!(final_error(not_leader.clone(), false), not_leader);
+        assert_eq!(
+            final_error(NodeError::RegionNotFound, true),
+            NodeError::Timeout
+        );
+        let dropped = NodeError::Dropped("x".into());
+        assert_eq!(final_error(dropped.clone(), false), dropped);
+        assert!(!certainly_not_applied(&dropped));
+        assert!(!certainly_not_applied(&NodeError::Timeout));
+        assert!(certainly_not_applied(&not_leader));
     }
 }

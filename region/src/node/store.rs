@@ -1447,12 +1447,14 @@ impl Store {
                 // Commands forwarded to a former leader may never be appended.
                 p.fail_forwarded(&NodeError::Dropped("the region's leader changed".into()));
                 if ss.role != Role::Leader {
-                    // Entries of these proposals may still commit under the new leader;
-                    // the client retries with the same session, so nothing applies twice.
-                    let err = NodeError::NotLeader {
-                        region_id,
-                        leader_node: None,
-                    };
+                    // Entries of these proposals may still commit under the new leader, so
+                    // their outcome is unknown: `Dropped`, never `NotLeader`, which tells a
+                    // client the write was not applied (a client without its own session
+                    // would then apply it twice by retrying). Retries with the same
+                    // session apply once.
+                    let err = NodeError::Dropped(format!(
+                        "region {region_id}: leadership lost; the write may still be applied"
+                    ));
                     self.metrics
                         .proposals_failed(&err, p.proposals.len() as u64);
                     self.metrics

@@ -431,3 +431,112 @@ mod tests {
         );
     }
 }
+
+/// Fuzzing the parser with proptest (bounded for CI; `PROPTEST_CASES=200000 cargo test
+/// --release -p flotilla-tools --lib resp::parser::fuzz` runs it longer): arbitrary bytes
+/// fed in arbitrary pieces never panic and never loop, and well-formed multibulk requests
+/// come back exactly, however they are split.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `input` in pieces cut at `cuts`; answers the requests and whether it stopped on
+    /// an error.
+    fn feed(input: &[u8], cuts: &[usize]) -> (Vec<Request>, bool) {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.push(input.len());
+        points.sort_unstable();
+        let mut parser = RequestParser::new();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        for p in points {
+            buf.extend_from_slice(&input[fed..p]);
+            fed = p;
+            loop {
+                let before = buf.len();
+                match parser.next(&mut buf) {
+                    Ok(Some(r)) => {
+                        // Progress: a request always consumes bytes.
+                        assert!(buf.len() < before, "a request consumed nothing");
+                        out.push(r);
+                    }
+                    Ok(None) => {
+                        assert_eq!(buf.len(), before, "Ok(None) consumed bytes");
+                        break;
+                    }
+                    Err(_) => return (out, true),
+                }
+            }
+        }
+        (out, false)
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(2000),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn encode(requests: &[Vec<Vec<u8>>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in requests {
+            out.extend_from_slice(format!("*{}\r\n", r.len()).as_bytes());
+            for a in r {
+                out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                out.extend_from_slice(a);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            input in proptest::collection::vec(any::<u8>(), 0..512),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            feed(&input, &cuts);
+        }
+
+        #[test]
+        fn resp_shaped_noise_never_panics(
+            parts in proptest::collection::vec(prop_oneof![
+                Just(b"*".to_vec()), Just(b"$".to_vec()), Just(b"\r\n".to_vec()),
+                Just(b"-1".to_vec()), Just(b"0".to_vec()), Just(b"3".to_vec()),
+                Just(b"99999999999999999999".to_vec()), Just(b"\"".to_vec()),
+                Just(b" ".to_vec()), Just(b"SET".to_vec()), Just(b"\\x".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..4),
+            ], 0..40),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            feed(&parts.concat(), &cuts);
+        }
+
+        #[test]
+        fn well_formed_requests_come_back_however_they_are_split(
+            requests in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 1..6),
+                1..6,
+            ),
+            cuts in proptest::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let (got, failed) = feed(&encode(&requests), &cuts);
+            prop_assert!(!failed);
+            let want: Vec<Request> = requests
+                .iter()
+                .map(|r| r.iter().map(|a| Bytes::copy_from_slice(a)).collect())
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
