@@ -204,6 +204,39 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// CPU time (user + system) of process `pid` so far, in the clock ticks of /proc/stat.
+pub fn process_ticks(pid: u32) -> Option<u64> {
+    parse_process_ticks(&read_to_string(&format!("/proc/{pid}/stat")))
+}
+
+/// utime + stime from the text of /proc/PID/stat (fields 14 and 15; the command name in
+/// field 2 may hold spaces, so counting starts after its closing parenthesis).
+pub fn parse_process_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Cores a set of processes kept busy: their CPU ticks over the machine's total ticks
+/// between two readings (same units), times the cores.
+pub fn process_cores(
+    before: u64,
+    after: u64,
+    machine_before: (u64, u64),
+    machine_after: (u64, u64),
+    cores: usize,
+) -> Option<f64> {
+    let used = after.checked_sub(before)?;
+    let total = machine_after.1.checked_sub(machine_before.1)?;
+    if total == 0 {
+        return None;
+    }
+    Some(used as f64 / total as f64 * cores as f64)
+}
+
 /// Cores busy on average between two readings of [`cpu_ticks`].
 pub fn busy_cores(before: (u64, u64), after: (u64, u64), cores: usize) -> Option<f64> {
     let busy = after.0.checked_sub(before.0)?;
@@ -247,6 +280,17 @@ mod tests {
         assert!((busy - 1.5).abs() < 1e-9, "{busy}");
         assert_eq!(busy_cores(b, a, 2), None);
         assert_eq!(parse_cpu_ticks("intr 1 2 3"), None);
+    }
+
+    #[test]
+    fn process_cpu_comes_from_proc_pid_stat() {
+        let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(parse_process_ticks(stat), Some(300));
+        assert_eq!(parse_process_ticks("garbage"), None);
+        // 300 of 1000 machine ticks on 2 cores: 0.6 cores.
+        let c = process_cores(0, 300, (0, 0), (0, 1000), 2).unwrap();
+        assert!((c - 0.6).abs() < 1e-9);
+        assert!(process_ticks(std::process::id()).is_some());
     }
 
     #[test]

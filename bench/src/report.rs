@@ -44,6 +44,16 @@ fn ms(v: f64) -> String {
     }
 }
 
+/// "machine (servers + driver)" cores busy, as far as known.
+fn cores_cell(m: &Measured) -> String {
+    let machine = m.cpu_busy_cores.map_or("?".into(), |b| format!("{b:.2}"));
+    match (m.server_cores, m.driver_cores) {
+        (Some(s), Some(d)) => format!("{machine} ({s:.2} + {d:.2})"),
+        (None, Some(d)) => format!("{machine} (bench {d:.2})"),
+        _ => machine,
+    }
+}
+
 /// The cells of a run as a markdown table; Flotilla rows carry their ratio to each peer
 /// measured in the same run.
 pub fn cells_table(run: &RunFile) -> String {
@@ -57,7 +67,7 @@ pub fn cells_table(run: &RunFile) -> String {
         .collect();
     let mut out = String::from(
         "| system | client | regions | workload | value B | conns × pipeline | offered ops/s | \
-         ops/s | MB/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | cores busy |",
+         ops/s | MB/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | cores busy (servers + bench) |",
     );
     for p in &peers {
         let _ = write!(out, " vs {p} |");
@@ -95,7 +105,7 @@ pub fn cells_table(run: &RunFile) -> String {
                     ms(p.p999_ms),
                     ms(p.max_ms),
                     m.errors,
-                    m.cpu_busy_cores.map_or("?".into(), |b| format!("{b:.2}")),
+                    cores_cell(m),
                 );
                 for peer in &peers {
                     let ratio = if c.system == "flotilla" {

@@ -135,8 +135,16 @@ pub struct Measured {
     /// Operations per second during the warm-up.
     pub warmup_ops_per_sec: f64,
     /// Cores busy on average during the window (the whole machine: servers, driver and
-    /// anything else running).
+    /// anything else running, such as other users' builds on a shared machine).
     pub cpu_busy_cores: Option<f64>,
+    /// Cores the server processes the bench started used during the window (`None` for
+    /// in-process nodes and `--target`).
+    #[serde(default)]
+    pub server_cores: Option<f64>,
+    /// Cores the bench's own process used during the window (the driver; with
+    /// `--in-process`, the nodes too).
+    #[serde(default)]
+    pub driver_cores: Option<f64>,
     /// Leaders per node when the cell started (Flotilla; node order).
     pub leaders_per_node: Vec<usize>,
 }
@@ -303,6 +311,8 @@ pub(crate) mod tests_support {
             service_latency: p,
             warmup_ops_per_sec: ops_per_sec,
             cpu_busy_cores: Some(1.9),
+            server_cores: Some(1.5),
+            driver_cores: Some(0.4),
             leaders_per_node: vec![21, 21, 22],
         }))
     }

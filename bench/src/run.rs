@@ -25,7 +25,9 @@ use crate::driver::etcd::EtcdCaller;
 use crate::driver::native::NativeCaller;
 use crate::driver::{resp, slots, Phases, Progress, Schedule, SharedProgress, StreamOutcome};
 use crate::latency::{quoted_latency, Percentiles};
-use crate::machine::{busy_cores, cpu_ticks, measure_limits, Limits, MachineInfo};
+use crate::machine::{
+    busy_cores, cpu_ticks, measure_limits, process_cores, process_ticks, Limits, MachineInfo,
+};
 use crate::report;
 use crate::results::{git_state, now_utc, Cell, Measured, Outcome, RunConfig, RunFile, SCHEMA};
 use crate::system::flotilla::FlotillaCluster;
@@ -413,7 +415,7 @@ async fn run_flotilla(plan: &Plan, combos: &[Combo], cells: &mut Vec<Cell>) -> R
         };
         let mut loaded = HashSet::new();
         for combo in combos {
-            let mut outcome = measure(plan, &endpoint, combo, &mut loaded).await;
+            let mut outcome = measure(plan, &endpoint, combo, &cluster.pids, &mut loaded).await;
             if let Outcome::Measured(m) = &mut outcome {
                 m.leaders_per_node = view.leaders_per_node.clone();
             }
@@ -489,19 +491,20 @@ async fn run_peer(plan: &Plan, system: &str, combos: &[Combo], cells: &mut Vec<C
         let outcome = if system == "redis" && combo.workload == crate::workload::Workload::Scan {
             Outcome::Skipped("Redis has no key-ordered range read".into())
         } else {
-            measure(plan, &endpoint, combo, &mut loaded).await
+            measure(plan, &endpoint, combo, &peer.pids, &mut loaded).await
         };
         cells.push(cell(combo, outcome));
     }
     peer.stop(plan.keep_data).await;
 }
 
-/// Runs one cell on `endpoint` (loading the keys first if its workload reads and they are
+/// Runs one cell on `endpoint`, whose server processes are `pids` (loading the keys first if its workload reads and they are
 /// not loaded with this value size yet).
 async fn measure(
     plan: &Plan,
     endpoint: &Endpoint,
     combo: &Combo,
+    pids: &[u32],
     loaded: &mut HashSet<usize>,
 ) -> Outcome {
     let cfg = &plan.config;
@@ -572,19 +575,17 @@ async fn measure(
     let keys = cfg.keys;
     let seed = cfg.seed;
     let v = value.clone();
-    let cpu = Arc::new(parking_cpu());
+    let cpu = Arc::new(std::sync::Mutex::new(CpuUse::default()));
     let cpu_task = {
         let cpu = cpu.clone();
+        let pids = pids.to_vec();
         move |phases: Phases| {
             tokio::spawn(async move {
                 tokio::time::sleep_until(phases.measure_from).await;
-                let before = cpu_ticks();
+                let before = CpuSample::take(&pids);
                 tokio::time::sleep_until(phases.stop).await;
-                let after = cpu_ticks();
-                if let (Some(b), Some(a)) = (before, after) {
-                    *cpu.lock().unwrap_or_else(|e| e.into_inner()) =
-                        busy_cores(b, a, crate::machine::cores());
-                }
+                let after = CpuSample::take(&pids);
+                *cpu.lock().unwrap_or_else(|e| e.into_inner()) = before.until(&after);
             })
         }
     };
@@ -616,7 +617,7 @@ async fn measure(
     };
     let q = quoted_latency(&out.measured, combo.rate.is_some(), slots, warmup_rate);
     let r = &out.measured;
-    let cpu_busy_cores = *cpu.lock().unwrap_or_else(|e| e.into_inner());
+    let cpu_use = *cpu.lock().unwrap_or_else(|e| e.into_inner());
     let m = Measured {
         seconds: cfg.seconds,
         ops: r.ops,
@@ -629,7 +630,9 @@ async fn measure(
         expected_interval_us: q.expected_interval_us,
         service_latency: Percentiles::of(&r.service),
         warmup_ops_per_sec: warmup_rate,
-        cpu_busy_cores,
+        cpu_busy_cores: cpu_use.machine,
+        server_cores: cpu_use.servers,
+        driver_cores: cpu_use.driver,
         leaders_per_node: Vec::new(),
     };
     println!(
@@ -646,9 +649,48 @@ async fn measure(
     Outcome::Measured(Box::new(m))
 }
 
-/// Where the measured window's CPU reading lands.
-fn parking_cpu() -> std::sync::Mutex<Option<f64>> {
-    std::sync::Mutex::new(None)
+/// Cores used during a window: the whole machine, the started servers, the bench itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    machine: Option<f64>,
+    servers: Option<f64>,
+    driver: Option<f64>,
+}
+
+/// One reading of the CPU counters.
+struct CpuSample {
+    machine: Option<(u64, u64)>,
+    /// Sum over the server processes (`None` if there are none or one has gone).
+    servers: Option<u64>,
+    driver: Option<u64>,
+}
+
+impl CpuSample {
+    fn take(pids: &[u32]) -> CpuSample {
+        let servers = if pids.is_empty() {
+            None
+        } else {
+            pids.iter().map(|&p| process_ticks(p)).sum::<Option<u64>>()
+        };
+        CpuSample {
+            machine: cpu_ticks(),
+            servers,
+            driver: process_ticks(std::process::id()),
+        }
+    }
+
+    fn until(&self, after: &CpuSample) -> CpuUse {
+        let cores = crate::machine::cores();
+        let (Some(m0), Some(m1)) = (self.machine, after.machine) else {
+            return CpuUse::default();
+        };
+        let of = |a: Option<u64>, b: Option<u64>| process_cores(a?, b?, m0, m1, cores);
+        CpuUse {
+            machine: busy_cores(m0, m1, cores),
+            servers: of(self.servers, after.servers),
+            driver: of(self.driver, after.driver),
+        }
+    }
 }
 
 fn progress_bar(label: &str) -> ProgressBar {
@@ -835,7 +877,7 @@ pub fn limits_notes(run: &RunFile) -> String {
         let Some(m) = c.measured() else { continue };
         out.push_str(&format!(
             "  {} {} regions={} v={} c={}x{}: {:.1} ops per raw fdatasync, {:.2} % of loopback \
-             bandwidth, {} cores busy\n",
+             bandwidth, {} cores busy (servers {}, driver {})\n",
             c.system,
             c.workload,
             c.regions.map_or("-".into(), |r| r.to_string()),
@@ -846,6 +888,8 @@ pub fn limits_notes(run: &RunFile) -> String {
             m.loopback_share(l).unwrap_or(0.0) * 100.0,
             m.cpu_busy_cores
                 .map_or("?".into(), |b| format!("{b:.2} of {}", l.cores)),
+            m.server_cores.map_or("?".into(), |b| format!("{b:.2}")),
+            m.driver_cores.map_or("?".into(), |b| format!("{b:.2}")),
         ));
     }
     out
