@@ -63,6 +63,10 @@ fn main() -> ExitCode {
                     if plan.config.quick {
                         println!("{}", run::quick_line(&result));
                     }
+                    if result.cells.iter().all(|c| c.measured().is_none()) {
+                        eprintln!("flotilla-bench: no cell was measured (see the reasons above)");
+                        return ExitCode::FAILURE;
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

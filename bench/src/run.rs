@@ -188,6 +188,12 @@ impl Plan {
             args.pipeline.clone(),
         );
         if args.quick {
+            if !args.target.is_empty() {
+                return Err(
+                    "--quick starts its own clusters (64 regions and 1); it cannot use --target"
+                        .into(),
+                );
+            }
             systems = vec!["flotilla".into()];
             if peers::etcd_binary().is_ok() {
                 systems.push("etcd".into());
@@ -337,7 +343,7 @@ pub async fn run(plan: &Plan, command: String) -> Result<(RunFile, PathBuf), Str
     let mut cells = Vec::new();
     for system in &cfg.systems {
         match system.as_str() {
-            "flotilla" => run_flotilla(plan, &combos, &mut cells).await?,
+            "flotilla" => run_flotilla(plan, &combos, &mut cells).await,
             "etcd" => run_peer(plan, "etcd", &combos, &mut cells).await,
             "redis" => run_peer(plan, "redis", &combos, &mut cells).await,
             other => return Err(format!("unknown system {other:?}")),
@@ -361,7 +367,7 @@ pub async fn run(plan: &Plan, command: String) -> Result<(RunFile, PathBuf), Str
     Ok((run, path))
 }
 
-async fn run_flotilla(plan: &Plan, combos: &[Combo], cells: &mut Vec<Cell>) -> Result<(), String> {
+async fn run_flotilla(plan: &Plan, combos: &[Combo], cells: &mut Vec<Cell>) {
     let cfg = &plan.config;
     let specs: Vec<Option<usize>> = if cfg.target.is_empty() {
         cfg.regions.iter().copied().map(Some).collect()
@@ -369,9 +375,28 @@ async fn run_flotilla(plan: &Plan, combos: &[Combo], cells: &mut Vec<Cell>) -> R
         vec![None]
     };
     for regions in specs {
-        let mut cluster = match (regions, cfg.cluster.as_str()) {
+        // A cluster that cannot start is recorded (its cells skipped, with why) and the sweep
+        // goes on: one bad cluster should not lose the others' results.
+        let skip_all = |cells: &mut Vec<Cell>, why: String| {
+            let which =
+                regions.map_or("the target cluster".to_string(), |r| format!("{r} regions"));
+            println!("flotilla, {which}: skipped: {why}");
+            cells.extend(combos.iter().map(|combo| Cell {
+                system: "flotilla".into(),
+                client: cfg.client.clone(),
+                regions,
+                replicas: cfg.nodes,
+                workload: combo.workload,
+                value_size: combo.value_size,
+                clients: combo.clients,
+                pipeline: combo.pipeline,
+                rate: combo.rate,
+                outcome: Outcome::Skipped(why.clone()),
+            }));
+        };
+        let started = match (regions, cfg.cluster.as_str()) {
             (Some(r), "in-process") => {
-                FlotillaCluster::start_in_process(cfg.nodes, r, &plan.data_dir).await?
+                FlotillaCluster::start_in_process(cfg.nodes, r, &plan.data_dir).await
             }
             (Some(r), _) => FlotillaCluster::start_processes(
                 &plan.flotilla,
@@ -379,8 +404,15 @@ async fn run_flotilla(plan: &Plan, combos: &[Combo], cells: &mut Vec<Cell>) -> R
                 r,
                 &plan.data_dir,
                 plan.base_port,
-            )?,
-            (None, _) => FlotillaCluster::target(cfg.target.clone()),
+            ),
+            (None, _) => Ok(FlotillaCluster::target(cfg.target.clone())),
+        };
+        let mut cluster = match started {
+            Ok(c) => c,
+            Err(e) => {
+                skip_all(cells, e);
+                continue;
+            }
         };
         let view = match cluster
             .wait_ready(regions, START_TIMEOUT, BALANCE_TIMEOUT)
@@ -388,8 +420,10 @@ async fn run_flotilla(plan: &Plan, combos: &[Combo], cells: &mut Vec<Cell>) -> R
         {
             Ok(v) => v,
             Err(e) => {
+                // Its data and logs are kept: they say why.
                 cluster.stop(true).await;
-                return Err(e);
+                skip_all(cells, e);
+                continue;
             }
         };
         println!(
@@ -434,7 +468,6 @@ async fn run_flotilla(plan: &Plan, combos: &[Combo], cells: &mut Vec<Cell>) -> R
         }
         cluster.stop(plan.keep_data).await;
     }
-    Ok(())
 }
 
 async fn run_peer(plan: &Plan, system: &str, combos: &[Combo], cells: &mut Vec<Cell>) {
@@ -893,4 +926,103 @@ pub fn limits_notes(run: &RunFile) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn plan(args: &[&str]) -> Result<Plan, String> {
+        let cli = Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Plan::new(&cli.run)
+    }
+
+    #[test]
+    fn lists_are_swept_in_every_combination() {
+        let p = plan(&[
+            "--workload",
+            "write,mixed",
+            "--value-size",
+            "16,1024",
+            "--clients",
+            "1,64",
+            "--rate",
+            "1000,5000",
+        ])
+        .unwrap();
+        // 3 workloads (mixed is two) × 2 sizes × 2 client counts × 1 pipeline × 2 rates.
+        assert_eq!(p.combos().len(), 24);
+        assert_eq!(p.config.cluster, "process");
+        assert_eq!((p.config.seconds, p.config.warmup), (10.0, 2.0));
+        assert!(p.flotilla.ends_with("flotilla"));
+    }
+
+    #[test]
+    fn quick_is_the_issue_preset() {
+        let p = plan(&[
+            "--quick",
+            "--seconds",
+            "3",
+            "--workload",
+            "read",
+            "--regions",
+            "4",
+        ])
+        .unwrap();
+        let c = &p.config;
+        assert_eq!(c.workloads, vec![Workload::Write]);
+        assert_eq!(c.regions, vec![64, 1]);
+        assert_eq!(
+            (c.value_sizes.as_slice(), c.clients.as_slice()),
+            (&[16][..], &[64][..])
+        );
+        assert_eq!(c.seconds, 3.0);
+        assert_eq!(c.systems[0], "flotilla");
+        assert_eq!(
+            c.systems.contains(&"etcd".to_string()),
+            peers::etcd_binary().is_ok()
+        );
+        assert!(plan(&["--quick", "--target", "127.0.0.1:1"])
+            .unwrap_err()
+            .contains("--target"));
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        for (args, needle) in [
+            (&["--system", "mongo"][..], "unknown system"),
+            (&["--client", "grpc"], "resp or native"),
+            (&["--regions", "0"], "--regions"),
+            (&["--pipeline", "5000"], "--pipeline"),
+            (&["--rate=-5"], "--rate"),
+            (&["--seconds", "0"], "--seconds"),
+            (&["--workload", "writes"], "unknown workload"),
+            (&["--target", "a:1", "--in-process"], "exclude"),
+        ] {
+            let e = plan(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_quick_line_names_what_ran() {
+        let run = crate::results::tests_support::sample_run();
+        assert_eq!(
+            quick_line(&run),
+            "flotilla-bench: write regions=64 ops/s=120000 p99_ms=20.00 | regions=1 \
+             ops/s=50000 | etcd ops/s=20000"
+        );
+        let mut no_etcd = run.clone();
+        no_etcd.config.systems.retain(|s| s != "etcd");
+        no_etcd.cells.retain(|c| c.system != "etcd");
+        assert!(!quick_line(&no_etcd).contains("etcd"));
+    }
 }
