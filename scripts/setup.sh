@@ -4,9 +4,12 @@
 #   libclang-dev    bindgen, used by the rocksdb crate even for the system library
 #   clang           the same
 #   redis-tools     redis-benchmark, for the RESP server's compatibility test
+#   protobuf-compiler  protoc, which the etcd-client crate's build script needs (flotilla-bench)
+#   etcd-server, redis-server  the peers flotilla-bench measures beside Flotilla (its quick
+#                   test runs etcd when installed); about 25 MB together, no service started
 # Idempotent: does nothing when everything is already installed.
 set -euo pipefail
-pkgs=(librocksdb-dev libclang-dev clang redis-tools)
+pkgs=(librocksdb-dev libclang-dev clang redis-tools protobuf-compiler etcd-server redis-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
