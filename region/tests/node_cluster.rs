@@ -800,7 +800,7 @@ async fn a_replica_that_skipped_a_split_gets_the_new_region_by_snapshot() {
     }
 }
 
-/// Automatic split by size: with a 256 KiB limit, 1.5 MiB written into region 1 splits it
+/// Automatic split by size: with a 256 KiB limit, 1.5 MB written into region 1 splits it
 /// (and its parts, again and again) until every part is under the limit; every write is
 /// still there, and the key space still tiles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -822,15 +822,19 @@ async fn a_region_over_its_size_limit_splits_until_every_part_fits() {
         k.extend_from_slice(format!("big-{i:05}").as_bytes());
         Bytes::from(k)
     };
-    let value = Bytes::from(vec![b'x'; 1000]);
-    for batch in 0..48u64 {
-        let pairs = (0..32)
-            .map(|j| (key(batch * 32 + j), value.clone()))
-            .collect();
-        let r = handles[(batch % NODES) as usize]
-            .write(KvCommand::BatchPut { pairs }, (5151, batch + 1))
+    let value = Bytes::from(vec![b'x'; 2000]);
+    // One key per write: the region splits while the writes go on, so a batch of keys
+    // could span two regions (the node service splits those; this test talks to the node).
+    for i in 0..24 * 32u64 {
+        let put = KvCommand::Put {
+            key: key(i),
+            value: value.clone(),
+            cond: PutCondition::Always,
+        };
+        let r = handles[(i % NODES) as usize]
+            .write(put, (5151, i + 1))
             .await;
-        assert_eq!(r, Ok(KvResponse::Done), "batch {batch}");
+        assert_eq!(r, Ok(KvResponse::Written(true)), "write {i}");
     }
     // Every region inside region 1's old range ends up under the limit.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -856,7 +860,7 @@ async fn a_region_over_its_size_limit_splits_until_every_part_fits() {
         }
         if parts.len() > 1 && sizes.iter().all(|&s| s <= LIMIT) {
             assert!(
-                sizes.iter().sum::<u64>() >= 48 * 32 * 1000,
+                sizes.iter().sum::<u64>() >= 24 * 32 * 2000,
                 "no data lost: {sizes:?}"
             );
             break;
@@ -867,7 +871,7 @@ async fn a_region_over_its_size_limit_splits_until_every_part_fits() {
     for h in &handles {
         tiling(h);
     }
-    for i in 0..48 * 32 {
+    for i in 0..24 * 32 {
         assert_eq!(
             handles[(i % NODES) as usize].get(key(i)).await,
             Ok(Some(value.clone())),
@@ -1092,6 +1096,119 @@ async fn a_refused_merge_rolls_back_and_a_merge_waits_for_a_lagging_replica() {
         handles[2].get(key_in_c).await,
         Ok(Some(Bytes::from_static(b"after rollback")))
     );
+    for n in cluster.nodes {
+        n.stop();
+    }
+}
+
+/// Issue 8's first test, with leader transfers thrown in: under sixteen writers, region 1
+/// is split into 64 regions by repeated splits while leaderships move, then merged back
+/// into one. Every acknowledged write is present afterwards on every node, and the key
+/// space tiles exactly as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_splits_and_merges_back_under_writers_and_transfers() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    let original = tiling(&handles[0]);
+    let in_region_1 = |c: u64, i: u64| {
+        let mut k = vec![0u8, ((c * 37 + i * 11) % 256) as u8, (i % 7) as u8];
+        k.extend_from_slice(format!("x{c}-{i}").as_bytes());
+        Bytes::from(k)
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for c in 0..16u64 {
+        let handles = handles.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let put = KvCommand::Put {
+                    key: in_region_1(c, i),
+                    value: Bytes::from(format!("v{i}")),
+                    cond: PutCondition::Always,
+                };
+                match handles[((c + i) % NODES) as usize]
+                    .write(put, (300 + c, i + 1))
+                    .await
+                {
+                    Ok(KvResponse::Written(true)) => acked.push(i),
+                    other => panic!("write {c}/{i} failed: {other:?}"),
+                }
+                i += 1;
+            }
+            (c, acked)
+        }));
+    }
+    // Leaderships of region 1's parts keep moving.
+    let mover = {
+        let handles = handles.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let parts: Vec<_> = handles[0]
+                    .regions()
+                    .all()
+                    .into_iter()
+                    .filter(|r| r.start_key.as_ref() < &[4u8, 0][..])
+                    .collect();
+                if let Some(r) = parts.get((n as usize * 7) % parts.len().max(1)) {
+                    if let Some(leader) = r.leader_node {
+                        let to = leader % NODES + 1;
+                        let _ = handles[leader as usize - 1].transfer_leader(r.id, to).await;
+                    }
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        })
+    };
+    // 63 splits: region 1 = ["", 0x0400) cut at 0x00 0x04, 0x00 0x08, ... from the right.
+    for s in (1..64u16).rev() {
+        let key = Bytes::from((s * 4).to_be_bytes().to_vec());
+        let h = &handles[(s % 3) as usize];
+        h.split(1, Some(key)).await.expect("split");
+    }
+    wait_for_views(&handles, REGIONS + 63).await;
+    // Merge back, always the right neighbour of region 1 into region 1.
+    for m in 0..63u64 {
+        let next = handles[0]
+            .regions()
+            .all()
+            .into_iter()
+            .find(|r| r.start_key.as_ref() == &((1 + m as u16) * 4).to_be_bytes()[..])
+            .expect("the next part")
+            .id;
+        handles[(m % NODES) as usize]
+            .merge(next, 1)
+            .await
+            .unwrap_or_else(|e| panic!("merge {m} of region {next}: {e}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    mover.await.expect("mover");
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.push(w.await.expect("writer"));
+    }
+    assert_eq!(wait_for_views(&handles, REGIONS).await, original);
+    let total: usize = acked.iter().map(|(_, a)| a.len()).sum();
+    assert!(total > 200, "the writers made progress: {total} writes");
+    for (c, list) in &acked {
+        for &i in list {
+            for h in &handles {
+                let got = h.get(in_region_1(*c, i)).await;
+                assert_eq!(
+                    got,
+                    Ok(Some(Bytes::from(format!("v{i}")))),
+                    "{c}/{i} on node {}",
+                    h.node_id()
+                );
+            }
+        }
+    }
     for n in cluster.nodes {
         n.stop();
     }
