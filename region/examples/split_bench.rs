@@ -1,0 +1,212 @@
+//! Write throughput before, during and after region splits, and how long each split takes.
+//!
+//! ```text
+//! cargo run --release -p flotilla-region --example split_bench -- [--splits 32] [--writers 64]
+//! ```
+//!
+//! Three nodes in this process (engine on disk in a temporary directory, fsync on, the
+//! in-memory transport), one region holding the whole key space. `--writers` tasks write
+//! 16-byte values under keys spread over all of it, one write in flight each, for
+//! `--phase-seconds` before the splits, then while region after region is split (each split
+//! at the middle of the region's data, one after the other, through the node that leads the
+//! region being split), then for `--phase-seconds` after. Printed: writes per second in each
+//! phase, and for each split the time from its proposal until both halves have a leader
+//! (each half serving), with the median and the maximum.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use flotilla_engine::EngineConfig;
+use flotilla_region::node::{
+    KvCommand, KvResponse, Node, NodeConfig, NodeHandle, PutCondition, StoreConfig,
+};
+use flotilla_transport::MemoryNetwork;
+
+/// Measure write throughput around region splits.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Splits to make, one after the other.
+    #[arg(long, default_value_t = 32)]
+    splits: usize,
+    /// Concurrent writers (each with one write in flight).
+    #[arg(long, default_value_t = 64)]
+    writers: u64,
+    /// Seconds measured before and after the splits.
+    #[arg(long, default_value_t = 5)]
+    phase_seconds: u64,
+}
+
+const NODES: u64 = 3;
+
+fn key(writer: u64, i: u64) -> Bytes {
+    // The first two bytes spread the keys over the whole key space.
+    let h = (writer.wrapping_mul(0x9e37_79b9) ^ i.wrapping_mul(0x85eb_ca6b)) as u16;
+    let mut k = h.to_be_bytes().to_vec();
+    k.extend_from_slice(format!("w{writer}-{i}").as_bytes());
+    Bytes::from(k)
+}
+
+/// Waits until every region known to `h` has a leader; returns how long that took.
+async fn until_led(h: &NodeHandle, ids: &[u64], deadline: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        let routes = h.regions().all();
+        let led = ids.iter().all(|id| {
+            routes
+                .iter()
+                .any(|r| r.id == *id && r.leader_node.is_some())
+        });
+        if led {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let net = MemoryNetwork::new(1);
+    let mut nodes = Vec::new();
+    for id in 1..=NODES {
+        let (transport, inbound) = net.join(id, 4096);
+        let cfg = NodeConfig {
+            store: StoreConfig {
+                node_id: id,
+                ..Default::default()
+            },
+            data_dir: dir.path().join(format!("n{id}")),
+            engine: EngineConfig::default(),
+            initial_nodes: (1..=NODES).collect(),
+            initial_regions: 1,
+            request_timeout: Duration::from_secs(10),
+        };
+        nodes.push(Node::start(cfg, Arc::new(transport), inbound).map_err(|e| e.to_string())?);
+    }
+    let handles: Vec<NodeHandle> = nodes.iter().map(|n| n.handle()).collect();
+    if until_led(&handles[0], &[1], Duration::from_secs(10))
+        .await
+        .is_none()
+    {
+        return Err("region 1 elected no leader".into());
+    }
+
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..args.writers {
+        let (h, done, failed, stop) = (
+            handles[(w % NODES) as usize].clone(),
+            done.clone(),
+            failed.clone(),
+            stop.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let put = KvCommand::Put {
+                    key: key(w, i),
+                    value: Bytes::from_static(b"0123456789abcdef"),
+                    cond: PutCondition::Always,
+                };
+                match h.write(put, (1000 + w, i + 1)).await {
+                    Ok(KvResponse::Written(true)) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                i += 1;
+            }
+        }));
+    }
+    let phase = |name: &'static str, started: Instant, before: u64| {
+        let n = done.load(Ordering::Relaxed) - before;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{name:>7}: {n:>8} writes in {secs:>5.1} s = {:>8.0} writes/s",
+            n as f64 / secs
+        );
+    };
+
+    let t = Instant::now();
+    let n0 = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(args.phase_seconds)).await;
+    phase("before", t, n0);
+
+    let t = Instant::now();
+    let n0 = done.load(Ordering::Relaxed);
+    let mut took = Vec::new();
+    for s in 0..args.splits {
+        // Split the region with the most keys' share: the widest range, at its middle.
+        let routes = handles[0].regions().all();
+        let widest = routes
+            .iter()
+            .max_by_key(|r| {
+                let start = u16::from_be_bytes([
+                    r.start_key.first().copied().unwrap_or(0),
+                    r.start_key.get(1).copied().unwrap_or(0),
+                ]) as u32;
+                let end = if r.end_key.is_empty() {
+                    65536
+                } else {
+                    u16::from_be_bytes([r.end_key[0], r.end_key.get(1).copied().unwrap_or(0)])
+                        as u32
+                };
+                end - start
+            })
+            .ok_or("no regions")?
+            .clone();
+        let via = widest.leader_node.unwrap_or(1);
+        let started = Instant::now();
+        let new = handles[via as usize - 1]
+            .split(widest.id, None)
+            .await
+            .map_err(|e| format!("split {s} of region {}: {e}", widest.id))?;
+        let mut ids = new.clone();
+        ids.push(widest.id);
+        match until_led(&handles[via as usize - 1], &ids, Duration::from_secs(10)).await {
+            Some(_) => took.push(started.elapsed()),
+            None => {
+                return Err(format!(
+                    "split {s}: the new regions {new:?} elected no leader"
+                ))
+            }
+        }
+    }
+    phase("during", t, n0);
+
+    let t = Instant::now();
+    let n0 = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(args.phase_seconds)).await;
+    phase("after", t, n0);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+
+    took.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    if let (Some(med), Some(max)) = (took.get(took.len() / 2), took.last()) {
+        println!(
+            "{} splits, proposal to both halves led: median {:.1} ms, max {:.1} ms",
+            took.len(),
+            ms(*med),
+            ms(*max)
+        );
+    }
+    println!(
+        "regions now: {}, failed writes: {}",
+        handles[0].regions().all().len(),
+        failed.load(Ordering::Relaxed)
+    );
+    for n in nodes {
+        n.stop();
+    }
+    Ok(())
+}
