@@ -1213,3 +1213,48 @@ async fn sixty_four_splits_and_merges_back_under_writers_and_transfers() {
         n.stop();
     }
 }
+
+/// Automatic merge (on with `auto_merge`): small neighbours on the same nodes merge, one
+/// check per node per second, while their data stays readable and the key space tiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_neighbours_merge_automatically_when_asked_to() {
+    let dirs = (0..NODES)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let cluster = start_cluster_with(dirs, |node_id| StoreConfig {
+        node_id,
+        auto_merge: true,
+        region_merge_bytes: 1 << 20,
+        ..Default::default()
+    });
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    for i in 0..200u64 {
+        let put = KvCommand::Put {
+            key: key(9, i),
+            value: Bytes::from(format!("a{i}")),
+            cond: PutCondition::Always,
+        };
+        let r = handles[(i % NODES) as usize]
+            .write(put, (8080, i + 1))
+            .await;
+        assert_eq!(r, Ok(KvResponse::Written(true)), "write {i}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while handles[0].regions().all().len() > REGIONS - 12 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} regions merged away",
+            REGIONS - handles[0].regions().all().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = handles[0].regions().all().len();
+    wait_for_views(&handles, n).await;
+    for i in 0..200u64 {
+        let got = handles[(i % NODES) as usize].get(key(9, i)).await;
+        assert_eq!(got, Ok(Some(Bytes::from(format!("a{i}")))), "key {i}");
+    }
+    for n in cluster.nodes {
+        n.stop();
+    }
+}

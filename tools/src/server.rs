@@ -77,6 +77,10 @@ pub struct ServerConfig {
     /// Split a region applying more commands per second than this for a few seconds
     /// (0: never split for load).
     pub region_split_qps: u64,
+    /// Merge adjacent regions automatically when both are under `region_merge_bytes`.
+    pub auto_merge: bool,
+    /// The size under which neighbours are merged (with `auto_merge`).
+    pub region_merge_bytes: u64,
     /// The storage engine.
     pub engine: EngineConfig,
 }
@@ -96,6 +100,8 @@ impl Default for ServerConfig {
             log_keep_entries: store.log_keep_entries,
             region_max_bytes: store.region_max_bytes,
             region_split_qps: store.region_split_qps,
+            auto_merge: store.auto_merge,
+            region_merge_bytes: store.region_merge_bytes,
             engine: EngineConfig::default(),
         }
     }
@@ -174,6 +180,8 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             log_keep_entries: cfg.log_keep_entries,
             region_max_bytes: cfg.region_max_bytes,
             region_split_qps: cfg.region_split_qps,
+            auto_merge: cfg.auto_merge,
+            region_merge_bytes: cfg.region_merge_bytes,
         },
         data_dir: args.data_dir.clone(),
         engine: cfg.engine.clone(),

@@ -117,6 +117,11 @@ pub struct StoreConfig {
     /// A region applying more than this many commands per second for
     /// [`SPLIT_HOT_CHECKS`] checks in a row is split in two; 0 turns load splits off.
     pub region_split_qps: u64,
+    /// Merge adjacent regions automatically when both hold fewer bytes than
+    /// `region_merge_bytes`.
+    pub auto_merge: bool,
+    /// The size under which two neighbours are merged (with `auto_merge`).
+    pub region_merge_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -131,6 +136,8 @@ impl Default for StoreConfig {
             log_keep_entries: 5_000,
             region_max_bytes: 96 << 20,
             region_split_qps: 0,
+            auto_merge: false,
+            region_merge_bytes: 16 << 20,
         }
     }
 }
@@ -263,6 +270,17 @@ pub enum StoreMsg {
         /// The command.
         reply: Reply<KvCommand>,
     },
+    /// The outcome of measuring a region and its right neighbour for an automatic merge.
+    MergeCheck {
+        /// The region to merge away.
+        source: u64,
+        /// Its right neighbour, to take it in.
+        target: u64,
+        /// The source's epoch version when measured.
+        version: u64,
+        /// Whether both were under `region_merge_bytes`.
+        small: bool,
+    },
     /// The outcome of a region's size measurement (sent by the store's own check thread).
     SplitCheck {
         /// The region.
@@ -321,6 +339,8 @@ pub struct Store {
     self_tx: Sender<StoreMsg>,
     /// A size measurement is running (one at a time per node).
     split_check_running: bool,
+    /// The region the last merge check looked at (they go round robin).
+    merge_cursor: u64,
     stopping: bool,
     ticks: u64,
     metrics: NodeMetrics,
@@ -512,6 +532,7 @@ impl Store {
             orphans: Default::default(),
             self_tx: tx.clone(),
             split_check_running: false,
+            merge_cursor: 0,
             stopping: false,
             ticks: 0,
             metrics: NodeMetrics::new(),
@@ -746,6 +767,12 @@ impl Store {
                 size,
                 middle,
             } => self.split_checked(region_id, version, size, middle),
+            StoreMsg::MergeCheck {
+                source,
+                target,
+                version,
+                small,
+            } => self.merge_checked(source, target, version, small),
             StoreMsg::PrepareSplit {
                 region_id,
                 key,
@@ -1032,7 +1059,16 @@ impl Store {
         if self.split_check_running {
             return;
         }
-        let Some((_, region_id)) = pick else { return };
+        // With automatic merges on, every other check looks for two small neighbours, so
+        // neither kind waits for the other.
+        let merge_turn = (self.ticks / SPLIT_CHECK_TICKS) % 2 == 1;
+        if self.cfg.auto_merge && (pick.is_none() || merge_turn) {
+            self.check_merge();
+            return;
+        }
+        let Some((_, region_id)) = pick else {
+            return;
+        };
         let p = self
             .peers
             .get_mut(&region_id)
@@ -1067,6 +1103,80 @@ impl Store {
             p.checking = false;
             self.split_check_running = false;
         }
+    }
+
+    /// Measures, off the loop, the next region this node leads (round robin) and its right
+    /// neighbour, for an automatic merge of two small regions on the same nodes.
+    fn check_merge(&mut self) {
+        let routes = self.regions.all();
+        let after = self.merge_cursor;
+        let candidate = self
+            .peers
+            .range(after + 1..)
+            .chain(self.peers.range(..=after))
+            .map(|(_, p)| p)
+            .find(|p| p.is_leader() && p.desc.merging.is_none() && !p.desc.end_key.is_empty());
+        let Some(p) = candidate else { return };
+        self.merge_cursor = p.desc.id;
+        let Some(next) = routes.iter().find(|r| r.start_key == p.desc.end_key) else {
+            return;
+        };
+        let mut nodes = p.desc.nodes();
+        nodes.dedup();
+        let mut next_nodes = next.voter_nodes.clone();
+        next_nodes.sort_unstable();
+        if next.merging_into.is_some() || nodes != next_nodes {
+            return;
+        }
+        let (source, target, version) = (p.desc.id, next.id, p.desc.epoch.version);
+        let ranges = [
+            KeyRange::new(p.desc.start_key.clone(), p.desc.end_key.clone()),
+            KeyRange::new(next.start_key.clone(), next.end_key.clone()),
+        ];
+        let limit = self.cfg.region_merge_bytes;
+        let (kv, tx) = (self.kv.clone(), self.self_tx.clone());
+        self.split_check_running = true;
+        let spawned = std::thread::Builder::new()
+            .name("merge-check".into())
+            .spawn(move || {
+                let small = ranges.iter().all(|r| {
+                    kv.size_and_middle(r, limit as usize)
+                        .is_ok_and(|(size, _)| size < limit)
+                });
+                let _ = tx.send(StoreMsg::MergeCheck {
+                    source,
+                    target,
+                    version,
+                    small,
+                });
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start a merge check: {e}");
+            self.split_check_running = false;
+        }
+    }
+
+    /// Starts the merge of a measured small region into its small right neighbour, if it
+    /// is still as measured and this node still leads it.
+    fn merge_checked(&mut self, source: u64, target: u64, version: u64, small: bool) {
+        self.split_check_running = false;
+        let Some(p) = self.peers.get(&source) else {
+            return;
+        };
+        if !small || !p.is_leader() || p.desc.epoch.version != version || p.desc.merging.is_some() {
+            return;
+        }
+        let seq = match self.kv.next_id() {
+            Ok(n) => n,
+            Err(e) => {
+                error!(region = source, "no id for a merge: {e}");
+                return;
+            }
+        };
+        info!(source, target, "merging two small regions automatically");
+        let (reply, _) = oneshot::channel();
+        let session = (merge_client_id(MergeCommandKind::Prepare, source), seq);
+        self.propose(source, session, KvCommand::PrepareMerge { target }, reply);
     }
 
     /// Splits a measured region that is too big (or too busy) at its middle, if it is
