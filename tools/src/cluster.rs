@@ -1263,12 +1263,21 @@ mod tests {
 
     #[test]
     fn a_taken_port_is_named() {
-        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = taken.local_addr().unwrap().port();
-        // Node 1's RESP port is the taken one.
+        // Node 1's RESP port is the taken one; its raft port (the one below) must be free,
+        // or the check names that one first: find such a pair (other tests and processes
+        // hold ephemeral ports too).
+        let (taken, port) = (0..100)
+            .find_map(|_| {
+                let taken = TcpListener::bind("127.0.0.1:0").ok()?;
+                let port = taken.local_addr().ok()?.port();
+                TcpListener::bind(("127.0.0.1", port.checked_sub(1)?)).ok()?;
+                Some((taken, port))
+            })
+            .expect("a taken port with a free one below it");
         let plan = ClusterPlan::new(&args(1, port - 1, Path::new("/d"))).unwrap();
         let e = plan.check_ports_free().unwrap_err().to_string();
         assert!(e.contains(&format!("port {port} (node 1 RESP)")), "{e}");
+        drop(taken);
     }
 
     #[test]
