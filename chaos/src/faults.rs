@@ -6,10 +6,14 @@
 //! (the node leading the most regions, the regions moved by a leader transfer) is decided
 //! when the episode starts and written to the schedule as it happens.
 //!
-//! Splits, merges and membership changes (issues 8 and 9) do not exist in the server yet.
-//! When they do, they join [`Fault`] as further variants and [`Schedule::generate`] draws
-//! them like the others; like leader transfers they also belong in [`Episode::transfers`]'s
-//! place, as background churn during the other faults.
+//! Besides its fault, an episode carries background churn: leader transfers
+//! ([`Episode::transfers`]), region splits ([`Episode::splits`]) and region merges
+//! ([`Episode::merges`]), spread over the episode so that they overlap the fault (a split
+//! while a node is killed, a merge across a partition). [`Fault::TransfersOnly`] and
+//! [`Fault::SplitsAndMerges`] are episodes of churn alone, without another fault. Which
+//! region a split or merge picks is decided from `/status` when it happens
+//! ([`crate::run`]). Membership changes (issue 9) do not exist in the server yet; when they
+//! do, they join the churn the same way.
 
 use std::fmt;
 use std::time::Duration;
@@ -69,6 +73,9 @@ pub enum Fault {
     },
     /// Nothing but the background leader transfers of the episode.
     TransfersOnly,
+    /// Nothing but the background region splits and merges of the episode (at least one
+    /// of each).
+    SplitsAndMerges,
 }
 
 impl fmt::Display for Fault {
@@ -83,6 +90,7 @@ impl fmt::Display for Fault {
             Fault::Delay { ms } => write!(f, "delay every link ~{ms} ms"),
             Fault::DiskFull { node } => write!(f, "fill the disk of n{node}"),
             Fault::TransfersOnly => write!(f, "leader transfers only"),
+            Fault::SplitsAndMerges => write!(f, "splits and merges only"),
         }
     }
 }
@@ -98,6 +106,12 @@ pub struct Episode {
     pub fault: Fault,
     /// Leader transfers to ask for during the episode (background churn).
     pub transfers: u32,
+    /// Region splits to ask for during the episode (background churn): a region holding
+    /// hot keys, split between them or at the middle of its data.
+    pub splits: u32,
+    /// Region merges to ask for during the episode (background churn): two adjacent
+    /// regions, one merged into the other.
+    pub merges: u32,
 }
 
 /// What the harness can inject on this machine.
@@ -121,12 +135,14 @@ pub struct Schedule {
 impl Schedule {
     /// The schedule of `seed` for a workload of `seconds`: episodes of 1.5 to 4 s with 1 to
     /// 2.5 s of quiet between them, drawn from every fault the machine supports. The first
-    /// episodes go through the fault kinds in a seeded order, so even a short run injects
-    /// each kind once before any repeats.
+    /// episodes go through the fault kinds in a seeded order, so even a long enough run
+    /// injects each kind once before any repeats. About half the episodes also carry leader
+    /// transfers, a third splits and a third merges; a schedule with any episode has at
+    /// least one split and one merge (the first two episodes get one if the draw gave none).
     pub fn generate(seed: u64, seconds: u64, caps: Capabilities) -> Schedule {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let nodes: Vec<u64> = (1..=caps.nodes).collect();
-        let mut kinds: Vec<u8> = (0..9).collect();
+        let mut kinds: Vec<u8> = (0..10).collect();
         if !caps.disk_faults {
             kinds.retain(|&k| k != 7);
         }
@@ -168,12 +184,20 @@ impl Schedule {
                     ms: rng.gen_range(20..150),
                 },
                 7 => Fault::DiskFull { node },
-                _ => Fault::TransfersOnly,
+                8 => Fault::TransfersOnly,
+                _ => Fault::SplitsAndMerges,
             };
             let transfers = match fault {
                 Fault::TransfersOnly => rng.gen_range(3..8),
                 _ if rng.gen_bool(0.5) => rng.gen_range(1..4),
                 _ => 0,
+            };
+            let (splits, merges) = match fault {
+                Fault::SplitsAndMerges => (rng.gen_range(1..4), rng.gen_range(1..4)),
+                _ => (
+                    u32::from(rng.gen_bool(1.0 / 3.0)),
+                    u32::from(rng.gen_bool(1.0 / 3.0)),
+                ),
             };
             // A pause must outlast the election timeout to force an election.
             let duration = match fault {
@@ -187,10 +211,33 @@ impl Schedule {
                 duration,
                 fault,
                 transfers,
+                splits,
+                merges,
             });
             at += duration + Duration::from_millis(rng.gen_range(1000..2500));
         }
+        // Every run splits and merges at least once: the first episode splits, the second
+        // (or the first, in a run of one episode) merges.
+        if !episodes.is_empty() {
+            if episodes.iter().all(|e| e.splits == 0) {
+                episodes[0].splits = 1;
+            }
+            if episodes.iter().all(|e| e.merges == 0) {
+                let i = 1.min(episodes.len() - 1);
+                episodes[i].merges = 1;
+            }
+        }
         Schedule { seed, episodes }
+    }
+
+    /// Splits the schedule asks for, over every episode.
+    pub fn splits(&self) -> u32 {
+        self.episodes.iter().map(|e| e.splits).sum()
+    }
+
+    /// Merges the schedule asks for, over every episode.
+    pub fn merges(&self) -> u32 {
+        self.episodes.iter().map(|e| e.merges).sum()
     }
 }
 
@@ -207,13 +254,13 @@ mod tests {
         let a = Schedule::generate(7, 60, caps);
         assert_eq!(a, Schedule::generate(7, 60, caps));
         assert_ne!(a, Schedule::generate(8, 60, caps));
-        let first: Vec<String> = a.episodes[..9]
+        let first: Vec<String> = a.episodes[..10]
             .iter()
             .map(|e| std::mem::discriminant(&e.fault))
             .map(|d| format!("{d:?}"))
             .collect();
         let distinct: std::collections::BTreeSet<_> = first.iter().collect();
-        assert_eq!(distinct.len(), 9, "{:?}", a.episodes);
+        assert_eq!(distinct.len(), 10, "{:?}", a.episodes);
         for w in a.episodes.windows(2) {
             assert!(w[0].at + w[0].duration < w[1].at, "episodes overlap");
         }
@@ -224,7 +271,38 @@ mod tests {
             if let Fault::KillTwo { a, b } = e.fault {
                 assert_ne!(a, b);
             }
+            if let Fault::SplitsAndMerges = e.fault {
+                assert!(e.splits >= 1 && e.merges >= 1, "{e:?}");
+            }
         }
+    }
+
+    #[test]
+    fn every_schedule_splits_and_merges() {
+        let caps = Capabilities {
+            nodes: 3,
+            disk_faults: false,
+        };
+        for seed in 0..200 {
+            for seconds in [8, 30, 60] {
+                let s = Schedule::generate(seed, seconds, caps);
+                assert!(!s.episodes.is_empty(), "seed {seed}, {seconds} s");
+                assert!(s.splits() >= 1, "seed {seed}, {seconds} s: {s:?}");
+                assert!(s.merges() >= 1, "seed {seed}, {seconds} s: {s:?}");
+            }
+        }
+        // Churn also overlaps real faults, not only its own episodes.
+        let s = Schedule::generate(1, 600, caps);
+        assert!(s
+            .episodes
+            .iter()
+            .any(|e| e.splits > 0
+                && !matches!(e.fault, Fault::SplitsAndMerges | Fault::TransfersOnly)));
+        assert!(s
+            .episodes
+            .iter()
+            .any(|e| e.merges > 0
+                && !matches!(e.fault, Fault::SplitsAndMerges | Fault::TransfersOnly)));
     }
 
     #[test]

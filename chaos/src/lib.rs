@@ -3,10 +3,13 @@
 //! and a checker over the recorded history.
 //!
 //! - [`nodes`]: the server processes (SIGKILL and restart, SIGSTOP/SIGCONT, `/status`,
-//!   leader transfers);
+//!   leader transfers, region splits and merges);
 //! - [`proxy`]: a fault-injecting TCP proxy on every raft link (cuts in one or both
 //!   directions, isolation, delay), which needs no privileges;
-//! - [`faults`]: the seeded schedule of fault episodes;
+//! - [`faults`]: the seeded schedule of fault episodes, with leader transfers, splits and
+//!   merges as churn during them;
+//! - [`regions`]: the region layout from `/status`: what a split or merge picks, and the
+//!   check after healing that every node's regions tile the key space and agree;
 //! - [`workload`]: RESP and `flotilla-client` clients over a few hot keys;
 //! - [`history`]: the recorded operations (ok, failed for certain, unknown);
 //! - [`checker`]: per-key linearizability (registers and counters, unknown outcomes
@@ -28,6 +31,7 @@ pub mod faults;
 pub mod history;
 pub mod nodes;
 pub mod proxy;
+pub mod regions;
 pub mod report;
 pub mod run;
 pub mod wgl;

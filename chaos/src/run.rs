@@ -9,11 +9,18 @@
 //! 2. Start one proxy per ordered pair of nodes, then the nodes, and wait until every region
 //!    has a leader.
 //! 3. Start the clients and play the schedule ([`crate::faults`]); each episode's fault is
-//!    injected, held, and healed, and what happened is written to `schedule.txt`.
+//!    injected, held, and healed, its churn (leader transfers, splits, merges) is asked for
+//!    while the fault holds, and what happened is written to `schedule.txt`. Splits and
+//!    merges run on threads of their own (a merge answers only once every replica has it,
+//!    so it may wait for a killed node to return); their answers, errors and timeouts
+//!    included, are written to `schedule.txt` when they arrive and counted ([`Churn`]),
+//!    never judged.
 //! 4. Heal everything (restart, resume, free the disk, heal the links), let the clients
-//!    run [`RECOVERY`] more, stop them.
+//!    run [`RECOVERY`] more, stop them, and wait for the splits and merges still running.
 //! 5. Read every hot key through every node until each answers (at most
-//!    [`FINAL_READ_TIMEOUT`]); a node that does not is reported as not recovered.
+//!    [`FINAL_READ_TIMEOUT`]); a node that does not is reported as not recovered. Then
+//!    every node's regions must tile the key space and all nodes must agree on them
+//!    ([`crate::regions::check_layout`]), within [`LAYOUT_TIMEOUT`].
 //! 6. Check the history ([`crate::checker`]) and write `history.jsonl`, `summary.txt`,
 //!    `verdict.json`, `availability.svg`, and on failure `failure.txt`. The node logs stay
 //!    in the directory.
@@ -23,6 +30,7 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -31,8 +39,9 @@ use rand_chacha::ChaCha8Rng;
 use crate::checker::{self, Verdict};
 use crate::faults::{Capabilities, Fault, Schedule};
 use crate::history::{self, Recorder};
-use crate::nodes::{free_port, Node, NodePorts};
+use crate::nodes::{self, free_port, Node, NodePorts};
 use crate::proxy::Network;
+use crate::regions;
 use crate::report::{self, Counts};
 use crate::workload::{self, ClientKind, WorkloadConfig};
 
@@ -50,6 +59,35 @@ pub const DISK_RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// WAL segment size in the harness's server config: small, so a full disk is reached soon
 /// and purge frees space in steps.
 pub const WAL_SEGMENT_BYTES: u64 = 4 << 20;
+/// Longest wait for each read of a split's or merge's admin call. A merge answers once
+/// every replica has it, so one during a kill waits for the restart.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// After the final reads, longest wait for every node's regions to tile the key space and
+/// agree (a node that was down may still be applying the last splits and merges).
+pub const LAYOUT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The splits and merges a run asked for and what became of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Churn {
+    /// Splits the schedule played (including those that found nothing to split).
+    pub splits: u32,
+    /// Split calls that answered 200.
+    pub splits_ok: u32,
+    /// Merges the schedule played (including those that found no adjacent regions).
+    pub merges: u32,
+    /// Merge calls that answered 200.
+    pub merges_ok: u32,
+    /// Split and merge calls refused (HTTP 4xx), failed (5xx) or unanswered (timeout, no
+    /// connection), or never sent (no node answered `/status`).
+    pub errors: u32,
+}
+
+/// A split or merge that finished on its thread: what to log and count.
+struct ChurnDone {
+    split: bool,
+    answer: nodes::AdminAnswer,
+    what: String,
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -111,16 +149,22 @@ pub struct RunOutcome {
     pub disk_faults_skipped: Option<String>,
     /// Episodes played.
     pub episodes: usize,
+    /// Splits and merges asked for, and how they ended.
+    pub churn: Churn,
+    /// After healing, why the nodes' regions did not tile the key space or did not agree
+    /// within [`LAYOUT_TIMEOUT`] (`None`: they did).
+    pub layout_problem: Option<String>,
 }
 
 impl RunOutcome {
     /// Whether the run passed: the checker found nothing, no node crashed, every node came
-    /// back.
+    /// back, and the nodes' regions tile the key space and agree.
     pub fn passed(&self) -> bool {
         self.verdict.ok()
             && self.unexpected_exits.is_empty()
             && self.not_recovered.is_empty()
             && self.disk_not_recovered.is_empty()
+            && self.layout_problem.is_none()
     }
 }
 
@@ -249,6 +293,108 @@ fn transfer_one(nodes: &[Node], rng: &mut ChaCha8Rng) -> String {
     let answer = serde_json::from_str::<serde_json::Value>(&answer)
         .map_or_else(|_| answer.trim().to_string(), |v| v.to_string());
     format!("leader transfer: region {region} n{from} -> n{to}: {answer}")
+}
+
+/// The `/status` of a random running, unpaused node that answers: its id and its region
+/// ranges, sorted.
+fn some_layout(nodes: &[Node], rng: &mut ChaCha8Rng) -> Option<(u64, Vec<regions::RegionRange>)> {
+    let mut live: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.is_up() && !n.is_paused())
+        .collect();
+    while !live.is_empty() {
+        let n = live.swap_remove(rng.gen_range(0..live.len()));
+        if let Some(st) = n.status() {
+            return Some((n.id, regions::ranges(&st)));
+        }
+    }
+    None
+}
+
+/// A random running, unpaused node to send an admin call to: its id and status port.
+fn some_node(nodes: &[Node], rng: &mut ChaCha8Rng) -> Option<(u64, u16)> {
+    let live: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.is_up() && !n.is_paused())
+        .collect();
+    if live.is_empty() {
+        return None;
+    }
+    let n = live[rng.gen_range(0..live.len())];
+    Some((n.id, n.ports.status))
+}
+
+/// Picks a split (a region holding hot keys, from some node's `/status`) and sends it to a
+/// random node on a thread of its own; answers what was asked (the answer comes on `done`).
+fn start_split(
+    nodes: &[Node],
+    rng: &mut ChaCha8Rng,
+    done: &mpsc::Sender<ChurnDone>,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<String, String> {
+    let (seen, layout) = some_layout(nodes, rng).ok_or("split: no node answered /status")?;
+    let pick = regions::pick_split(&layout, &workload::hot_keys(), rng)
+        .ok_or_else(|| format!("split: no region holds a hot key in n{seen}'s /status"))?;
+    let (asked, port) = some_node(nodes, rng).ok_or("split: no live node to ask")?;
+    let what = format!(
+        "split region {} (hot keys {:?}, from n{seen}'s /status) at {} via n{asked}",
+        pick.region,
+        pick.hot,
+        pick.key
+            .as_deref()
+            .map_or_else(|| "the middle of its data".to_string(), regions::show_key)
+    );
+    let done = done.clone();
+    let w = what.clone();
+    threads.push(std::thread::spawn(move || {
+        let answer = nodes::split(port, pick.region, pick.key.as_deref(), ADMIN_TIMEOUT);
+        let _ = done.send(ChurnDone {
+            split: true,
+            answer,
+            what: w,
+        });
+    }));
+    Ok(what)
+}
+
+/// Picks a merge (two adjacent regions in some node's `/status`) and sends it to a random
+/// node on a thread of its own; answers what was asked (the answer comes on `done`).
+fn start_merge(
+    nodes: &[Node],
+    rng: &mut ChaCha8Rng,
+    done: &mpsc::Sender<ChurnDone>,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<String, String> {
+    let (seen, layout) = some_layout(nodes, rng).ok_or("merge: no node answered /status")?;
+    let (source, target) = regions::pick_merge(&layout, rng)
+        .ok_or_else(|| format!("merge: no adjacent regions in n{seen}'s /status"))?;
+    let (asked, port) = some_node(nodes, rng).ok_or("merge: no live node to ask")?;
+    let what = format!(
+        "merge region {source} into region {target} (adjacent in n{seen}'s /status) via n{asked}"
+    );
+    let done = done.clone();
+    let w = what.clone();
+    threads.push(std::thread::spawn(move || {
+        let answer = nodes::merge(port, source, target, ADMIN_TIMEOUT);
+        let _ = done.send(ChurnDone {
+            split: false,
+            answer,
+            what: w,
+        });
+    }));
+    Ok(what)
+}
+
+/// Logs and counts the splits and merges that finished.
+fn drain_churn(rx: &mpsc::Receiver<ChurnDone>, log: &mut Log, churn: &mut Churn) {
+    while let Ok(d) = rx.try_recv() {
+        match (d.split, d.answer.ok()) {
+            (true, true) => churn.splits_ok += 1,
+            (false, true) => churn.merges_ok += 1,
+            _ => churn.errors += 1,
+        }
+        log.line(&format!("done: {}: {}", d.what, d.answer));
+    }
 }
 
 /// Runs one seed; answers the outcome, or an error when the harness itself could not run
@@ -427,7 +573,16 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
     if let Some(why) = &disk_faults_skipped {
         log.line(&format!("disk faults skipped: {why}"));
     }
+    log.line(&format!(
+        "schedule: {} episodes, {} splits, {} merges",
+        schedule.episodes.len(),
+        schedule.splits(),
+        schedule.merges()
+    ));
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xfa17);
+    let (churn_tx, churn_rx) = mpsc::channel::<ChurnDone>();
+    let mut churn_threads = Vec::new();
+    let mut churn = Churn::default();
     let mut unexpected_exits = Vec::new();
     let mut disk_not_recovered = Vec::new();
     let mut shaded = Vec::new();
@@ -478,19 +633,53 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
                     Err(e) => description = format!("{description}: filling failed: {e}"),
                 }
             }
-            Fault::TransfersOnly => {}
+            Fault::TransfersOnly | Fault::SplitsAndMerges => {}
         }
         for v in &victims {
             nodes[*v as usize - 1].kill();
         }
         log.line(&format!("start: {description} for {:?}", ep.duration));
         let end = ep.at + ep.duration;
+        // The churn, spread over the episode: transfers evenly, splits from the first
+        // quarter on, merges from the third.
+        let mut churn_at: Vec<(Duration, u8)> = Vec::new();
         for t in 0..ep.transfers {
-            let at = ep.at + ep.duration * (t + 1) / (ep.transfers + 1);
+            churn_at.push((ep.at + ep.duration * (t + 1) / (ep.transfers + 1), 0));
+        }
+        for t in 0..ep.splits {
+            churn_at.push((ep.at + ep.duration * (4 * t + 1) / (4 * ep.splits), 1));
+        }
+        for t in 0..ep.merges {
+            churn_at.push((ep.at + ep.duration * (4 * t + 3) / (4 * ep.merges), 2));
+        }
+        churn_at.sort();
+        for (at, what) in churn_at {
             while start.elapsed() < at {
+                drain_churn(&churn_rx, &mut log, &mut churn);
                 std::thread::sleep(Duration::from_millis(20));
             }
-            log.line(&transfer_one(&nodes, &mut rng));
+            let line = match what {
+                0 => transfer_one(&nodes, &mut rng),
+                1 => {
+                    churn.splits += 1;
+                    start_split(&nodes, &mut rng, &churn_tx, &mut churn_threads)
+                        .map(|w| format!("asked: {w}"))
+                        .unwrap_or_else(|e| {
+                            churn.errors += 1;
+                            e
+                        })
+                }
+                _ => {
+                    churn.merges += 1;
+                    start_merge(&nodes, &mut rng, &churn_tx, &mut churn_threads)
+                        .map(|w| format!("asked: {w}"))
+                        .unwrap_or_else(|e| {
+                            churn.errors += 1;
+                            e
+                        })
+                }
+            };
+            log.line(&line);
         }
         if let Fault::DiskFull { node } = &ep.fault {
             while start.elapsed() < ep.at + ep.duration / 2 {
@@ -505,6 +694,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
         }
         while start.elapsed() < end {
             check_exits(&mut nodes, &mut log, &mut unexpected_exits);
+            drain_churn(&churn_rx, &mut log, &mut churn);
             std::thread::sleep(Duration::from_millis(20));
         }
         // Heal.
@@ -565,6 +755,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
     }
     while start.elapsed() < Duration::from_secs(cfg.seconds) + shift {
         check_exits(&mut nodes, &mut log, &mut unexpected_exits);
+        drain_churn(&churn_rx, &mut log, &mut churn);
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -590,6 +781,15 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
         let _ = runtime.block_on(t);
     }
     log.line("clients stopped");
+    // Splits and merges still running end now that every node is back (or time out).
+    for t in churn_threads {
+        let _ = t.join();
+    }
+    drain_churn(&churn_rx, &mut log, &mut churn);
+    log.line(&format!(
+        "splits: {} played, {} ok; merges: {} played, {} ok; {} refused, failed or unanswered",
+        churn.splits, churn.splits_ok, churn.merges, churn.merges_ok, churn.errors
+    ));
 
     // 5. Final reads through every node.
     let mut not_recovered = Vec::new();
@@ -612,6 +812,30 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    // The layout: every node's regions tile the key space, and all nodes agree.
+    let layout_deadline = Instant::now() + LAYOUT_TIMEOUT;
+    let layout_problem = loop {
+        let views: Vec<(u64, Option<Vec<regions::RegionRange>>)> = nodes
+            .iter()
+            .map(|n| (n.id, n.status().map(|st| regions::ranges(&st))))
+            .collect();
+        match regions::check_layout(&views) {
+            Ok(()) => {
+                let count = views[0].1.as_ref().map_or(0, Vec::len);
+                log.line(&format!(
+                    "layout: {count} regions, tiling the key space, the same on every node"
+                ));
+                break None;
+            }
+            Err(problem) if Instant::now() > layout_deadline => {
+                log.line(&format!(
+                    "layout: not settled {LAYOUT_TIMEOUT:?} after the final reads:\n{problem}"
+                ));
+                break Some(problem);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    };
     for n in nodes.iter_mut() {
         if !n.terminate(Duration::from_secs(15)) {
             log.line(&format!("n{} did not exit 0 on SIGTERM", n.id));
@@ -637,6 +861,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, String> {
         disk_not_recovered,
         disk_faults_skipped,
         episodes: schedule.episodes.len(),
+        churn,
+        layout_problem,
     };
     write_report(&dir, &records, &outcome, &shaded).map_err(|e| format!("report: {e}"))?;
     Ok(outcome)
@@ -684,6 +910,23 @@ fn write_report(
         );
     }
     let _ = writeln!(s, "fault episodes: {} (schedule.txt)", o.episodes);
+    let c = &o.churn;
+    let _ = writeln!(
+        s,
+        "splits: {} (ok {}); merges: {} (ok {}); refused, failed or unanswered: {}",
+        c.splits, c.splits_ok, c.merges, c.merges_ok, c.errors
+    );
+    match &o.layout_problem {
+        None => {
+            let _ = writeln!(s, "regions: tile the key space, every node agrees");
+        }
+        Some(p) => {
+            let _ = writeln!(s, "regions: LAYOUT PROBLEM after healing:");
+            for line in p.lines() {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
+    }
     if let Some(why) = &o.disk_faults_skipped {
         let _ = writeln!(s, "disk faults skipped: {why}");
     }
@@ -723,7 +966,14 @@ fn write_report(
     let _ = writeln!(s, "node logs: n*.log; availability: availability.svg");
     fs::write(dir.join("summary.txt"), &s)?;
     if !o.passed() {
-        fs::write(dir.join("failure.txt"), o.verdict.describe())?;
+        let mut f = o.verdict.describe();
+        if let Some(p) = &o.layout_problem {
+            let _ = write!(
+                f,
+                "\nregion layout after healing (LAYOUT_TIMEOUT {LAYOUT_TIMEOUT:?}):\n{p}"
+            );
+        }
+        fs::write(dir.join("failure.txt"), f)?;
     }
     Ok(())
 }

@@ -5,7 +5,9 @@
 //! Outcomes are classified conservatively (see [`crate::history`]): a write is `Fail` only
 //! when the answer says it was not applied (`TRYAGAIN ... not leader` or `no leader`, or a
 //! refusal such as "not an integer"); a timeout, a broken connection or any other error is
-//! `Unknown`. A read that errs is `Fail` (it had no effect either way).
+//! `Unknown`. A read that errs is `Fail` (it had no effect either way). A session write
+//! retried after an unknown attempt stays `Unknown` unless a retry is answered
+//! ([`after_retry`]).
 
 use std::time::Duration;
 
@@ -238,10 +240,15 @@ pub async fn resp_client(
             if attempt > 0 {
                 node = (node + 1) % config.nodes.len();
             }
-            outcome = attempt_once(&mut conn, &config.nodes[node], &args, &kind).await;
-            if matches!(outcome, Outcome::Unknown { .. } | Outcome::Fail { .. }) && conn.is_none() {
+            let this = attempt_once(&mut conn, &config.nodes[node], &args, &kind).await;
+            if matches!(this, Outcome::Unknown { .. } | Outcome::Fail { .. }) && conn.is_none() {
                 node = (node + 1) % config.nodes.len();
             }
+            outcome = if attempt == 0 {
+                this
+            } else {
+                after_retry(outcome, this)
+            };
             // Only an unknown outcome is worth retrying with the same session: the retry
             // either applies the write or answers what the first attempt did.
             if !matches!(outcome, Outcome::Unknown { .. }) {
@@ -254,6 +261,23 @@ pub async fn resp_client(
             _ = tokio::time::sleep(think) => {}
             _ = stop.changed() => {}
         }
+    }
+}
+
+/// The outcome of a session write after a retry, given the outcome so far (unknown: that
+/// is why it was retried) and the retry's. An answer (`Ok`) settles it: the session makes
+/// the retry answer what the earlier attempt did. A failed retry — one that never reached
+/// the cluster (a connection refused while its node is down), or was refused as not led —
+/// says nothing about the earlier attempt, which may still apply: the write stays
+/// unknown.
+pub fn after_retry(before: Outcome, retry: Outcome) -> Outcome {
+    match (before, retry) {
+        (_, ok @ Outcome::Ok { .. }) => ok,
+        (Outcome::Unknown { error: first }, Outcome::Fail { error })
+        | (Outcome::Unknown { error: first }, Outcome::Unknown { error }) => Outcome::Unknown {
+            error: format!("{first}; retry: {error}"),
+        },
+        (before, _) => before,
     }
 }
 
@@ -444,5 +468,23 @@ mod tests {
             classify_error(&OpKind::Get, "TRYAGAIN request timed out"),
             Outcome::Fail { .. }
         ));
+    }
+
+    /// A session write whose first attempt was unknown stays unknown when the retry fails
+    /// without reaching the cluster (seed 14731143265426360427 recorded such a write as
+    /// failed, then read its value: "failed write visible").
+    #[test]
+    fn a_failed_retry_leaves_an_unknown_write_unknown() {
+        let unknown = |e: &str| Outcome::Unknown { error: e.into() };
+        let fail = |e: &str| Outcome::Fail { error: e.into() };
+        let r = after_retry(unknown("connection closed"), fail("connect: refused"));
+        assert!(
+            matches!(r, Outcome::Unknown { ref error } if error.contains("refused")),
+            "{r:?}"
+        );
+        let r = after_retry(unknown("timed out"), unknown("timed out"));
+        assert!(matches!(r, Outcome::Unknown { .. }), "{r:?}");
+        let r = after_retry(unknown("timed out"), Outcome::ok(None));
+        assert_eq!(r, Outcome::ok(None));
     }
 }

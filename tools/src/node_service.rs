@@ -271,24 +271,28 @@ impl KvService for NodeService {
             let end = end.unwrap_or_default();
             let mut out = Vec::new();
             let mut from = start;
-            // Region by region, in key order, until the limit or the end.
+            // Region by region, in key order, until the limit or the end. Each step goes on
+            // from the end the region's scan covered, as the region was when it served the
+            // read: a split between routing and serving shortens the region, and going on
+            // from the routed end would skip the keys that moved to the new region.
             loop {
-                let route = node
-                    .regions()
-                    .route(&from)
-                    .ok_or_else(|| ServiceError::TryAgain("no region for the key here".into()))?;
-                let mut part = node
-                    .scan(from.clone(), end.clone(), limit - out.len())
+                let mut page = node
+                    .scan_page(from.clone(), end.clone(), limit - out.len())
                     .await
                     .map_err(service_error)?;
-                out.append(&mut part);
-                let done = out.len() >= limit
-                    || route.end_key.is_empty()
-                    || (!end.is_empty() && route.end_key >= end);
+                out.append(&mut page.pairs);
+                let covered = page.covered_end;
+                let done =
+                    out.len() >= limit || covered.is_empty() || (!end.is_empty() && covered >= end);
                 if done {
                     return Ok(out);
                 }
-                from = route.end_key;
+                if covered <= from {
+                    return Err(ServiceError::TryAgain(
+                        "a region's scan covered nothing; retry".into(),
+                    ));
+                }
+                from = covered;
             }
         })
     }

@@ -30,7 +30,7 @@ pub use descriptor::{
 };
 pub use error::NodeError;
 pub use merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
-pub use peer::Reply;
+pub use peer::{Reply, ScanPage};
 pub use peer_storage::{PeerStorage, RegionSnapshotData, SNAPSHOT_DATA_BYTES_MAX};
 pub use runner::{Node, NodeConfig, BOOTSTRAP_RECORD};
 pub use split::{plan_split, split_region_id, SplitPlan, REGION_ID_MAX};
@@ -366,6 +366,18 @@ impl NodeHandle {
         end: Bytes,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, NodeError> {
+        Ok(self.scan_page(start, end, limit).await?.pairs)
+    }
+
+    /// Like [`NodeHandle::scan`], and also answers the end of the range the scan covered
+    /// (the region's end as it was when the read was served, if that came before `end`):
+    /// where a scan over several regions goes on.
+    pub async fn scan_page(
+        &self,
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+    ) -> Result<ScanPage, NodeError> {
         self.submit(move |h, reply| {
             Ok(StoreMsg::Scan {
                 region_id: h.region_of(&start)?,

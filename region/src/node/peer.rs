@@ -48,6 +48,19 @@ pub(crate) struct ForwardedProposal {
     pub deadline: u64,
 }
 
+/// What a scan within one region read: the pairs, and the end of the range it covered (the
+/// asked end, or the region's end when that comes first, as the region was when the scan
+/// was served; empty: the end of the key space). A caller walking region by region goes on
+/// from `covered_end`, not from the end of the region it routed to: a split between routing
+/// and serving makes the region shorter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    /// The pairs read, in key order.
+    pub pairs: Vec<(Bytes, Bytes)>,
+    /// The end (exclusive) of the range the scan covered.
+    pub covered_end: Bytes,
+}
+
 /// A read waiting for its read index, then for the state machine to reach it.
 pub(crate) enum PendingRead {
     Get {
@@ -58,7 +71,7 @@ pub(crate) enum PendingRead {
         start: Bytes,
         end: Bytes,
         limit: usize,
-        reply: Reply<Vec<(Bytes, Bytes)>>,
+        reply: Reply<ScanPage>,
     },
 }
 

@@ -40,7 +40,7 @@ use super::merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
 use super::metrics::{NodeMetrics, NodeSample, ProposalLatencies};
 use super::peer::{
     check_keys, is_command, BatchedProposal, ForwardedProposal, Peer, PendingProposal, PendingRead,
-    Reply,
+    Reply, ScanPage,
 };
 use super::peer_storage::{PeerStorage, RegionSnapshotData};
 use super::split::{plan_split, split_region_id, SplitPlan};
@@ -249,7 +249,7 @@ pub enum StoreMsg {
         /// Pairs, at most.
         limit: usize,
         /// Where the pairs go.
-        reply: Reply<Vec<(Bytes, Bytes)>>,
+        reply: Reply<ScanPage>,
     },
     /// Move a region's leadership to `to_node`.
     TransferLeader {
@@ -2143,10 +2143,13 @@ fn serve_reads(kv: &KvStore, p: &mut Peer) -> (u64, u64) {
                     end
                 };
                 let r = kv
-                    .scan(&KeyRange::new(start, end))
+                    .scan(&KeyRange::new(start, end.clone()))
                     .map(|mut v| {
                         v.truncate(limit);
-                        v
+                        ScanPage {
+                            pairs: v,
+                            covered_end: end,
+                        }
                     })
                     .map_err(|e| NodeError::Storage(e.to_string()));
                 count(r.is_ok());
