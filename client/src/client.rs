@@ -658,10 +658,13 @@ impl Client {
             self.refresh_if_stale(deadline).await;
             let pause = config.backoff.delay(pauses);
             pauses = pauses.saturating_add(1);
-            if Instant::now() + pause >= deadline {
+            // The call keeps trying until its time is up: a pause longer than what is left
+            // is cut short (the loop's check then ends the call at its deadline).
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(gave_up(attempts, no_leader, last));
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(pause.min(left)).await;
         }
     }
 }
