@@ -92,6 +92,14 @@ pub(crate) fn session_key(region_id: u64, client_id: u64) -> [u8; 17] {
     k
 }
 
+/// The big-endian `u64` at `at` in a meta key (a region id after the prefix, a client id
+/// after a session key's region), if the key is long enough.
+pub(crate) fn u64_at(key: &[u8], at: usize) -> Option<u64> {
+    key.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
 /// The bounds of a region's session keys in `meta`: the lower inclusive, the upper
 /// exclusive (the next region's first; region ids stay far below `u64::MAX`).
 pub(crate) fn session_bounds(region_id: u64) -> ([u8; 17], [u8; 17]) {
@@ -226,15 +234,11 @@ impl KvStore {
             IteratorMode::From(&lower, Direction::Forward),
         ) {
             let (key, value) = item?;
-            let region = key
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| EngineError::Corruption {
-                    file: store.path.clone(),
-                    offset: 0,
-                    reason: "bad applied-index key".into(),
-                })?;
+            let region = u64_at(&key, 1).ok_or_else(|| EngineError::Corruption {
+                file: store.path.clone(),
+                offset: 0,
+                reason: "bad applied-index key".into(),
+            })?;
             written.insert(region, codec::decode::<u64>(&value)?);
         }
         *store.applied.lock() = AppliedIndexes {
@@ -390,15 +394,11 @@ impl KvStore {
             IteratorMode::From(&lower, Direction::Forward),
         ) {
             let (key, _) = item?;
-            let id = key
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| EngineError::Corruption {
-                    file: self.path.clone(),
-                    offset: 0,
-                    reason: format!("descriptor key of {} bytes", key.len()),
-                })?;
+            let id = u64_at(&key, 1).ok_or_else(|| EngineError::Corruption {
+                file: self.path.clone(),
+                offset: 0,
+                reason: format!("descriptor key of {} bytes", key.len()),
+            })?;
             out.push(id);
         }
         Ok(out)
@@ -416,15 +416,11 @@ impl KvStore {
             IteratorMode::From(&lower, Direction::Forward),
         ) {
             let (key, value) = item?;
-            let client = key
-                .get(9..17)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| EngineError::Corruption {
-                    file: self.path.clone(),
-                    offset: 0,
-                    reason: format!("session key of {} bytes", key.len()),
-                })?;
+            let client = u64_at(&key, 9).ok_or_else(|| EngineError::Corruption {
+                file: self.path.clone(),
+                offset: 0,
+                reason: format!("session key of {} bytes", key.len()),
+            })?;
             out.push((client, value.to_vec()));
         }
         Ok(out)

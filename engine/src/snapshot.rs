@@ -141,15 +141,11 @@ impl KvStore {
             snapshot.iterator_cf_opt(meta, opts, IteratorMode::From(&lower, Direction::Forward))
         {
             let (key, value) = item?;
-            let client = key
-                .get(9..17)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| EngineError::Corruption {
-                    file: self.db.path().to_path_buf(),
-                    offset: 0,
-                    reason: "bad session key".into(),
-                })?;
+            let client = kv::u64_at(&key, 9).ok_or_else(|| EngineError::Corruption {
+                file: self.db.path().to_path_buf(),
+                offset: 0,
+                reason: "bad session key".into(),
+            })?;
             sessions.push((client, Bytes::copy_from_slice(&value)));
         }
         let (lower, upper) = range.data_bounds();

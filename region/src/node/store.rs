@@ -1505,6 +1505,7 @@ impl Store {
     }
 
     fn read(&mut self, region_id: u64, key: &[u8], read: PendingRead) {
+        let deadline = self.ticks + self.forward_wait_ticks();
         let Some(p) = self.peers.get_mut(&region_id) else {
             self.metrics.reads_failed(1);
             read.fail(NodeError::RegionNotFound);
@@ -1529,8 +1530,6 @@ impl Store {
             Ok(()) => {
                 p.reads_waiting_index.insert(ctx, read);
                 if !p.is_leader() {
-                    let deadline =
-                        self.ticks + FORWARD_WAIT_ELECTIONS * self.cfg.election_ticks as u64;
                     p.read_deadlines.push_back((deadline, ctx));
                 }
             }
