@@ -72,6 +72,19 @@ pub struct RunConfig {
     pub target: Vec<String>,
     /// The `--quick` preset.
     pub quick: bool,
+    /// The `--server-config` file given to every started `flotilla server`, and its text
+    /// (absent: the servers' defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_config: Option<ServerConfigFile>,
+}
+
+/// A server configuration file a run started its nodes with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerConfigFile {
+    /// Its path, as given.
+    pub path: String,
+    /// Its text when the run started.
+    pub text: String,
 }
 
 /// One measured combination.
@@ -375,6 +388,7 @@ pub(crate) mod tests_support {
                 cluster: "process".into(),
                 target: Vec::new(),
                 quick: true,
+                server_config: None,
             },
             cells: vec![
                 cell("flotilla", "resp", Some(64), measured(120_000.0, 20.0)),

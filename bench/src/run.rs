@@ -29,7 +29,9 @@ use crate::machine::{
     busy_cores, cpu_ticks, measure_limits, process_cores, process_ticks, Limits, MachineInfo,
 };
 use crate::report;
-use crate::results::{git_state, now_utc, Cell, Measured, Outcome, RunConfig, RunFile, SCHEMA};
+use crate::results::{
+    git_state, now_utc, Cell, Measured, Outcome, RunConfig, RunFile, ServerConfigFile, SCHEMA,
+};
 use crate::system::flotilla::FlotillaCluster;
 use crate::system::peers::{self, Peer};
 use crate::workload::{value_of, OpGen, Workload};
@@ -115,6 +117,10 @@ pub struct RunArgs {
     /// First port of the started systems (see the module docs for the layout).
     #[arg(long, default_value_t = BASE_PORT_DEFAULT)]
     pub base_port: u16,
+    /// A TOML file of `flotilla server` settings (see docs/operations.md) given to every
+    /// node the bench starts; its text is recorded in the run's JSON.
+    #[arg(long)]
+    pub server_config: Option<PathBuf>,
     /// Where the run's JSON file goes.
     #[arg(long, default_value = "bench/results")]
     pub results_dir: PathBuf,
@@ -171,6 +177,11 @@ pub struct Plan {
     pub base_port: u16,
     /// Results directory.
     pub results_dir: PathBuf,
+}
+
+/// Whether the run drives nodes it does not start as processes.
+fn cluster_is_not_started(args: &RunArgs) -> bool {
+    !args.target.is_empty() || args.in_process
 }
 
 impl Plan {
@@ -237,6 +248,21 @@ impl Plan {
         if !args.target.is_empty() && args.in_process {
             return Err("--target and --in-process exclude each other".into());
         }
+        if args.server_config.is_some() && cluster_is_not_started(args) {
+            return Err(
+                "--server-config applies to the server processes the bench starts, not to \
+                 --target or --in-process"
+                    .into(),
+            );
+        }
+        let server_config = match &args.server_config {
+            Some(path) => Some(ServerConfigFile {
+                path: path.display().to_string(),
+                text: std::fs::read_to_string(path)
+                    .map_err(|e| format!("--server-config {}: {e}", path.display()))?,
+            }),
+            None => None,
+        };
         let cluster = if !args.target.is_empty() {
             "target"
         } else if args.in_process {
@@ -272,6 +298,7 @@ impl Plan {
                 cluster: cluster.into(),
                 target: args.target.clone(),
                 quick: args.quick,
+                server_config,
             },
             flotilla,
             data_dir: args.data_dir.clone(),
@@ -404,6 +431,10 @@ async fn run_flotilla(plan: &Plan, combos: &[Combo], cells: &mut Vec<Cell>) {
                 r,
                 &plan.data_dir,
                 plan.base_port,
+                plan.config
+                    .server_config
+                    .as_ref()
+                    .map(|c| Path::new(&c.path)),
             ),
             (None, _) => Ok(FlotillaCluster::target(cfg.target.clone())),
         };
@@ -963,6 +994,22 @@ mod tests {
         assert_eq!(p.config.cluster, "process");
         assert_eq!((p.config.seconds, p.config.warmup), (10.0, 2.0));
         assert!(p.flotilla.ends_with("flotilla"));
+    }
+
+    #[test]
+    fn a_server_config_is_recorded_and_needs_started_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "[engine.rocksdb]\nwrite_buffer_bytes = 8388608\n").unwrap();
+        let path = path.to_str().unwrap();
+        let p = plan(&["--server-config", path]).unwrap();
+        let recorded = p.config.server_config.expect("recorded");
+        assert_eq!(recorded.path, path);
+        assert!(recorded.text.contains("write_buffer_bytes = 8388608"));
+        let e = plan(&["--server-config", path, "--target", "127.0.0.1:1"]).err();
+        assert!(e.is_some_and(|e| e.contains("--server-config")));
+        let e = plan(&["--server-config", "/no/such/file.toml"]).err();
+        assert!(e.is_some_and(|e| e.contains("/no/such/file.toml")));
     }
 
     #[test]

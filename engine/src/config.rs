@@ -68,6 +68,9 @@ pub struct RocksConfig {
     /// Size of one memtable before it is flushed; larger absorbs write bursts at the cost of
     /// memory and recovery time.
     pub write_buffer_bytes: u64,
+    /// Size of one memtable of the key-value store's `meta` column family (applied indexes,
+    /// descriptors, client sessions: small records rewritten on every write).
+    pub meta_write_buffer_bytes: u64,
     /// Memtables kept per column family (one active, the others flushing).
     pub max_write_buffer_number: i32,
     /// Flush and compaction threads: one per core of a 2-core machine.
@@ -79,6 +82,7 @@ impl Default for RocksConfig {
         RocksConfig {
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
+            meta_write_buffer_bytes: 64 << 20,
             max_write_buffer_number: 3,
             max_background_jobs: 2,
         }

@@ -2,9 +2,10 @@
 //!
 //! Column families: `default` holds user data under `z` + user key, so a region's key range
 //! is one contiguous range of RocksDB keys; `meta` holds per-region metadata: `a` + region
-//! id → applied index, `d` + region id → descriptor, `s` + region id + client id → client
-//! session. One apply round is one WriteBatch that also records the applied index of every
-//! region it touches, so data and applied index can never disagree after a crash.
+//! id → applied index, `d` + region id → descriptor, and the client sessions (`t`, `u`, `s`:
+//! see [`crate::sessions`]). One apply round is one WriteBatch that also records the applied
+//! index and the sessions of every region it touches, so data, sessions and applied index
+//! can never disagree after a crash.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::RocksConfig;
 use crate::error::{EngineError, Result};
 use crate::log::CompactPermit;
+use crate::sessions::SessionLogs;
 
 pub(crate) const CF_DEFAULT: &str = "default";
 pub(crate) const CF_META: &str = "meta";
@@ -203,6 +205,8 @@ pub struct KvStore {
     pub(crate) db: DB,
     path: PathBuf,
     applied: Mutex<AppliedIndexes>,
+    /// What is known of each region's session records (locked after `applied`).
+    pub(crate) session_logs: Mutex<SessionLogs>,
     /// Serialises syncs so that `durable` only moves forward.
     sync_lock: Mutex<()>,
 }
@@ -211,8 +215,12 @@ impl KvStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: impl AsRef<Path>, config: &RocksConfig) -> Result<KvStore> {
         let opts = config.options()?;
-        let cfs = [CF_DEFAULT, CF_META]
-            .map(|name| Ok(ColumnFamilyDescriptor::new(name, config.options()?)));
+        let meta = RocksConfig {
+            write_buffer_bytes: config.meta_write_buffer_bytes,
+            ..config.clone()
+        };
+        let cfs = [(CF_DEFAULT, config), (CF_META, &meta)]
+            .map(|(name, c)| Ok(ColumnFamilyDescriptor::new(name, c.options()?)));
         let cfs: Vec<ColumnFamilyDescriptor> = cfs.into_iter().collect::<Result<_>>()?;
         let db = DB::open_cf_descriptors(&opts, path.as_ref(), cfs)?;
         // What recovery replayed may still sit only in the page cache: sync before calling
@@ -222,6 +230,7 @@ impl KvStore {
             db,
             path: path.as_ref().to_path_buf(),
             applied: Mutex::new(AppliedIndexes::default()),
+            session_logs: Mutex::new(SessionLogs::default()),
             sync_lock: Mutex::new(()),
         };
         let mut written = HashMap::new();
@@ -289,16 +298,16 @@ impl KvStore {
         for (region, descriptor) in &round.descriptors {
             wb.put_cf(meta, descriptor_key(*region), descriptor);
         }
-        let mut sessions: Vec<&(u64, u64, Bytes)> = round.sessions.iter().collect();
+        let mut sessions: Vec<(u64, u64, &Bytes)> =
+            round.sessions.iter().map(|(r, c, s)| (*r, *c, s)).collect();
+        // Stable: of a client's several changes in a round, the last is kept.
         sessions.sort_by_key(|(region, client, _)| (*region, *client));
-        for (i, (region, client, session)) in sessions.iter().enumerate() {
-            if sessions
-                .get(i + 1)
-                .is_some_and(|(r, c, _)| (*r, *c) == (*region, *client))
-            {
-                continue;
+        let mut last: Vec<(u64, u64, &Bytes)> = Vec::with_capacity(sessions.len());
+        for change in sessions {
+            match last.last_mut() {
+                Some(prev) if (prev.0, prev.1) == (change.0, change.1) => *prev = change,
+                _ => last.push(change),
             }
-            wb.put_cf(meta, session_key(*region, *client), session);
         }
         let mut applied = self.applied.lock();
         for (&region, &index) in &round.applied {
@@ -311,14 +320,23 @@ impl KvStore {
             }
             wb.put_cf(meta, applied_key(region), codec::encode(&index)?);
         }
+        let mut logs = self.session_logs.lock();
+        // Every write of this batch gets a sequence number after this one.
+        let seq = self.db.latest_sequence_number() + 1;
+        let states = self.write_sessions(&mut wb, &logs, &last, seq)?;
         for &region in &round.removed {
             wb.delete_cf(meta, descriptor_key(region));
             wb.delete_cf(meta, applied_key(region));
-            let (lower, upper) = session_bounds(region);
-            wb.delete_range_cf(meta, lower, upper);
+            self.delete_sessions(&mut wb, region)?;
         }
-        // Under the lock so that the written indexes follow the order of the writes.
+        // Under the locks so that the written indexes and session states follow the order
+        // of the writes.
         self.db.write(wb)?;
+        logs.written(states);
+        for &region in &round.removed {
+            logs.forget(region);
+        }
+        drop(logs);
         applied.written.extend(round.applied);
         Ok(())
     }
@@ -375,11 +393,13 @@ impl KvStore {
             .get_cf(self.cf(CF_META)?, descriptor_key(region_id))?)
     }
 
-    /// A client session of the region.
+    /// A client session of the region. Reads all of the region's session records: to
+    /// look up many, read [`KvStore::sessions`] once.
     pub fn session(&self, region_id: u64, client_id: u64) -> Result<Option<Vec<u8>>> {
         Ok(self
-            .db
-            .get_cf(self.cf(CF_META)?, session_key(region_id, client_id))?)
+            .sessions_at(region_id, None)?
+            .remove(&client_id)
+            .map(|s| s.to_vec()))
     }
 
     /// Every region with a descriptor in the store, in id order.
@@ -406,24 +426,16 @@ impl KvStore {
 
     /// Every client session of the region: (client id, session), in client order.
     pub fn sessions(&self, region_id: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        let (lower, upper) = session_bounds(region_id);
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(upper.to_vec());
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(
-            self.cf(CF_META)?,
-            opts,
-            IteratorMode::From(&lower, Direction::Forward),
-        ) {
-            let (key, value) = item?;
-            let client = u64_at(&key, 9).ok_or_else(|| EngineError::Corruption {
-                file: self.path.clone(),
-                offset: 0,
-                reason: format!("session key of {} bytes", key.len()),
-            })?;
-            out.push((client, value.to_vec()));
-        }
-        Ok(out)
+        Ok(self
+            .sessions_at(region_id, None)?
+            .into_iter()
+            .map(|(client, s)| (client, s.to_vec()))
+            .collect())
+    }
+
+    /// The store's directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The next value of the node's durable counter (1, 2, …): written and synced before it

@@ -57,6 +57,7 @@ mod kv;
 mod log;
 pub mod metrics;
 mod rocks_log;
+mod sessions;
 mod snapshot;
 mod wal;
 

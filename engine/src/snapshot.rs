@@ -133,21 +133,10 @@ impl KvStore {
         let descriptor = snapshot
             .get_cf(meta, kv::descriptor_key(region_id))?
             .map(Bytes::from);
-        let (lower, upper) = kv::session_bounds(region_id);
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(upper.to_vec());
-        let mut sessions = Vec::new();
-        for item in
-            snapshot.iterator_cf_opt(meta, opts, IteratorMode::From(&lower, Direction::Forward))
-        {
-            let (key, value) = item?;
-            let client = kv::u64_at(&key, 9).ok_or_else(|| EngineError::Corruption {
-                file: self.db.path().to_path_buf(),
-                offset: 0,
-                reason: "bad session key".into(),
-            })?;
-            sessions.push((client, Bytes::copy_from_slice(&value)));
-        }
+        let sessions: Vec<(u64, Bytes)> = self
+            .sessions_at(region_id, Some(&snapshot))?
+            .into_iter()
+            .collect();
         let (lower, upper) = range.data_bounds();
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(upper);
@@ -200,11 +189,8 @@ impl KvStore {
                 wb.put_cf(data, kv::data_key(&key), value);
             }
         }
-        let (lower, upper) = kv::session_bounds(region);
-        wb.delete_range_cf(meta, lower, upper);
-        for (client, session) in &header.sessions {
-            wb.put_cf(meta, kv::session_key(region, *client), session);
-        }
+        self.delete_sessions(&mut wb, region)?;
+        self.put_session_base(&mut wb, region, &header.sessions)?;
         match &header.descriptor {
             Some(d) => wb.put_cf(meta, kv::descriptor_key(region), d),
             None => wb.delete_cf(meta, kv::descriptor_key(region)),
@@ -216,7 +202,12 @@ impl KvStore {
         );
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db.write_opt(wb, &opts)?;
+        let mut logs = self.session_logs.lock();
+        let written = self.db.write_opt(wb, &opts);
+        // Read again on next use: replaced, or (after an error) unknown.
+        logs.forget(region);
+        drop(logs);
+        written?;
         self.set_installed(region, header.applied_index);
         Ok(CompactPermit::new(region, header.applied_index))
     }

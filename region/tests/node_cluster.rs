@@ -70,6 +70,18 @@ fn start_cluster_with(dirs: Vec<tempfile::TempDir>, store: impl Fn(u64) -> Store
     }
 }
 
+/// Clients, and writes of each, that fill one region's session log past a fold.
+const FOLD_CLIENTS: u64 = 100;
+const FOLD_WAVES: u64 = 24;
+const FOLD_CLIENT_BASE: u64 = 7000;
+
+/// A key of client `c` in the one region (of the even split) starting near `0x4000`.
+fn fold_key(c: u64) -> Bytes {
+    let mut k = vec![0x40, 0x01];
+    k.extend_from_slice(format!("fold-{c}").as_bytes());
+    Bytes::from(k)
+}
+
 fn key(client: u64, i: u64) -> Bytes {
     // Spread keys over the whole key space so every region takes writes.
     let h = (client * 7919 + i * 104_729).wrapping_mul(2_654_435_761) as u16;
@@ -432,6 +444,26 @@ async fn whole_cluster_restart_keeps_data_regions_and_balance() {
             .await;
         assert_eq!(r, Ok(KvResponse::Written(true)), "write {i}");
     }
+    // Many clients writing to one region, so that its session log is folded (it passes
+    // 8 KiB of session changes) before the restart, and is read back after it.
+    for wave in 1..=FOLD_WAVES {
+        let mut tasks = Vec::new();
+        for c in 0..FOLD_CLIENTS {
+            let h = handles[(c % NODES) as usize].clone();
+            tasks.push(tokio::spawn(async move {
+                let put = KvCommand::Put {
+                    key: fold_key(c),
+                    value: Bytes::from(format!("wave{wave}")),
+                    cond: PutCondition::Always,
+                };
+                h.write(put, (FOLD_CLIENT_BASE + c, wave)).await
+            }));
+        }
+        for (c, t) in tasks.into_iter().enumerate() {
+            let r = t.await.expect("task");
+            assert_eq!(r, Ok(KvResponse::Written(true)), "client {c}, wave {wave}");
+        }
+    }
     let Cluster {
         nodes, _dirs: dirs, ..
     } = cluster;
@@ -486,6 +518,24 @@ async fn whole_cluster_restart_keeps_data_regions_and_balance() {
         handles[1].get(key(5, 199)).await,
         Ok(Some(Bytes::from("kept199")))
     );
+    for c in 0..FOLD_CLIENTS {
+        let retry = KvCommand::Put {
+            key: fold_key(c),
+            value: Bytes::from("changed"),
+            cond: PutCondition::Always,
+        };
+        let h = &handles[((c + 1) % NODES) as usize];
+        assert_eq!(
+            h.write(retry, (FOLD_CLIENT_BASE + c, FOLD_WAVES)).await,
+            Ok(KvResponse::Written(true)),
+            "retry of client {c}"
+        );
+        assert_eq!(
+            h.get(fold_key(c)).await,
+            Ok(Some(Bytes::from(format!("wave{FOLD_WAVES}")))),
+            "client {c}'s retry applied again after the restart"
+        );
+    }
     for n in cluster.nodes {
         n.stop();
     }

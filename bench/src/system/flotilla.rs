@@ -58,13 +58,15 @@ pub struct FlotillaCluster {
 
 impl FlotillaCluster {
     /// Starts `nodes` `flotilla server` processes of `regions` regions with fresh data under
-    /// `parent`, node 1's ports from `base_port` (the `flotilla cluster` layout).
+    /// `parent`, node 1's ports from `base_port` (the `flotilla cluster` layout), each given
+    /// `server_config` (a TOML file) when there is one.
     pub fn start_processes(
         flotilla: &Path,
         nodes: usize,
         regions: usize,
         parent: &Path,
         base_port: u16,
+        server_config: Option<&Path>,
     ) -> Result<FlotillaCluster, String> {
         if !flotilla.is_file() {
             return Err(format!(
@@ -88,10 +90,15 @@ impl FlotillaCluster {
         let mut procs = ProcessSet::default();
         let mut pids = Vec::new();
         for node in &plan.nodes {
+            let mut args = plan.server_args(node);
+            if let Some(path) = server_config {
+                args.push("--config".into());
+                args.push(path.as_os_str().to_owned());
+            }
             let pid = procs.spawn(
                 &format!("flotilla node {}", node.id),
                 flotilla,
-                &plan.server_args(node),
+                &args,
                 &node.log_file,
             )?;
             pids.push(pid);

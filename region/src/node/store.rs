@@ -597,6 +597,17 @@ impl Store {
             let _ = raw.campaign();
         }
         let mut peer = Peer::new(raw, desc, applied);
+        // Every client session, so that a retry is recognised from the first command on.
+        let sessions = self
+            .kv
+            .sessions(region_id)
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        for (client, s) in sessions {
+            match codec::decode::<(u64, Bytes)>(&s) {
+                Ok((seq, answer)) => peer.sessions.restore(client, seq, answer),
+                Err(e) => warn!(region_id, client, "undecodable client session skipped: {e}"),
+            }
+        }
         // Measured at the first check: it may have grown past the limit while down.
         peer.written_since_check = self.cfg.region_max_bytes / SPLIT_CHECK_WRITTEN_FRACTION;
         self.refresh_route(&peer);
@@ -1848,14 +1859,6 @@ fn apply_command(
             session,
         ));
     }
-    if p.sessions.last_seq(command.client_id).is_none() {
-        // After a restart the session lives only in RocksDB until first used.
-        if let Ok(Some(s)) = ctx.kv.session(region_id, command.client_id) {
-            if let Ok((seq, answer)) = codec::decode::<(u64, Bytes)>(&s) {
-                p.sessions.restore(command.client_id, seq, answer);
-            }
-        }
-    }
     let mut failure = None;
     let mut plan = None;
     let mut new_desc = None;
@@ -2011,16 +2014,8 @@ fn take_in_source(
         sessions.insert(client, (seq, answer));
     }
     for (client, (seq, answer)) in sessions {
-        let known = match target.sessions.last_seq(client) {
-            Some(t) => Some(t),
-            None => ctx
-                .kv
-                .session(tid, client)
-                .map_err(storage)?
-                .and_then(|b| codec::decode::<(u64, Bytes)>(&b).ok())
-                .map(|(t, _)| t),
-        };
-        if known.is_none_or(|t| seq > t) {
+        // (The target's table is whole: a replica loads every session when it starts.)
+        if target.sessions.last_seq(client).is_none_or(|t| seq > t) {
             let bytes = codec::encode(&(seq, answer.clone())).expect("a session encodes");
             ctx.round.set_session(tid, client, bytes);
             target.sessions.restore(client, seq, answer);
