@@ -140,6 +140,46 @@ impl Peer {
         Ok(pushed)
     }
 
+    /// Encodes `envelopes` into the queue under one lock and wakes the task at most once;
+    /// returns what was queued or dropped as too big (in order), and the envelopes refused
+    /// at a bound.
+    pub fn push_many(
+        &self,
+        envelopes: Vec<RaftEnvelope>,
+        config: &TransportConfig,
+    ) -> (Vec<Pushed>, Vec<RaftEnvelope>) {
+        let mut outcomes = Vec::with_capacity(envelopes.len());
+        let mut refused = Vec::new();
+        let wake = {
+            let mut q = self.queue.lock();
+            let was_empty = q.messages == 0;
+            for envelope in &envelopes {
+                if q.messages >= config.queue_messages_max
+                    || q.frames.len() >= config.queue_bytes_max
+                {
+                    break;
+                }
+                let pushed = append(
+                    &mut q.frames,
+                    envelope,
+                    config.frame_target_bytes,
+                    config.frame_bytes_max,
+                );
+                if pushed == Pushed::Queued {
+                    q.messages += 1;
+                }
+                outcomes.push(pushed);
+            }
+            was_empty && q.messages > 0
+        };
+        // Freed here, after the lock, by the thread that built them.
+        refused.extend(envelopes.into_iter().skip(outcomes.len()));
+        if wake {
+            self.wake.notify_one();
+        }
+        (outcomes, refused)
+    }
+
     /// Swaps the queued frames into `out` (whose old buffer, cleared, becomes the queue's)
     /// and returns how many messages they hold. The last frame is left open.
     fn take(&self, out: &mut FrameWriter) -> usize {

@@ -119,6 +119,26 @@ impl Drop for TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// Counts messages dropped for fitting in no frame.
+    fn too_big(&self, p: &Peer, n: u64) {
+        // Raft bounds its messages far below a frame; this is a bug upstream.
+        warn!(
+            to = p.node_id,
+            messages = n,
+            "message fits in no frame (or does not encode); dropped"
+        );
+        add(&self.shared.totals.messages_dropped, n);
+        p.metrics.dropped.increment(n);
+    }
+
+    /// Counts messages refused at the queue's bound.
+    fn refused(&self, p: &Peer, n: u64) {
+        add(&self.shared.totals.messages_refused, n);
+        p.metrics.refused.increment(n);
+    }
+}
+
 impl Transport for TcpTransport {
     fn node_id(&self) -> u64 {
         self.shared.config.node_id
@@ -152,21 +172,54 @@ impl Transport for TcpTransport {
         match p.push(envelope, &self.shared.config) {
             Ok(Pushed::Queued) => Ok(()),
             Ok(Pushed::TooBig) => {
-                // Raft bounds its messages far below a frame; this is a bug upstream.
-                warn!(
-                    to = p.node_id,
-                    "message fits in no frame (or does not encode); dropped"
-                );
-                add(&self.shared.totals.messages_dropped, 1);
-                p.metrics.dropped.increment(1);
+                self.too_big(p, 1);
                 Ok(())
             }
             Err(e) => {
-                add(&self.shared.totals.messages_refused, 1);
-                p.metrics.refused.increment(1);
+                self.refused(p, 1);
                 Err(SendError::Full(e))
             }
         }
+    }
+
+    fn send_batch(&self, envelopes: Vec<RaftEnvelope>) -> Vec<SendError> {
+        let mut errors = Vec::new();
+        // Per destination, in the batch's order (few destinations: a short list).
+        let mut groups: Vec<(u64, Vec<RaftEnvelope>)> = Vec::new();
+        for envelope in envelopes {
+            if envelope.message.kind == MessageKind::Snapshot {
+                if let Err(e) = self.send_snapshot(envelope) {
+                    errors.push(e);
+                }
+                continue;
+            }
+            let to = envelope.to_node;
+            match groups.iter_mut().find(|(n, _)| *n == to) {
+                Some((_, group)) => group.push(envelope),
+                None => groups.push((to, vec![envelope])),
+            }
+        }
+        let peers = self.shared.peers.read();
+        for (to, group) in groups {
+            let Some(p) = peers.get(&to) else {
+                errors.extend(
+                    group
+                        .into_iter()
+                        .map(|e| SendError::UnknownPeer(Box::new(e))),
+                );
+                continue;
+            };
+            let (pushed, refused) = p.push_many(group, &self.shared.config);
+            let too_big = pushed.iter().filter(|p| **p == Pushed::TooBig).count();
+            if too_big > 0 {
+                self.too_big(p, too_big as u64);
+            }
+            if !refused.is_empty() {
+                self.refused(p, refused.len() as u64);
+                errors.extend(refused.into_iter().map(|e| SendError::Full(Box::new(e))));
+            }
+        }
+        errors
     }
 
     fn send_snapshot(&self, envelope: RaftEnvelope) -> Result<(), SendError> {

@@ -1,7 +1,7 @@
 //! The interface the node programs against, shared by the TCP and in-process transports.
 
 use crate::error::SendError;
-use flotilla_common::RaftEnvelope;
+use flotilla_common::{MessageKind, RaftEnvelope};
 use std::net::SocketAddr;
 
 /// Moves raft envelopes to other nodes. Every method returns at once: sending never
@@ -27,6 +27,23 @@ pub trait Transport: Send + Sync {
     /// chunks on its own connection, so it never delays other messages. The outcome comes
     /// back as [`PeerEvent::SnapshotStatus`].
     fn send_snapshot(&self, envelope: RaftEnvelope) -> Result<(), SendError>;
+
+    /// Sends many envelopes, in order per destination, as [`Transport::send`] would each
+    /// (snapshots as [`Transport::send_snapshot`]); returns the errors of those that were
+    /// not taken. An implementation may wake each destination's sender once for the whole
+    /// batch instead of once per envelope.
+    fn send_batch(&self, envelopes: Vec<RaftEnvelope>) -> Vec<SendError> {
+        envelopes
+            .into_iter()
+            .filter_map(|e| {
+                if e.message.kind == MessageKind::Snapshot {
+                    self.send_snapshot(e).err()
+                } else {
+                    self.send(e).err()
+                }
+            })
+            .collect()
+    }
 }
 
 /// What the transport hands to the node, in one channel.

@@ -22,9 +22,9 @@ fn message_count() -> u64 {
 
 /// Every node sends `total / (n * (n-1))` appends to every other node, spread over 64
 /// regions; every receiver checks that from each sender it sees 0, 1, 2, ... with no gap
-/// and no repeat, over one connection (no reconnect, no drop).
-fn exchange(n: u64) {
-    let total = message_count();
+/// and no repeat, over one connection (no reconnect, no drop). With `batch` > 1 the
+/// senders hand over `batch` rounds of appends (to every peer) per `send_batch` call.
+fn exchange(n: u64, batch: u64, total: u64) {
     let per_link = total.div_ceil(n * (n - 1));
     let deadline = Instant::now() + Duration::from_secs(120);
     let nodes = cluster(n, |_| {});
@@ -79,9 +79,36 @@ fn exchange(n: u64) {
             std::thread::spawn(move || {
                 let me = t.node_id();
                 let peers: Vec<u64> = (1..=n).filter(|&p| p != me).collect();
-                for seq in 0..per_link {
-                    for &p in &peers {
-                        send_retrying(&*t, append(seq % 64, me, p, seq), deadline);
+                if batch <= 1 {
+                    for seq in 0..per_link {
+                        for &p in &peers {
+                            send_retrying(&*t, append(seq % 64, me, p, seq), deadline);
+                        }
+                    }
+                    return;
+                }
+                for first in (0..per_link).step_by(batch as usize) {
+                    let mut envelopes = Vec::new();
+                    for seq in first..(first + batch).min(per_link) {
+                        for &p in &peers {
+                            envelopes.push(append(seq % 64, me, p, seq));
+                        }
+                    }
+                    // What a full queue refused is the tail of its destination's part, in
+                    // order: sent again before anything newer.
+                    while !envelopes.is_empty() {
+                        envelopes = t
+                            .send_batch(envelopes)
+                            .into_iter()
+                            .map(|e| {
+                                assert!(matches!(e, flotilla_transport::SendError::Full(_)), "{e}");
+                                e.into_envelope()
+                            })
+                            .collect();
+                        if !envelopes.is_empty() {
+                            assert!(Instant::now() < deadline, "batch refused at the deadline");
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
                     }
                 }
             })
@@ -116,12 +143,19 @@ fn exchange(n: u64) {
 
 #[test]
 fn two_nodes_exchange_many_messages_once_and_in_order() {
-    exchange(2);
+    exchange(2, 1, message_count());
 }
 
 #[test]
 fn three_nodes_exchange_many_messages_once_and_in_order() {
-    exchange(3);
+    exchange(3, 1, message_count());
+}
+
+/// The same through `send_batch`: batches of 32 rounds to both peers, a quarter as many
+/// messages.
+#[test]
+fn three_nodes_exchange_batches_once_and_in_order() {
+    exchange(3, 32, message_count() / 4);
 }
 
 /// Node 2 stops; node 1 notices (Unreachable) and drops what it queued; node 2 starts
@@ -271,4 +305,32 @@ fn queue_to_a_silent_peer_is_bounded_and_counted() {
     assert_eq!(s.connects, 0);
     // The queue is usable again after the flush.
     a.send(append(1, 1, 2, 150)).unwrap();
+}
+
+/// A batch meets the queue's bound like single sends: what does not fit comes back, in
+/// order, counted as refused; a destination nobody knows is refused as such.
+#[test]
+fn a_batch_to_a_silent_peer_is_bounded_and_refused_in_order() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = config(1);
+    c.queue_messages_max = 100;
+    // Long enough that the queue is not flushed by a failed handshake during the test.
+    c.handshake_timeout = Duration::from_secs(30);
+    let (a, _a_rx) = TcpTransport::start(c, [(2, silent.local_addr().unwrap())]).unwrap();
+    let mut batch: Vec<_> = (0..150).map(|seq| append(1, 1, 2, seq)).collect();
+    batch.insert(3, append(1, 1, 9, 0));
+    let errors = a.send_batch(batch);
+    assert_eq!(errors.len(), 51, "{errors:?}");
+    let mut back = Vec::new();
+    let mut unknown = 0;
+    for e in errors {
+        match e {
+            flotilla_transport::SendError::Full(e) => back.push(e.message.index),
+            flotilla_transport::SendError::UnknownPeer(e) if e.to_node == 9 => unknown += 1,
+            e => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(unknown, 1);
+    assert_eq!(back, (100..150).collect::<Vec<u64>>());
+    assert_eq!(a.stats().messages_refused, 50);
 }

@@ -1558,6 +1558,9 @@ impl Store {
         self.flush_proposals();
         let mut batch = LogBatch::new();
         let mut readies = Vec::new();
+        // Messages that need nothing durable (a leader's appends): they leave before the
+        // log write, so that followers persist while this node does.
+        let mut outbound = Vec::new();
         for (&region_id, p) in self.peers.iter_mut() {
             if !p.raw.has_ready() {
                 continue;
@@ -1588,11 +1591,11 @@ impl Store {
                 }
                 self.regions.update(p.route());
             }
-            send_all(
-                &*self.transport,
+            envelopes_into(
                 node_id,
                 &p.desc,
                 std::mem::take(&mut rd.messages),
+                &mut outbound,
             );
             let mut rb = RegionBatch::new(region_id);
             let mut any = false;
@@ -1643,6 +1646,7 @@ impl Store {
             }
             readies.push((region_id, rd));
         }
+        send_envelopes(&*self.transport, outbound);
         if readies.is_empty() {
             return Ok(());
         }
@@ -1661,6 +1665,16 @@ impl Store {
         };
         let mut answers: Vec<(Reply<KvResponse>, Result<KvResponse, NodeError>)> = Vec::new();
         let mut splits: Vec<SplitPlan> = Vec::new();
+        // What waited for the write (votes, append responses) leaves first, for every
+        // region at once, before anything is applied.
+        let mut outbound = Vec::new();
+        for (region_id, rd) in readies.iter_mut() {
+            if let Some(p) = self.peers.get(region_id) {
+                let msgs = std::mem::take(&mut rd.persisted_messages);
+                envelopes_into(node_id, &p.desc, msgs, &mut outbound);
+            }
+        }
+        send_envelopes(&*self.transport, outbound);
         let apply_started = Instant::now();
         let mut applied_entries = 0;
         let mut merged_away: Vec<(u64, u64)> = Vec::new();
@@ -1670,12 +1684,6 @@ impl Store {
                 continue; // merged away earlier in this round
             };
             let shape = (p.desc.epoch, p.desc.merging);
-            send_all(
-                &*self.transport,
-                node_id,
-                &p.desc,
-                std::mem::take(&mut rd.persisted_messages),
-            );
             let mut commands = 0;
             for e in &rd.committed_entries {
                 match e.kind {
@@ -2154,24 +2162,27 @@ fn serve_reads(kv: &KvStore, p: &mut Peer) -> (u64, u64) {
     (served, failed)
 }
 
-fn send_all(
-    transport: &dyn Transport,
+/// Addresses a region's messages to the nodes of their peers (a message to a peer the
+/// descriptor does not know is left out).
+fn envelopes_into(
     node_id: u64,
     desc: &RegionDescriptor,
     msgs: Vec<flotilla_common::Message>,
+    out: &mut Vec<RaftEnvelope>,
 ) {
     for m in msgs {
         let Some(to) = desc.peer(m.to) else { continue };
-        let snapshot = m.kind == MessageKind::Snapshot;
-        let env = RaftEnvelope::new(desc.id, node_id, to.node_id, m);
-        let r = if snapshot {
-            transport.send_snapshot(env)
-        } else {
-            transport.send(env)
-        };
-        if let Err(e) = r {
-            // Raft retries whatever is lost; the transport counts the drop.
-            tracing::debug!(region = desc.id, to = to.node_id, "send failed: {e}");
-        }
+        out.push(RaftEnvelope::new(desc.id, node_id, to.node_id, m));
+    }
+}
+
+/// Sends a round's envelopes in one batch: each node's sender wakes once for all of them.
+fn send_envelopes(transport: &dyn Transport, envelopes: Vec<RaftEnvelope>) {
+    if envelopes.is_empty() {
+        return;
+    }
+    for e in transport.send_batch(envelopes) {
+        // Raft retries whatever is lost; the transport counts the drop.
+        tracing::debug!("send failed: {e}");
     }
 }
