@@ -55,8 +55,11 @@ fn base_key(region_id: u64) -> [u8; 9] {
 }
 
 /// What the store knows of a region's session records without reading them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct LogState {
+    /// The keys of its session log records, oldest first (a fold reads them one by one
+    /// instead of iterating over the tombstones earlier folds left in the memtable).
+    log_keys: Vec<Vec<u8>>,
     /// Bytes of session log records.
     log_bytes: usize,
     /// Bytes of the folded base.
@@ -115,6 +118,7 @@ impl Records {
 
     fn state(&self) -> LogState {
         LogState {
+            log_keys: self.log.iter().map(|(k, _)| k.clone()).collect(),
             log_bytes: self.log.iter().map(|(_, v)| v.len()).sum(),
             base_bytes: self.base.as_ref().map_or(0, |b| b.len()),
             legacy: !self.legacy.is_empty(),
@@ -197,18 +201,34 @@ impl KvStore {
             rest = tail;
             let list: Vec<(u64, &Bytes)> = group.iter().map(|(_, c, s)| (*c, *s)).collect();
             let record = codec::encode(&list)?;
-            let state = match logs.regions.get(&region) {
-                Some(s) => *s,
-                None => self.session_records(region, None)?.state(),
+            let (state, mut read) = match logs.regions.get(&region) {
+                Some(s) => (s.clone(), None),
+                None => {
+                    let records = self.session_records(region, None)?;
+                    (records.state(), Some(records))
+                }
             };
             let log_bytes = state.log_bytes + record.len();
             if log_bytes < FOLD_MIN_BYTES.max(state.base_bytes) {
-                wb.put_cf(meta, log_key(region, seq), &record);
-                after.push((region, LogState { log_bytes, ..state }));
+                let key = log_key(region, seq);
+                wb.put_cf(meta, key, &record);
+                let mut log_keys = state.log_keys;
+                log_keys.push(key.to_vec());
+                after.push((
+                    region,
+                    LogState {
+                        log_keys,
+                        log_bytes,
+                        ..state
+                    },
+                ));
                 continue;
             }
             // Fold: the base with the log and this round's changes over it, in one record.
-            let records = self.session_records(region, None)?;
+            let records = match read.take() {
+                Some(r) => r,
+                None => self.known_records(region, &state)?,
+            };
             let mut merged = records.merged(self.path())?;
             for (client, session) in list {
                 merged.insert(client, session.clone());
@@ -226,6 +246,7 @@ impl KvStore {
             after.push((
                 region,
                 LogState {
+                    log_keys: Vec::new(),
                     log_bytes: 0,
                     base_bytes: base.len(),
                     legacy: false,
@@ -233,6 +254,33 @@ impl KvStore {
             ));
         }
         Ok(after)
+    }
+
+    /// Reads the records `state` lists: the base and each log record by its key, and the
+    /// old per-client records only if there may be some.
+    fn known_records(&self, region_id: u64, state: &LogState) -> Result<Records> {
+        if state.legacy {
+            return self.session_records(region_id, None);
+        }
+        let meta = self.cf(CF_META)?;
+        let base = self.db.get_cf(meta, base_key(region_id))?.map(Bytes::from);
+        let mut log = Vec::with_capacity(state.log_keys.len());
+        for key in &state.log_keys {
+            let value = self
+                .db
+                .get_cf(meta, key)?
+                .ok_or_else(|| EngineError::Corruption {
+                    file: self.path().to_path_buf(),
+                    offset: 0,
+                    reason: format!("session log record of region {region_id} missing"),
+                })?;
+            log.push((key.clone(), Bytes::from(value)));
+        }
+        Ok(Records {
+            legacy: Vec::new(),
+            base,
+            log,
+        })
     }
 
     /// Adds to `wb` the deletion of every session record of the region.
