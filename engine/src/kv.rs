@@ -346,17 +346,18 @@ impl KvStore {
         Ok(self.db.get_cf(self.cf(CF_DEFAULT)?, data_key(key))?)
     }
 
-    /// Every user key and value in `range`, in order.
-    pub fn scan(&self, range: &KeyRange) -> Result<Vec<(Bytes, Bytes)>> {
+    /// The first `limit` user keys and values in `range`, in order (reading no further).
+    pub fn scan(&self, range: &KeyRange, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         let (lower, upper) = range.data_bounds();
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(upper);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(
+        let items = self.db.iterator_cf_opt(
             self.cf(CF_DEFAULT)?,
             opts,
             IteratorMode::From(&lower, Direction::Forward),
-        ) {
+        );
+        for item in items.take(limit) {
             let (key, value) = item?;
             out.push((
                 Bytes::copy_from_slice(&key[1..]),

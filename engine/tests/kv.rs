@@ -111,7 +111,7 @@ fn a_snapshot_under_concurrent_writes_installs_an_identical_copy() {
     assert_eq!(permit.durable_applied(), n);
 
     let installed: BTreeMap<Bytes, Bytes> = follower
-        .scan(&region_range())
+        .scan(&region_range(), usize::MAX)
         .unwrap()
         .into_iter()
         .collect();
@@ -136,14 +136,14 @@ fn a_snapshot_under_concurrent_writes_installs_an_identical_copy() {
     );
     // Nothing of region 2 came along.
     assert!(follower
-        .scan(&KeyRange::new(&b"zzz"[..], Bytes::new()))
+        .scan(&KeyRange::new(&b"zzz"[..], Bytes::new()), usize::MAX)
         .unwrap()
         .is_empty());
     drop(follower);
     let reopened = KvStore::open(follower_dir.path(), &small_rocks()).unwrap();
     assert_eq!(reopened.applied_index(1), n);
     assert_eq!(
-        reopened.scan(&region_range()).unwrap().len(),
+        reopened.scan(&region_range(), usize::MAX).unwrap().len(),
         expected(n).len()
     );
 }
@@ -304,4 +304,37 @@ fn a_removed_region_leaves_no_records_but_its_data() {
     let kv = open_kv(dir.path());
     assert_eq!(kv.applied_index(2), 0, "no applied record after a restart");
     assert_eq!(kv.applied_index(1), 5);
+}
+
+#[test]
+fn a_scan_stops_at_its_limit_and_its_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = KvStore::open(dir.path(), &small_rocks()).unwrap();
+    let mut r = ApplyRound::new();
+    for k in 0..100u64 {
+        r.put(
+            1,
+            format!("k{k:03}").into_bytes(),
+            format!("v{k}").into_bytes(),
+        );
+    }
+    r.put(2, b"l000".to_vec(), b"other region".to_vec());
+    r.set_applied(1, 1);
+    r.set_applied(2, 1);
+    kv.apply(r).unwrap();
+    let range = KeyRange::new(&b"k010"[..], &b"l"[..]);
+    let page = kv.scan(&range, 5).unwrap();
+    let keys: Vec<&[u8]> = page.iter().map(|(k, _)| k.as_ref()).collect();
+    assert_eq!(
+        keys,
+        [&b"k010"[..], b"k011", b"k012", b"k013", b"k014"],
+        "the first five from the start, in order"
+    );
+    assert_eq!(page[0].1.as_ref(), b"v10");
+    // A limit past the range's end stops at the end.
+    assert_eq!(kv.scan(&range, 1000).unwrap().len(), 90);
+    assert!(kv.scan(&range, 0).unwrap().is_empty());
+    // Unbounded end: every key from the start, the other region's key included.
+    let all = kv.scan(&KeyRange::new(&b"k095"[..], Bytes::new()), usize::MAX);
+    assert_eq!(all.unwrap().len(), 6);
 }

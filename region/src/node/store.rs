@@ -2145,13 +2145,10 @@ fn serve_reads(kv: &KvStore, p: &mut Peer) -> (u64, u64) {
                     end
                 };
                 let r = kv
-                    .scan(&KeyRange::new(start, end.clone()))
-                    .map(|mut v| {
-                        v.truncate(limit);
-                        ScanPage {
-                            pairs: v,
-                            covered_end: end,
-                        }
+                    .scan(&KeyRange::new(start, end.clone()), limit)
+                    .map(|v| ScanPage {
+                        pairs: v,
+                        covered_end: end,
                     })
                     .map_err(|e| NodeError::Storage(e.to_string()));
                 count(r.is_ok());
