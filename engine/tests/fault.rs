@@ -1,11 +1,14 @@
 //! Fault injection through the WAL's file-system trait: a failed fdatasync fails the
-//! writes of its group and poisons the log; reopening recovers what was durable.
+//! writes of its group and poisons the log; reopening recovers what was durable. A full
+//! disk (`ENOSPC` in mid-record, at fdatasync, at a segment's creation) is reported as
+//! `EngineError::NoSpace`, never leaves a good record behind a torn one, and reopening
+//! once space is back recovers every acknowledged entry and nothing else.
 
 mod common;
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::entries;
@@ -16,6 +19,45 @@ use flotilla_engine::{
 /// The operating system's files, except that syncs fail once `fail` is set.
 struct FailingSync {
     fail: Arc<AtomicBool>,
+}
+
+/// The faults a [`Faulty`] file system injects; each applies while it is set.
+#[derive(Default)]
+struct Faults {
+    /// Syncs fail with `ENOSPC` (a file system that allocates lazily reports a full disk
+    /// when the data is flushed).
+    sync_enospc: AtomicBool,
+    /// Appends write this many bytes of their buffer (at most), then fail with `ENOSPC`:
+    /// a disk that fills up in the middle of a record. `u64::MAX`: off.
+    write_enospc_after: AtomicU64,
+    /// Creating a file fails with `ENOSPC`.
+    create_enospc: AtomicBool,
+    /// Truncating a file fails (with `EIO`).
+    truncate_fails: AtomicBool,
+}
+
+impl Faults {
+    fn new() -> Arc<Faults> {
+        let f = Faults::default();
+        f.write_enospc_after.store(u64::MAX, Ordering::SeqCst);
+        Arc::new(f)
+    }
+
+    fn clear(&self) {
+        self.sync_enospc.store(false, Ordering::SeqCst);
+        self.write_enospc_after.store(u64::MAX, Ordering::SeqCst);
+        self.create_enospc.store(false, Ordering::SeqCst);
+        self.truncate_fails.store(false, Ordering::SeqCst);
+    }
+}
+
+fn enospc() -> io::Error {
+    io::Error::from_raw_os_error(28) // ENOSPC on Linux
+}
+
+/// The operating system's files with the faults of a [`Faults`].
+struct Faulty {
+    faults: Arc<Faults>,
 }
 
 struct File {
@@ -35,6 +77,70 @@ impl LogFile for File {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.inner.read_exact_at(buf, offset)
+    }
+}
+
+struct FaultyFile {
+    inner: Box<dyn LogFile>,
+    faults: Arc<Faults>,
+}
+
+impl LogFile for FaultyFile {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        let after = self.faults.write_enospc_after.load(Ordering::SeqCst);
+        if after == u64::MAX {
+            return self.inner.append(buf);
+        }
+        let n = (after as usize).min(buf.len());
+        if n == buf.len() {
+            return self.inner.append(buf);
+        }
+        self.inner.append(&buf[..n])?;
+        Err(enospc())
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        if self.faults.sync_enospc.load(Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        self.inner.sync_data()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+}
+
+impl FileSystem for Faulty {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        if self.faults.create_enospc.load(Ordering::SeqCst) {
+            // The file exists, empty: the directory entry fit, its first block did not.
+            drop(StdFileSystem.create(path)?);
+            return Err(enospc());
+        }
+        Ok(Box::new(FaultyFile {
+            inner: StdFileSystem.create(path)?,
+            faults: self.faults.clone(),
+        }))
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        StdFileSystem.open_read(path)
+    }
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        StdFileSystem.read_all(path)
+    }
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        if self.faults.truncate_fails.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        StdFileSystem.truncate(path, len)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.remove(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        StdFileSystem.list(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdFileSystem.sync_dir(dir)
     }
 }
 
@@ -95,4 +201,190 @@ fn a_failed_fdatasync_fails_the_write_and_poisons_the_log() {
     log.write(RegionBatch::new(1).with_entries(entries(1, 4, 1, 2)).into())
         .unwrap();
     assert_eq!(log.term(1, 4).unwrap(), 2);
+}
+
+/// Region 1's entries `1..=n` written one batch each (term 1), every one acknowledged.
+fn write_acknowledged(log: &Wal, n: u64) {
+    for i in 1..=n {
+        log.write(RegionBatch::new(1).with_entries(entries(1, i, 1, 1)).into())
+            .unwrap();
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Reopens with the plain file system and checks region 1 holds exactly `1..=acked`, then
+/// that the log takes writes again (and that those survive one more reopen).
+fn reopen_and_check(dir: &Path, acked: u64) {
+    let log = Wal::open(dir, &WalConfig::default()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    assert_eq!(log.last_index(1), acked, "exactly the acknowledged entries");
+    assert_eq!(
+        log.entries(1, 1, acked + 1, u64::MAX).unwrap(),
+        entries(1, 1, acked, 1)
+    );
+    log.write(
+        RegionBatch::new(1)
+            .with_entries(entries(1, acked + 1, 2, 2))
+            .into(),
+    )
+    .unwrap();
+    drop(log);
+    let log = Wal::open(dir, &WalConfig::default()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    assert_eq!(log.last_index(1), acked + 2);
+    assert_eq!(
+        log.entries(1, acked + 1, acked + 3, u64::MAX).unwrap(),
+        entries(1, acked + 1, 2, 2)
+    );
+}
+
+fn assert_no_space(err: &EngineError) {
+    assert!(err.is_no_space(), "not reported as a full disk: {err}");
+    assert!(matches!(err, EngineError::NoSpace { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("no space left on device"),
+        "the message says so: {err}"
+    );
+}
+
+/// A disk that fills up in the middle of a record: the write fails with `NoSpace`, the
+/// log is poisoned — a later write, even once space is back, never lands behind the torn
+/// record — and the segment is cut back to its last good record at once.
+#[test]
+fn enospc_in_mid_write_is_reported_and_leaves_no_torn_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let fs = Arc::new(Faulty {
+        faults: faults.clone(),
+    });
+    let log = Wal::open_with_fs(dir.path(), &WalConfig::default(), fs).unwrap();
+    write_acknowledged(&log, 5);
+    let files = segment_files(dir.path());
+    let len_before = std::fs::metadata(files.last().unwrap()).unwrap().len();
+    faults.write_enospc_after.store(13, Ordering::SeqCst);
+    let err = log
+        .write(RegionBatch::new(1).with_entries(entries(1, 6, 3, 1)).into())
+        .unwrap_err();
+    assert_no_space(&err);
+    assert_eq!(log.last_index(1), 5, "a failed write is not in the index");
+    assert_eq!(
+        std::fs::metadata(files.last().unwrap()).unwrap().len(),
+        len_before,
+        "the torn record was cut off"
+    );
+    // Space is back, but this log stays poisoned: appending now would put a good record
+    // behind whatever the failed write left.
+    faults.clear();
+    let err = log
+        .write(RegionBatch::new(1).with_entries(entries(1, 6, 1, 1)).into())
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Poisoned(_)), "{err}");
+    drop(log);
+    reopen_and_check(dir.path(), 5);
+}
+
+/// The same, when the cut after the failure fails too: the torn record stays in the
+/// file, and recovery cuts it off as a torn tail (no corruption, nothing invented).
+#[test]
+fn enospc_in_mid_write_without_the_cut_is_a_torn_tail_for_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let fs = Arc::new(Faulty {
+        faults: faults.clone(),
+    });
+    let log = Wal::open_with_fs(dir.path(), &WalConfig::default(), fs).unwrap();
+    write_acknowledged(&log, 4);
+    let files = segment_files(dir.path());
+    let len_before = std::fs::metadata(files.last().unwrap()).unwrap().len();
+    faults.truncate_fails.store(true, Ordering::SeqCst);
+    faults.write_enospc_after.store(40, Ordering::SeqCst);
+    let err = log
+        .write(RegionBatch::new(1).with_entries(entries(1, 5, 2, 1)).into())
+        .unwrap_err();
+    assert_no_space(&err);
+    assert_eq!(
+        std::fs::metadata(files.last().unwrap()).unwrap().len(),
+        len_before + 40,
+        "the torn record is still there"
+    );
+    drop(log);
+    faults.clear();
+    reopen_and_check(dir.path(), 4);
+}
+
+/// `ENOSPC` from fdatasync (delayed allocation): the write fails with `NoSpace`, and the
+/// record whose sync failed — complete in the page cache, acknowledged to no one — is cut
+/// off, so a reopen never takes it for durable.
+#[test]
+fn enospc_at_fdatasync_is_reported_and_the_unsynced_record_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let fs = Arc::new(Faulty {
+        faults: faults.clone(),
+    });
+    let log = Wal::open_with_fs(dir.path(), &WalConfig::default(), fs).unwrap();
+    write_acknowledged(&log, 3);
+    faults.sync_enospc.store(true, Ordering::SeqCst);
+    let err = log
+        .write(RegionBatch::new(1).with_entries(entries(1, 4, 2, 1)).into())
+        .unwrap_err();
+    assert_no_space(&err);
+    faults.clear();
+    let err = log
+        .write(RegionBatch::new(1).with_entries(entries(1, 4, 1, 1)).into())
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Poisoned(_)), "{err}");
+    drop(log);
+    reopen_and_check(dir.path(), 3);
+}
+
+/// A full disk when a new segment is started (rotation, or the fresh segment every open
+/// begins with): the write that filled the old one was acknowledged and stays; opening
+/// while the disk is still full fails with `NoSpace` and leaves nothing a later open
+/// trips over; once space is back the open succeeds with every acknowledged entry.
+#[test]
+fn enospc_when_starting_a_segment_is_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let config = WalConfig {
+        segment_bytes_max: 4096,
+        ..WalConfig::default()
+    };
+    let fs = Arc::new(Faulty {
+        faults: faults.clone(),
+    });
+    let log = Wal::open_with_fs(dir.path(), &config, fs.clone()).unwrap();
+    write_acknowledged(&log, 10);
+    faults.create_enospc.store(true, Ordering::SeqCst);
+    // Writes go on until the segment is full and the next one cannot be created.
+    let mut acked = 10;
+    let err = loop {
+        match log.write(
+            RegionBatch::new(1)
+                .with_entries(entries(1, acked + 1, 1, 1))
+                .into(),
+        ) {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 10_000, "the segment never filled");
+    };
+    assert!(matches!(err, EngineError::Poisoned(_)), "{err}");
+    drop(log);
+    // Still full: every open fails, and says why.
+    for _ in 0..3 {
+        let err = Wal::open_with_fs(dir.path(), &config, fs.clone())
+            .err()
+            .expect("no room for the new segment");
+        assert_no_space(&err);
+    }
+    faults.clear();
+    reopen_and_check(dir.path(), acked);
 }
