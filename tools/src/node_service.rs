@@ -50,6 +50,12 @@ fn service_error(e: NodeError) -> ServiceError {
         NodeError::Timeout => ServiceError::Timeout,
         NodeError::Stopped => ServiceError::TryAgain("node is stopping".into()),
         NodeError::Storage(why) => ServiceError::Internal(why),
+        // The node reopens its storage by itself (a full disk once space is freed): the same
+        // request may succeed later, here or through another node. What to fix is in the
+        // message: `TRYAGAIN storage unavailable: disk full (No space left on device); retry`.
+        e @ (NodeError::DiskFull(_) | NodeError::StorageUnavailable(_)) => {
+            ServiceError::TryAgain(e.to_string())
+        }
     }
 }
 

@@ -268,7 +268,7 @@ async fn node_region_and_log_metrics_after_writes() {
         "entries per sync have count buckets:\n{text}"
     );
     assert!(
-        syncs <= node.log().stats().syncs as f64,
+        syncs <= node.log().expect("log open").stats().syncs as f64,
         "the log's own total counts the same syncs (and any since the scrape)"
     );
 
