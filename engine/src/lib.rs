@@ -60,7 +60,7 @@ mod rocks_log;
 mod snapshot;
 mod wal;
 
-pub use config::{EngineConfig, LogBackend, RocksConfig, WalConfig};
+pub use config::{EngineConfig, LogBackend, RocksConfig, RocksLogLevel, WalConfig};
 pub use error::{EngineError, Result};
 pub use kv::{ApplyRound, KeyRange, KvStore};
 pub use log::{

@@ -71,7 +71,6 @@ fn bounded_chaos_run_on_fixed_seeds() {
 /// node must take writes again once the space is freed. Needs root (mount); without it the
 /// run reports disk faults as skipped and this test says so and passes.
 #[test]
-#[ignore = "known bug: after ENOSPC the store stops for good and the node answers `TRYAGAIN node is stopping` until restarted (docs/operations.md, Fault-tolerance suite)"]
 fn a_full_disk_is_survived_and_the_node_recovers() {
     let mut cfg = config(11);
     cfg.disk_faults = true;
