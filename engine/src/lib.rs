@@ -69,7 +69,9 @@ pub use log::{
 };
 pub use rocks_log::RocksLog;
 pub use snapshot::{SnapshotChunk, SnapshotHeader, SnapshotStream, SNAPSHOT_CHUNK_BYTES_MAX};
-pub use wal::{FileSystem, LogFile, StdFileSystem, Wal, SUBMISSION_BYTES_MAX};
+pub use wal::{
+    DiskFaults, FaultyFileSystem, FileSystem, LogFile, StdFileSystem, Wal, SUBMISSION_BYTES_MAX,
+};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -8,56 +8,18 @@ mod common;
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::entries;
 use flotilla_engine::{
-    EngineError, FileSystem, LogFile, RaftLog, RegionBatch, StdFileSystem, Wal, WalConfig,
+    DiskFaults, EngineError, FaultyFileSystem, FileSystem, LogFile, RaftLog, RegionBatch,
+    StdFileSystem, Wal, WalConfig,
 };
 
 /// The operating system's files, except that syncs fail once `fail` is set.
 struct FailingSync {
     fail: Arc<AtomicBool>,
-}
-
-/// The faults a [`Faulty`] file system injects; each applies while it is set.
-#[derive(Default)]
-struct Faults {
-    /// Syncs fail with `ENOSPC` (a file system that allocates lazily reports a full disk
-    /// when the data is flushed).
-    sync_enospc: AtomicBool,
-    /// Appends write this many bytes of their buffer (at most), then fail with `ENOSPC`:
-    /// a disk that fills up in the middle of a record. `u64::MAX`: off.
-    write_enospc_after: AtomicU64,
-    /// Creating a file fails with `ENOSPC`.
-    create_enospc: AtomicBool,
-    /// Truncating a file fails (with `EIO`).
-    truncate_fails: AtomicBool,
-}
-
-impl Faults {
-    fn new() -> Arc<Faults> {
-        let f = Faults::default();
-        f.write_enospc_after.store(u64::MAX, Ordering::SeqCst);
-        Arc::new(f)
-    }
-
-    fn clear(&self) {
-        self.sync_enospc.store(false, Ordering::SeqCst);
-        self.write_enospc_after.store(u64::MAX, Ordering::SeqCst);
-        self.create_enospc.store(false, Ordering::SeqCst);
-        self.truncate_fails.store(false, Ordering::SeqCst);
-    }
-}
-
-fn enospc() -> io::Error {
-    io::Error::from_raw_os_error(28) // ENOSPC on Linux
-}
-
-/// The operating system's files with the faults of a [`Faults`].
-struct Faulty {
-    faults: Arc<Faults>,
 }
 
 struct File {
@@ -77,70 +39,6 @@ impl LogFile for File {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.inner.read_exact_at(buf, offset)
-    }
-}
-
-struct FaultyFile {
-    inner: Box<dyn LogFile>,
-    faults: Arc<Faults>,
-}
-
-impl LogFile for FaultyFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        let after = self.faults.write_enospc_after.load(Ordering::SeqCst);
-        if after == u64::MAX {
-            return self.inner.append(buf);
-        }
-        let n = (after as usize).min(buf.len());
-        if n == buf.len() {
-            return self.inner.append(buf);
-        }
-        self.inner.append(&buf[..n])?;
-        Err(enospc())
-    }
-    fn sync_data(&mut self) -> io::Result<()> {
-        if self.faults.sync_enospc.load(Ordering::SeqCst) {
-            return Err(enospc());
-        }
-        self.inner.sync_data()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_exact_at(buf, offset)
-    }
-}
-
-impl FileSystem for Faulty {
-    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        if self.faults.create_enospc.load(Ordering::SeqCst) {
-            // The file exists, empty: the directory entry fit, its first block did not.
-            drop(StdFileSystem.create(path)?);
-            return Err(enospc());
-        }
-        Ok(Box::new(FaultyFile {
-            inner: StdFileSystem.create(path)?,
-            faults: self.faults.clone(),
-        }))
-    }
-    fn open_read(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        StdFileSystem.open_read(path)
-    }
-    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
-        StdFileSystem.read_all(path)
-    }
-    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        if self.faults.truncate_fails.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5)); // EIO
-        }
-        StdFileSystem.truncate(path, len)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.remove(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        StdFileSystem.list(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdFileSystem.sync_dir(dir)
     }
 }
 
@@ -260,15 +158,13 @@ fn assert_no_space(err: &EngineError) {
 #[test]
 fn enospc_in_mid_write_is_reported_and_leaves_no_torn_record() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::new();
-    let fs = Arc::new(Faulty {
-        faults: faults.clone(),
-    });
+    let faults = DiskFaults::new();
+    let fs = Arc::new(FaultyFileSystem::new(faults.clone()));
     let log = Wal::open_with_fs(dir.path(), &WalConfig::default(), fs).unwrap();
     write_acknowledged(&log, 5);
     let files = segment_files(dir.path());
     let len_before = std::fs::metadata(files.last().unwrap()).unwrap().len();
-    faults.write_enospc_after.store(13, Ordering::SeqCst);
+    faults.fail_writes_after(13);
     let err = log
         .write(RegionBatch::new(1).with_entries(entries(1, 6, 3, 1)).into())
         .unwrap_err();
@@ -295,16 +191,14 @@ fn enospc_in_mid_write_is_reported_and_leaves_no_torn_record() {
 #[test]
 fn enospc_in_mid_write_without_the_cut_is_a_torn_tail_for_recovery() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::new();
-    let fs = Arc::new(Faulty {
-        faults: faults.clone(),
-    });
+    let faults = DiskFaults::new();
+    let fs = Arc::new(FaultyFileSystem::new(faults.clone()));
     let log = Wal::open_with_fs(dir.path(), &WalConfig::default(), fs).unwrap();
     write_acknowledged(&log, 4);
     let files = segment_files(dir.path());
     let len_before = std::fs::metadata(files.last().unwrap()).unwrap().len();
-    faults.truncate_fails.store(true, Ordering::SeqCst);
-    faults.write_enospc_after.store(40, Ordering::SeqCst);
+    faults.fail_truncates(true);
+    faults.fail_writes_after(40);
     let err = log
         .write(RegionBatch::new(1).with_entries(entries(1, 5, 2, 1)).into())
         .unwrap_err();
@@ -325,13 +219,11 @@ fn enospc_in_mid_write_without_the_cut_is_a_torn_tail_for_recovery() {
 #[test]
 fn enospc_at_fdatasync_is_reported_and_the_unsynced_record_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::new();
-    let fs = Arc::new(Faulty {
-        faults: faults.clone(),
-    });
+    let faults = DiskFaults::new();
+    let fs = Arc::new(FaultyFileSystem::new(faults.clone()));
     let log = Wal::open_with_fs(dir.path(), &WalConfig::default(), fs).unwrap();
     write_acknowledged(&log, 3);
-    faults.sync_enospc.store(true, Ordering::SeqCst);
+    faults.fail_syncs(true);
     let err = log
         .write(RegionBatch::new(1).with_entries(entries(1, 4, 2, 1)).into())
         .unwrap_err();
@@ -352,17 +244,15 @@ fn enospc_at_fdatasync_is_reported_and_the_unsynced_record_is_dropped() {
 #[test]
 fn enospc_when_starting_a_segment_is_survived() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::new();
+    let faults = DiskFaults::new();
     let config = WalConfig {
         segment_bytes_max: 4096,
         ..WalConfig::default()
     };
-    let fs = Arc::new(Faulty {
-        faults: faults.clone(),
-    });
+    let fs = Arc::new(FaultyFileSystem::new(faults.clone()));
     let log = Wal::open_with_fs(dir.path(), &config, fs.clone()).unwrap();
     write_acknowledged(&log, 10);
-    faults.create_enospc.store(true, Ordering::SeqCst);
+    faults.fail_creates(true);
     // Writes go on until the segment is full and the next one cannot be created.
     let mut acked = 10;
     let err = loop {

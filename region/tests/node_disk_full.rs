@@ -4,14 +4,11 @@
 //! and serves again by itself once space is back — with every acknowledged write, from
 //! before and during the fault, still there.
 
-use std::io;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flotilla_engine::{EngineConfig, FileSystem, LogFile, StdFileSystem};
+use flotilla_engine::{DiskFaults, EngineConfig, FaultyFileSystem};
 use flotilla_region::node::{
     KvCommand, KvResponse, Node, NodeConfig, NodeError, NodeHandle, PutCondition, StoreConfig,
 };
@@ -21,71 +18,6 @@ const NODES: u64 = 3;
 const REGIONS: usize = 8;
 /// The node whose disk fills up.
 const FULL: usize = 0;
-
-/// The operating system's files, full while `full` is set.
-struct FillableDisk {
-    full: Arc<AtomicBool>,
-}
-
-struct FillableFile {
-    inner: Box<dyn LogFile>,
-    full: Arc<AtomicBool>,
-}
-
-fn enospc() -> io::Error {
-    io::Error::from_raw_os_error(28) // ENOSPC on Linux
-}
-
-impl LogFile for FillableFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.full.load(Ordering::SeqCst) {
-            // The disk fills up in mid-record: half of it lands, then ENOSPC.
-            self.inner.append(&buf[..buf.len() / 2])?;
-            return Err(enospc());
-        }
-        self.inner.append(buf)
-    }
-    fn sync_data(&mut self) -> io::Result<()> {
-        if self.full.load(Ordering::SeqCst) {
-            return Err(enospc());
-        }
-        self.inner.sync_data()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_exact_at(buf, offset)
-    }
-}
-
-impl FileSystem for FillableDisk {
-    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        if self.full.load(Ordering::SeqCst) {
-            drop(StdFileSystem.create(path)?);
-            return Err(enospc());
-        }
-        Ok(Box::new(FillableFile {
-            inner: StdFileSystem.create(path)?,
-            full: self.full.clone(),
-        }))
-    }
-    fn open_read(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        StdFileSystem.open_read(path)
-    }
-    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
-        StdFileSystem.read_all(path)
-    }
-    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        StdFileSystem.truncate(path, len)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        StdFileSystem.remove(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        StdFileSystem.list(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdFileSystem.sync_dir(dir)
-    }
-}
 
 fn key(i: u64) -> Bytes {
     // Spread over the key space, so every region (and every leader) takes some.
@@ -126,7 +58,7 @@ async fn write_anywhere(handles: &[NodeHandle], cmd: KvCommand, session: (u64, u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_answers_a_clear_error_and_recovers_by_itself() {
     let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
-    let full = Arc::new(AtomicBool::new(false));
+    let disk = DiskFaults::new();
     let net = MemoryNetwork::new(11);
     let mut nodes = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
@@ -143,7 +75,7 @@ async fn a_node_whose_disk_fills_answers_a_clear_error_and_recovers_by_itself() 
             request_timeout: Duration::from_secs(5),
         };
         let node = if i == FULL {
-            let fs = Arc::new(FillableDisk { full: full.clone() });
+            let fs = Arc::new(FaultyFileSystem::new(disk.clone()));
             Node::start_with_wal_fs(cfg, fs, Arc::new(transport), inbound)
         } else {
             Node::start(cfg, Arc::new(transport), inbound)
@@ -172,7 +104,7 @@ async fn a_node_whose_disk_fills_answers_a_clear_error_and_recovers_by_itself() 
     // The disk fills up. A write through the node is answered with the clear error (its
     // round cannot persist: as leader it cannot append, as follower it cannot take the
     // leader's entries, so it can never apply the write).
-    full.store(true, Ordering::SeqCst);
+    disk.fill();
     let err = all[FULL]
         .write(put(1000, "during-full"), (client + 1, 1))
         .await
@@ -209,7 +141,7 @@ async fn a_node_whose_disk_fills_answers_a_clear_error_and_recovers_by_itself() 
     }
 
     // Space is back: the node reopens its engine by itself and takes writes again soon.
-    full.store(false, Ordering::SeqCst);
+    disk.clear();
     let freed = Instant::now();
     loop {
         let last = match all[FULL].write(put(2000, "after"), (client + 2, 1)).await {
