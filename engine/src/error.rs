@@ -113,7 +113,7 @@ pub enum EngineError {
 impl EngineError {
     /// Wraps an I/O error with what the engine was doing; a full disk becomes
     /// [`EngineError::NoSpace`], so callers can tell it apart without reading messages.
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         let context = context.into();
         if is_no_space_io(&source) {
             EngineError::NoSpace { context, source }

@@ -352,3 +352,24 @@ impl StatusSource for NodeService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::reply::Reply;
+
+    /// A client of a node whose disk is full hears so, with the code Redis clients retry on.
+    #[test]
+    fn a_full_disk_answers_tryagain_naming_it() {
+        let e = service_error(NodeError::StorageUnavailable(
+            "disk full (No space left on device)".into(),
+        ));
+        assert_eq!(
+            Reply::from_service_error(&e),
+            Reply::Error(
+                "TRYAGAIN storage unavailable: disk full (No space left on device); retry".into()
+            )
+        );
+        assert!(e.is_retryable());
+    }
+}

@@ -83,10 +83,10 @@ impl EngineOpener {
     /// it). Fails, with the engine's reason, while the disk is still full.
     pub fn open(&self) -> Result<(Arc<dyn RaftLog>, Arc<KvStore>), NodeError> {
         std::fs::create_dir_all(&self.data_dir).map_err(|e| {
-            storage_error(flotilla_engine::EngineError::Io {
-                context: format!("create {}", self.data_dir.display()),
-                source: e,
-            })
+            storage_error(flotilla_engine::EngineError::io(
+                format!("create {}", self.data_dir.display()),
+                e,
+            ))
         })?;
         let log: Arc<dyn RaftLog> = Arc::from(
             open_log_with_fs(&self.data_dir, &self.config, self.wal_fs.clone())
