@@ -128,6 +128,12 @@ async fn a_node_whose_disk_fills_answers_a_clear_error_and_recovers_by_itself() 
         "the log is dropped, not kept open"
     );
     assert_eq!(all[FULL].status().await.expect("status"), Vec::new());
+    let routes = all[FULL].regions().all();
+    assert!(!routes.is_empty(), "requests are still routed to the store");
+    assert!(
+        routes.iter().all(|r| r.leader_node.is_none()),
+        "a node that is down names no leader: {routes:?}"
+    );
     match all[FULL].get(key(1)).await {
         Err(NodeError::StorageUnavailable(why)) => assert!(why.contains("disk full"), "{why}"),
         other => panic!("a read on the full node: {other:?}"),

@@ -210,6 +210,13 @@ impl RegionMap {
         map.insert(r.start_key.clone(), r);
     }
 
+    /// Forgets every region's leader (this node no longer hears from any).
+    fn forget_leaders(&self) {
+        for r in self.by_start.write().values_mut() {
+            r.leader_node = None;
+        }
+    }
+
     /// Keeps only the regions `keep` says yes to.
     fn retain(&self, keep: impl Fn(u64) -> bool) {
         self.by_start.write().retain(|_, r| keep(r.id));

@@ -145,6 +145,9 @@ impl Store {
             p.fail_all(err.clone());
         }
         self.metrics.sample(&NodeSample::default());
+        // The routes stay (requests keep reaching the store and hear why they fail), but
+        // with no leader: a client routing by this node's table must not be sent back here.
+        self.regions.forget_leaders();
         *self.log_slot.write() = None;
         let mut shell = self.into_shell();
         if shell.opened_at.elapsed() >= REOPEN_PAUSE_RESET {
