@@ -75,6 +75,42 @@ pub struct RocksConfig {
     pub max_write_buffer_number: i32,
     /// Flush and compaction threads: one per core of a 2-core machine.
     pub max_background_jobs: i32,
+    /// Lowest level of the lines RocksDB writes to its info log (`LOG` in its directory;
+    /// the options it opened with are written whatever the level). `fatal` by default,
+    /// because of a full disk: Debian's librocksdb 7.8 is built with assertions, and its
+    /// log file writer, once a write to `LOG` failed, aborts the process on the next line
+    /// (`AssertFalseAndGetStatusForPrevError`) — and RocksDB logs every error it handles,
+    /// so on a full disk the first one kills the node. Lower it to debug RocksDB itself,
+    /// on a disk that does not fill up.
+    pub info_log_level: RocksLogLevel,
+}
+
+/// The levels of RocksDB's info log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RocksLogLevel {
+    /// Everything.
+    Debug,
+    /// Flushes, compactions, background errors and more.
+    Info,
+    /// Warnings and worse.
+    Warn,
+    /// Errors and worse.
+    Error,
+    /// Only fatal errors (and the options header at open).
+    Fatal,
+}
+
+impl RocksLogLevel {
+    fn rocksdb(self) -> rocksdb::LogLevel {
+        match self {
+            RocksLogLevel::Debug => rocksdb::LogLevel::Debug,
+            RocksLogLevel::Info => rocksdb::LogLevel::Info,
+            RocksLogLevel::Warn => rocksdb::LogLevel::Warn,
+            RocksLogLevel::Error => rocksdb::LogLevel::Error,
+            RocksLogLevel::Fatal => rocksdb::LogLevel::Fatal,
+        }
+    }
 }
 
 impl Default for RocksConfig {
@@ -85,6 +121,7 @@ impl Default for RocksConfig {
             meta_write_buffer_bytes: 64 << 20,
             max_write_buffer_number: 3,
             max_background_jobs: 2,
+            info_log_level: RocksLogLevel::Fatal,
         }
     }
 }
@@ -98,6 +135,7 @@ impl RocksConfig {
         opts.set_max_background_jobs(self.max_background_jobs);
         opts.set_write_buffer_size(self.write_buffer_bytes as usize);
         opts.set_max_write_buffer_number(self.max_write_buffer_number);
+        opts.set_log_level(self.info_log_level.rocksdb());
         let cache = rocksdb::Cache::new_lru_cache(self.block_cache_bytes as usize)?;
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);

@@ -63,6 +63,18 @@ pub enum EngineError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The disk is full (`ENOSPC`, or a quota: `EDQUOT`; `io::ErrorKind::StorageFull` and
+    /// `QuotaExceeded`). Nothing of the failed write is
+    /// acknowledged; the log that reported it is poisoned (see [`EngineError::Poisoned`]) and
+    /// must be reopened once space is back.
+    #[error("no space left on device: {context}: {source}")]
+    NoSpace {
+        /// What the engine was doing.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -99,13 +111,36 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// Wraps an I/O error with what the engine was doing.
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        EngineError::Io {
-            context: context.into(),
-            source,
+    /// Wraps an I/O error with what the engine was doing; a full disk becomes
+    /// [`EngineError::NoSpace`], so callers can tell it apart without reading messages.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        let context = context.into();
+        if is_no_space_io(&source) {
+            EngineError::NoSpace { context, source }
+        } else {
+            EngineError::Io { context, source }
         }
     }
+
+    /// Whether the failure is a full disk: an [`EngineError::NoSpace`], or RocksDB's
+    /// `NoSpace` I/O error (rust-rocksdb hands RocksDB's status over as text only, so its
+    /// message is what there is to go by; RocksDB writes it as "No space left on device",
+    /// the operating system's text for `ENOSPC`, after its own "IO error: No space").
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            EngineError::NoSpace { .. } => true,
+            EngineError::Rocks(e) => {
+                let text = e.to_string();
+                text.contains("No space left on device") || text.contains("IO error: No space")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether an I/O error says the disk (or the user's quota) is full.
+pub(crate) fn is_no_space_io(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded
 }
 
 /// The engine's result type.

@@ -61,7 +61,7 @@ mod sessions;
 mod snapshot;
 mod wal;
 
-pub use config::{EngineConfig, LogBackend, RocksConfig, WalConfig};
+pub use config::{EngineConfig, LogBackend, RocksConfig, RocksLogLevel, WalConfig};
 pub use error::{EngineError, Result};
 pub use kv::{ApplyRound, KeyRange, KvStore};
 pub use log::{
@@ -70,16 +70,29 @@ pub use log::{
 };
 pub use rocks_log::RocksLog;
 pub use snapshot::{SnapshotChunk, SnapshotHeader, SnapshotStream, SNAPSHOT_CHUNK_BYTES_MAX};
-pub use wal::{FileSystem, LogFile, StdFileSystem, Wal, SUBMISSION_BYTES_MAX};
+pub use wal::{
+    DiskFaults, FaultyFileSystem, FileSystem, LogFile, StdFileSystem, Wal, SUBMISSION_BYTES_MAX,
+};
 
 use std::path::Path;
+use std::sync::Arc;
 
 /// Opens the raft log a node's config asks for under its data directory: the WAL in
 /// `<data>/raft`, or the RocksDB log in `<data>/raftdb`.
 pub fn open_log(data_dir: impl AsRef<Path>, config: &EngineConfig) -> Result<Box<dyn RaftLog>> {
+    open_log_with_fs(data_dir, config, Arc::new(StdFileSystem))
+}
+
+/// [`open_log`] with the WAL's I/O going through `fs` (tests inject disk faults with it);
+/// the RocksDB backend does its own I/O and ignores `fs`.
+pub fn open_log_with_fs(
+    data_dir: impl AsRef<Path>,
+    config: &EngineConfig,
+    fs: Arc<dyn FileSystem>,
+) -> Result<Box<dyn RaftLog>> {
     let data_dir = data_dir.as_ref();
     Ok(match config.log_backend {
-        LogBackend::Wal => Box::new(Wal::open(data_dir.join("raft"), &config.wal)?),
+        LogBackend::Wal => Box::new(Wal::open_with_fs(data_dir.join("raft"), &config.wal, fs)?),
         LogBackend::Rocksdb => Box::new(RocksLog::open(
             data_dir.join("raftdb"),
             &config.rocksdb,

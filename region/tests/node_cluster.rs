@@ -750,11 +750,19 @@ async fn logs_are_compacted_and_a_lagging_replica_catches_up_by_snapshot() {
         assert_eq!(r, Ok(KvResponse::Written(true)), "write {i}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cluster.nodes[0].log().first_index(region) < 200 {
+    while cluster.nodes[0]
+        .log()
+        .expect("log open")
+        .first_index(region)
+        < 200
+    {
         assert!(
             Instant::now() < deadline,
             "region {region} was never compacted: first index {}",
-            cluster.nodes[0].log().first_index(region)
+            cluster.nodes[0]
+                .log()
+                .expect("log open")
+                .first_index(region)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -811,8 +819,8 @@ async fn a_replica_that_skipped_a_split_gets_the_new_region_by_snapshot() {
         assert_eq!(r, Ok(KvResponse::Written(true)), "write {i}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cluster.nodes[0].log().first_index(1) < 100
-        || cluster.nodes[0].log().first_index(new) < 100
+    while cluster.nodes[0].log().expect("log open").first_index(1) < 100
+        || cluster.nodes[0].log().expect("log open").first_index(new) < 100
     {
         assert!(Instant::now() < deadline, "logs were not compacted");
         tokio::time::sleep(Duration::from_millis(50)).await;

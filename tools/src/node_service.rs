@@ -50,6 +50,12 @@ fn service_error(e: NodeError) -> ServiceError {
         NodeError::Timeout => ServiceError::Timeout,
         NodeError::Stopped => ServiceError::TryAgain("node is stopping".into()),
         NodeError::Storage(why) => ServiceError::Internal(why),
+        // The node reopens its storage by itself (a full disk once space is freed): the same
+        // request may succeed later, here or through another node. What to fix is in the
+        // message: `TRYAGAIN storage unavailable: disk full (No space left on device); retry`.
+        e @ (NodeError::DiskFull(_) | NodeError::StorageUnavailable(_)) => {
+            ServiceError::TryAgain(e.to_string())
+        }
     }
 }
 
@@ -344,5 +350,26 @@ impl StatusSource for NodeService {
                 .await
                 .map_err(service_error)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::reply::Reply;
+
+    /// A client of a node whose disk is full hears so, with the code Redis clients retry on.
+    #[test]
+    fn a_full_disk_answers_tryagain_naming_it() {
+        let e = service_error(NodeError::StorageUnavailable(
+            "disk full (No space left on device)".into(),
+        ));
+        assert_eq!(
+            Reply::from_service_error(&e),
+            Reply::Error(
+                "TRYAGAIN storage unavailable: disk full (No space left on device); retry".into()
+            )
+        );
+        assert!(e.is_retryable());
     }
 }

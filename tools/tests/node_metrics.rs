@@ -1,6 +1,7 @@
 //! `/metrics` of a real node: after writes and reads through a one-node cluster of 4
 //! regions, the node's, every region's and the raft log's series are on the status server
-//! with values that match what was done.
+//! with values that match what was done; then its disk fills (injected through the WAL's
+//! file system) and frees, and the storage failure and the recovery are counted once each.
 //!
 //! The Prometheus recorder is process-wide and must exist before the node starts (the node
 //! registers its handles as it starts), so this test has its own binary.
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flotilla_engine::EngineConfig;
+use flotilla_engine::{DiskFaults, EngineConfig, FaultyFileSystem};
 use flotilla_region::node::{
     metrics as node_metrics, KvCommand, KvResponse, Node, NodeConfig, NodeError, PutCondition,
     StoreConfig,
@@ -71,7 +72,9 @@ async fn node_region_and_log_metrics_after_writes() {
         initial_regions: REGIONS,
         request_timeout: Duration::from_secs(5),
     };
-    let node = Node::start(cfg, Arc::new(transport), inbound).expect("node starts");
+    let disk = DiskFaults::new();
+    let fs = Arc::new(FaultyFileSystem::new(disk.clone()));
+    let node = Node::start_with_wal_fs(cfg, fs, Arc::new(transport), inbound).expect("node starts");
     let handle = node.handle();
     let status = StatusServer::bind(
         "127.0.0.1:0",
@@ -268,8 +271,45 @@ async fn node_region_and_log_metrics_after_writes() {
         "entries per sync have count buckets:\n{text}"
     );
     assert!(
-        syncs <= node.log().stats().syncs as f64,
+        syncs <= node.log().expect("log open").stats().syncs as f64,
         "the log's own total counts the same syncs (and any since the scrape)"
+    );
+    assert_eq!(must(&text, node_metrics::STORAGE_FAILURES_TOTAL), 0.0);
+    assert_eq!(must(&text, node_metrics::STORE_RECOVERIES_TOTAL), 0.0);
+
+    // The disk fills: the write fails, the store drops its engine and keeps trying to
+    // reopen it (the attempts are not failures of their own); space is back: it recovers.
+    disk.fill();
+    let put = |i: u64| KvCommand::Put {
+        key: key(i),
+        value: Bytes::from("after"),
+        cond: PutCondition::Always,
+    };
+    let err = handle.write(put(0), (2, 1)).await.unwrap_err();
+    assert!(matches!(err, NodeError::StorageUnavailable(_)), "{err}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    disk.clear();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 2;
+    while handle.write(put(1), (2, seq)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after the disk was freed"
+        );
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = scrape(&client).await;
+    assert_eq!(must(&text, node_metrics::STORAGE_FAILURES_TOTAL), 1.0);
+    assert_eq!(must(&text, node_metrics::STORE_RECOVERIES_TOTAL), 1.0);
+    assert!(
+        must(
+            &text,
+            &format!(
+                "{}{{reason=\"storage\"}}",
+                node_metrics::PROPOSALS_FAILED_TOTAL
+            )
+        ) >= 1.0
     );
 
     node.stop();

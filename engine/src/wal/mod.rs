@@ -1,10 +1,12 @@
 //! The shared write-ahead log: one append-only log of segment files for every region of a
 //! node, written by one group-commit thread, read through an in-memory index.
 //!
-//! Files: `segment.rs` (segment files, the I/O trait), `record.rs` (framing),
+//! Files: `segment.rs` (segment files, the I/O trait), `faulty.rs` (an I/O trait that
+//! injects disk faults, for tests), `record.rs` (framing),
 //! `payload.rs` (what records hold), `writer.rs` (group commit), `recovery.rs` (open),
 //! `purge.rs` (deleting old segments).
 
+mod faulty;
 mod payload;
 mod purge;
 mod record;
@@ -29,6 +31,7 @@ use crate::log::{
     LogBatch, LogStats, LogStatsSnapshot, PurgeReport, RaftLog, SnapshotMark, WriteTicket,
 };
 
+pub use faulty::{DiskFaults, FaultyFileSystem};
 pub use segment::{FileSystem, LogFile, StdFileSystem};
 
 /// The largest encoded submission, in bytes. A record holds a group of at most

@@ -56,6 +56,30 @@ impl WalWriter {
         Ok(())
     }
 
+    /// After a failed append or sync, cuts the segment back to `durable_len`, the end of the
+    /// last record whose sync succeeded. A write cut short by a full disk leaves a torn
+    /// record there, and a failed `fdatasync` leaves pages whose fate is unknown: the kernel
+    /// may have dropped them, or may still show them to a reader (fsyncgate), so a reopen
+    /// replaying them could take a record nobody acknowledged — and that may never reach
+    /// the disk — for a durable one. Cutting them off now leaves the file holding exactly
+    /// what was acknowledged. Shrinking a file needs no space, so this works on a full disk;
+    /// if it fails anyway, the log is still poisoned, and recovery cuts a torn tail off.
+    fn cut_back(&self, durable_len: u64) {
+        let path = segment::segment_path(&self.shared.dir, self.seq);
+        match self.shared.fs.truncate(&path, durable_len) {
+            Ok(()) => tracing::warn!(
+                file = %path.display(),
+                offset = durable_len,
+                "cut the segment back to its last synced record"
+            ),
+            Err(e) => tracing::error!(
+                file = %path.display(),
+                offset = durable_len,
+                "could not cut the segment back to its last synced record: {e}"
+            ),
+        }
+    }
+
     /// Applies the written group to the index; returns each submission's report.
     fn apply(
         &mut self,
@@ -149,6 +173,7 @@ impl GroupSink for WalWriter {
             );
             tracing::error!("{reason}");
             self.poisoned = Some(reason);
+            self.cut_back(rec_off);
             for sub in group {
                 let _ = sub.reply.send(Err(EngineError::io(
                     format!("append to segment {}", self.seq),

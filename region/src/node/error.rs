@@ -40,7 +40,29 @@ pub enum NodeError {
     /// The node is stopping.
     #[error("node is stopping")]
     Stopped,
-    /// The storage failed; the node stops.
+    /// The storage failed (an I/O error, a log that contradicts itself); the store drops
+    /// its engine and reopens it (see [`NodeError::StorageUnavailable`]).
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The disk is full (the engine's `NoSpace`): like [`NodeError::Storage`], told apart
+    /// so that clients and operators hear what to fix.
+    #[error("disk full (No space left on device): {0}")]
+    DiskFull(String),
+    /// The node's storage failed and the store is reopening it: every replica on this node
+    /// is down until the engine opens again (by itself, once the cause is gone — a full
+    /// disk freed). A write that got this may still have been applied (its entry may have
+    /// reached other replicas first); retry with the same session, here later or through
+    /// another node.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
+}
+
+/// The node's error for an engine failure: [`NodeError::DiskFull`] for a full disk, else
+/// [`NodeError::Storage`].
+pub(crate) fn storage_error(e: flotilla_engine::EngineError) -> NodeError {
+    if e.is_no_space() {
+        NodeError::DiskFull(e.to_string())
+    } else {
+        NodeError::Storage(e.to_string())
+    }
 }

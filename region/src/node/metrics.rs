@@ -37,7 +37,8 @@ pub const PROPOSALS_TOTAL: &str = "flotilla_node_proposals_total";
 /// Counter: write requests answered with an error, by `reason`: `not_leader` (this
 /// replica did not lead, or lost leadership before the entry applied), `wrong_region`
 /// (no such region here, or a key outside it), `dropped` (raft refused the proposal, or a
-/// new leader replaced its entry), `stopped` (the store stopped first).
+/// new leader replaced its entry), `stopped` (the store stopped first), `storage` (the
+/// node's storage failed; it is reopening it).
 pub const PROPOSALS_FAILED_TOTAL: &str = "flotilla_node_proposals_failed_total";
 /// Histogram: seconds from the round that received a write to its answer, for writes
 /// that applied (a command the state machine refused, e.g. INCR of a non-integer, still
@@ -48,6 +49,12 @@ pub const READS_TOTAL: &str = "flotilla_node_reads_total";
 /// Counter: reads answered with an error (not leader, wrong region, leadership lost,
 /// storage error, store stopped).
 pub const READS_FAILED_TOTAL: &str = "flotilla_node_reads_failed_total";
+/// Counter: storage failures of the store (a full disk, a failed write or sync): each one
+/// drops the node's engine and replicas and starts reopening them.
+pub const STORAGE_FAILURES_TOTAL: &str = "flotilla_node_storage_failures_total";
+/// Counter: times the store reopened its engine and restored its replicas after a storage
+/// failure. Below [`STORAGE_FAILURES_TOTAL`] while the node is recovering.
+pub const STORE_RECOVERIES_TOTAL: &str = "flotilla_node_store_recoveries_total";
 /// Gauge: regions this node leads (sampled every tick).
 pub const LEADERS: &str = "flotilla_node_leaders";
 /// Gauge: region replicas on this node (sampled every tick).
@@ -83,6 +90,9 @@ fn failure_reason(e: &NodeError) -> Reason {
         | NodeError::KeyNotInRegion(_)
         | NodeError::EpochNotMatch { .. } => Reason::WrongRegion,
         NodeError::Stopped => Reason::Stopped,
+        NodeError::StorageUnavailable(_) | NodeError::DiskFull(_) | NodeError::Storage(_) => {
+            Reason::Storage
+        }
         _ => Reason::Dropped,
     }
 }
@@ -93,6 +103,7 @@ enum Reason {
     WrongRegion,
     Dropped,
     Stopped,
+    Storage,
 }
 
 /// The node's handles, registered when the store opens.
@@ -108,6 +119,9 @@ pub(crate) struct NodeMetrics {
     failed_wrong_region: Counter,
     failed_dropped: Counter,
     failed_stopped: Counter,
+    failed_storage: Counter,
+    storage_failures: Counter,
+    store_recoveries: Counter,
     proposal_duration: Histogram,
     reads: Counter,
     reads_failed: Counter,
@@ -132,6 +146,9 @@ impl NodeMetrics {
             failed_wrong_region: failed("wrong_region"),
             failed_dropped: failed("dropped"),
             failed_stopped: failed("stopped"),
+            failed_storage: failed("storage"),
+            storage_failures: counter!(STORAGE_FAILURES_TOTAL),
+            store_recoveries: counter!(STORE_RECOVERIES_TOTAL),
             proposal_duration: histogram!(PROPOSAL_DURATION_SECONDS),
             reads: counter!(READS_TOTAL),
             reads_failed: counter!(READS_FAILED_TOTAL),
@@ -175,8 +192,19 @@ impl NodeMetrics {
             Reason::WrongRegion => &self.failed_wrong_region,
             Reason::Dropped => &self.failed_dropped,
             Reason::Stopped => &self.failed_stopped,
+            Reason::Storage => &self.failed_storage,
         };
         c.increment(n);
+    }
+
+    /// The storage failed; the store drops its engine and starts reopening it.
+    pub fn storage_failed(&self) {
+        self.storage_failures.increment(1);
+    }
+
+    /// The store reopened its engine after a storage failure.
+    pub fn store_recovered(&self) {
+        self.store_recoveries.increment(1);
     }
 
     /// `n` reads were answered with data.

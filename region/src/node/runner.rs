@@ -7,12 +7,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam::channel::Sender;
-use flotilla_engine::{open_log, EngineConfig, KvStore, RaftLog};
+use flotilla_engine::{EngineConfig, FileSystem, RaftLog};
 use flotilla_transport::{InboundReceiver, Transport};
 use tracing::info;
 
 use super::error::NodeError;
-use super::store::{bootstrap, RegionMap, Store, StoreConfig, StoreMsg};
+use super::store::{bootstrap, EngineOpener, LogSlot, Store, StoreConfig, StoreMsg};
 use super::NodeHandle;
 
 /// What a node needs to start.
@@ -38,7 +38,7 @@ pub struct Node {
     tx: Sender<StoreMsg>,
     store_thread: Option<JoinHandle<()>>,
     inbound_thread: Option<JoinHandle<()>>,
-    log: Arc<dyn RaftLog>,
+    log: LogSlot,
 }
 
 impl Node {
@@ -46,14 +46,32 @@ impl Node {
     pub fn start(
         cfg: NodeConfig,
         transport: Arc<dyn Transport>,
+        inbound: InboundReceiver,
+    ) -> Result<Node, NodeError> {
+        let opener = EngineOpener::new(cfg.data_dir.clone(), cfg.engine.clone());
+        Self::start_with(cfg, opener, transport, inbound)
+    }
+
+    /// [`Node::start`] with the WAL's I/O going through `fs`: tests inject disk faults
+    /// with it, at start and after every reopen.
+    pub fn start_with_wal_fs(
+        cfg: NodeConfig,
+        fs: Arc<dyn FileSystem>,
+        transport: Arc<dyn Transport>,
+        inbound: InboundReceiver,
+    ) -> Result<Node, NodeError> {
+        let opener = EngineOpener::new(cfg.data_dir.clone(), cfg.engine.clone()).with_wal_fs(fs);
+        Self::start_with(cfg, opener, transport, inbound)
+    }
+
+    fn start_with(
+        cfg: NodeConfig,
+        opener: EngineOpener,
+        transport: Arc<dyn Transport>,
         mut inbound: InboundReceiver,
     ) -> Result<Node, NodeError> {
-        let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::Storage(e.to_string()))?;
-        let log: Arc<dyn RaftLog> =
-            Arc::from(open_log(&cfg.data_dir, &cfg.engine).map_err(storage)?);
-        let kv =
-            Arc::new(KvStore::open(cfg.data_dir.join("kv"), &cfg.engine.rocksdb).map_err(storage)?);
+        // The same opening a recovery after a storage failure goes through.
+        let (log, kv) = opener.open()?;
         check_bootstrap_record(&cfg)?;
         if log.regions().is_empty() && cfg.initial_nodes.contains(&cfg.store.node_id) {
             bootstrap(&*log, &kv, &cfg.initial_nodes, cfg.initial_regions)?;
@@ -64,8 +82,7 @@ impl Node {
             );
         }
         let node_id = cfg.store.node_id;
-        let (store, tx, regions): (Store, Sender<StoreMsg>, Arc<RegionMap>) =
-            Store::open(cfg.store.clone(), log.clone(), kv, transport)?;
+        let (store, tx, regions, log) = Store::open(cfg.store.clone(), opener, log, kv, transport)?;
         let store_thread = std::thread::Builder::new()
             .name(format!("store-{node_id}"))
             .spawn(move || store.run())
@@ -96,9 +113,11 @@ impl Node {
         self.handle.clone()
     }
 
-    /// The node's raft log (for stats).
-    pub fn log(&self) -> &Arc<dyn RaftLog> {
-        &self.log
+    /// The node's raft log (for stats); `None` while the store is reopening it after a
+    /// storage failure, or after it stopped. Do not hold on to it: a recovery needs every
+    /// handle dropped before it reopens the log.
+    pub fn log(&self) -> Option<Arc<dyn RaftLog>> {
+        self.log.read().clone()
     }
 
     /// Stops the store loop and waits for it. The inbound thread ends when the transport

@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 use super::command::{KvCommand, KvResponse, PutCondition};
 use super::descriptor::MergeState;
 use super::descriptor::{even_boundaries, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch};
-use super::error::NodeError;
+use super::error::{storage_error, NodeError};
 use super::merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
 use super::metrics::{NodeMetrics, NodeSample, ProposalLatencies};
 use super::peer::{
@@ -45,6 +45,11 @@ use super::peer::{
 use super::peer_storage::{PeerStorage, RegionSnapshotData};
 use super::split::{plan_split, split_region_id, SplitPlan};
 use crate::raft::{self, Command, ReadOnlyOption, Role, SessionOutcome};
+
+mod recovery;
+
+use recovery::StoreShell;
+pub use recovery::{EngineOpener, LogSlot, REOPEN_PAUSE_MAX, REOPEN_PAUSE_MIN, REOPEN_PAUSE_RESET};
 
 /// Inputs handled per round before the Readies are collected, at most: bounds the latency
 /// a burst adds to the round that is already under way.
@@ -205,6 +210,18 @@ impl RegionMap {
         map.insert(r.start_key.clone(), r);
     }
 
+    /// Forgets every region's leader (this node no longer hears from any).
+    fn forget_leaders(&self) {
+        for r in self.by_start.write().values_mut() {
+            r.leader_node = None;
+        }
+    }
+
+    /// Keeps only the regions `keep` says yes to.
+    fn retain(&self, keep: impl Fn(u64) -> bool) {
+        self.by_start.write().retain(|_, r| keep(r.id));
+    }
+
     /// Forgets merged-away regions and updates the region that took them in, in one step:
     /// no reader ever sees their range uncovered.
     pub(crate) fn merge(&self, gone: &[u64], r: RegionRoute) {
@@ -344,6 +361,14 @@ pub struct Store {
     stopping: bool,
     ticks: u64,
     metrics: NodeMetrics,
+    /// How the engine is opened again after a storage failure (recovery.rs).
+    opener: EngineOpener,
+    /// The raft log, for readers outside the store; emptied while the engine is down.
+    log_slot: LogSlot,
+    /// The pause before the first reopen attempt after the next failure.
+    reopen_pause: Duration,
+    /// When the engine was opened.
+    opened_at: Instant,
     /// When the current round took its first input: the receive time of its writes.
     round_started: Instant,
     /// Receive times of the writes answered in the current round.
@@ -359,7 +384,7 @@ pub fn bootstrap(
     nodes: &[u64],
     regions: usize,
 ) -> Result<(), NodeError> {
-    let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+    let storage = storage_error;
     if !log.regions().is_empty() {
         let existing = log.regions().len();
         if existing != regions {
@@ -439,7 +464,7 @@ impl ApplyContext<'_> {
         self.kv
             .get(key)
             .map(|v| v.map(Bytes::from))
-            .map_err(|e| NodeError::Storage(e.to_string()))
+            .map_err(storage_error)
     }
 
     fn put(&mut self, region: u64, key: Bytes, value: Bytes) {
@@ -509,56 +534,95 @@ impl ApplyContext<'_> {
 }
 
 impl Store {
-    /// Opens the store over a node's engine: every region found in the log whose
+    /// Opens the store over a node's engine (`log` and `kv`, opened by `opener`, which
+    /// opens them again after a storage failure): every region found in the log whose
     /// descriptor lists a replica on this node gets one. Returns the store (run it with
-    /// [`Store::run`]), the sender of its inputs and its routing table.
+    /// [`Store::run`]), the sender of its inputs, its routing table and the slot through
+    /// which the current raft log can be read.
     pub fn open(
         cfg: StoreConfig,
+        opener: EngineOpener,
         log: Arc<dyn RaftLog>,
         kv: Arc<KvStore>,
         transport: Arc<dyn Transport>,
-    ) -> Result<(Store, Sender<StoreMsg>, Arc<RegionMap>), NodeError> {
+    ) -> Result<(Store, Sender<StoreMsg>, Arc<RegionMap>, LogSlot), NodeError> {
         let (tx, rx) = crossbeam::channel::bounded(64 * 1024);
         let regions = Arc::new(RegionMap::default());
-        let mut store = Store {
+        let log_slot: LogSlot = Default::default();
+        let shell = StoreShell {
             cfg,
+            transport,
+            rx,
+            self_tx: tx.clone(),
+            regions: regions.clone(),
+            metrics: NodeMetrics::new(),
+            next_read_ctx: 1,
+            opener,
+            log_slot: log_slot.clone(),
+            reopen_pause: REOPEN_PAUSE_MIN,
+            opened_at: Instant::now(),
+        };
+        let store = Store::build(shell, log, kv).map_err(|failed| failed.1)?;
+        Ok((store, tx, regions, log_slot))
+    }
+
+    /// Builds the store's replicas from what the engine holds on disk: at start, and again
+    /// after a storage failure (recovery.rs) — the same code, so a recovery is a restart.
+    /// On failure, hands the shell back (the engine dropped again).
+    fn build(
+        shell: StoreShell,
+        log: Arc<dyn RaftLog>,
+        kv: Arc<KvStore>,
+    ) -> Result<Store, Box<(StoreShell, NodeError)>> {
+        let mut store = Store {
+            cfg: shell.cfg,
             peers: BTreeMap::new(),
             log,
             kv,
-            transport,
-            rx,
-            regions,
-            next_read_ctx: 1,
+            transport: shell.transport,
+            rx: shell.rx,
+            regions: shell.regions,
+            next_read_ctx: shell.next_read_ctx,
             orphans: Default::default(),
-            self_tx: tx.clone(),
+            self_tx: shell.self_tx,
             split_check_running: false,
             merge_cursor: 0,
             stopping: false,
             ticks: 0,
-            metrics: NodeMetrics::new(),
+            metrics: shell.metrics,
+            opener: shell.opener,
+            log_slot: shell.log_slot,
+            reopen_pause: shell.reopen_pause,
+            opened_at: Instant::now(),
             round_started: Instant::now(),
             latencies: ProposalLatencies::default(),
         };
-        // A region split off in the last apply round before a crash has a descriptor but
-        // may not have written anything to the raft log yet: load both sets.
-        let mut ids: std::collections::BTreeSet<u64> = store.log.regions().into_iter().collect();
-        ids.extend(
-            store
-                .kv
-                .region_ids()
-                .map_err(|e| NodeError::Storage(e.to_string()))?,
-        );
-        for region_id in ids {
-            store.load_region(region_id, None)?;
+        if let Err(e) = store.load_regions() {
+            return Err(Box::new((store.into_shell(), e)));
         }
+        *store.log_slot.write() = Some(store.log.clone());
         store.sample_gauges();
         info!(
             node = store.cfg.node_id,
             regions = store.peers.len(),
             "store opened"
         );
-        let map = store.regions.clone();
-        Ok((store, tx, map))
+        Ok(store)
+    }
+
+    /// Creates a replica of every region on this node, and drops the routes of regions it
+    /// no longer has (after a recovery: ones merged away in memory only, say).
+    fn load_regions(&mut self) -> Result<(), NodeError> {
+        // A region split off in the last apply round before a crash has a descriptor but
+        // may not have written anything to the raft log yet: load both sets.
+        let mut ids: std::collections::BTreeSet<u64> = self.log.regions().into_iter().collect();
+        ids.extend(self.kv.region_ids().map_err(storage_error)?);
+        for region_id in ids {
+            self.load_region(region_id, None)?;
+        }
+        let peers = &self.peers;
+        self.regions.retain(|id| peers.contains_key(&id));
+        Ok(())
     }
 
     /// Creates the replica of `region_id` from its stored descriptor. `campaign`: whether
@@ -645,8 +709,26 @@ impl Store {
         self.metrics.sample(&node);
     }
 
-    /// Runs the loop until [`StoreMsg::Stop`] or until every sender is gone.
-    pub fn run(mut self) {
+    /// Runs the loop until [`StoreMsg::Stop`] or until every sender is gone. A storage
+    /// failure does not end it: the store drops its engine and replicas and reopens them
+    /// (recovery.rs), answering requests with [`NodeError::StorageUnavailable`] meanwhile.
+    pub fn run(self) {
+        let mut store = self;
+        loop {
+            let failure = match store.serve() {
+                None => return store.finish(),
+                Some(e) => e,
+            };
+            let (shell, reason) = store.fail(&failure);
+            match shell.recover(&reason) {
+                Some(reopened) => store = reopened,
+                None => return,
+            }
+        }
+    }
+
+    /// The loop proper: runs until stopped (`None`) or until the storage fails (the error).
+    fn serve(&mut self) -> Option<NodeError> {
         let tick = self.cfg.tick_interval;
         let mut next_tick = Instant::now() + tick;
         while !self.stopping {
@@ -656,7 +738,7 @@ impl Store {
             match first {
                 Ok(m) => self.handle(m),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => return None,
             }
             let mut n = 1;
             while n < ROUND_INPUTS_MAX {
@@ -681,7 +763,7 @@ impl Store {
                 if self.ticks.is_multiple_of(COMPACT_CHECK_TICKS) {
                     if let Err(e) = self.compact_logs() {
                         error!(node = self.cfg.node_id, "log compaction failed: {e}");
-                        self.stopping = true;
+                        return Some(e);
                     }
                 }
                 if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
@@ -693,15 +775,18 @@ impl Store {
                     next_tick = Instant::now() + tick;
                 }
             }
-            if let Err(e) = self.round() {
-                error!(
-                    node = self.cfg.node_id,
-                    "storage failure, stopping the store: {e}"
-                );
-                self.stopping = true;
-            }
+            let round = self.round();
             self.metrics.round_done(self.round_started);
+            if let Err(e) = round {
+                return Some(e);
+            }
         }
+        None
+    }
+
+    /// Fails everything still waiting: the store stops.
+    fn finish(mut self) {
+        *self.log_slot.write() = None;
         for p in self.peers.values_mut() {
             let proposals = p.proposals.len() + p.batched.len();
             let reads = p.reads_waiting_index.len() + p.reads_waiting_apply.len();
@@ -792,10 +877,7 @@ impl Store {
                 let _ = reply.send(self.prepare_split(region_id, key));
             }
             StoreMsg::AllocateId { reply } => {
-                let r = self
-                    .kv
-                    .next_id()
-                    .map_err(|e| NodeError::Storage(e.to_string()));
+                let r = self.kv.next_id().map_err(storage_error);
                 let _ = reply.send(r);
             }
             StoreMsg::Status { reply } => {
@@ -914,7 +996,7 @@ impl Store {
     /// write; then deletes the WAL segments no region needs any more. The key-value store
     /// issues the permits, so a log is never cut above what is durably applied.
     fn compact_logs(&mut self) -> Result<(), NodeError> {
-        let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+        let storage = storage_error;
         let mut batch = LogBatch::new();
         for (&region_id, p) in &self.peers {
             let first = self.log.first_index(region_id);
@@ -946,7 +1028,7 @@ impl Store {
     /// Ends the raft log of a region merged away here: it restarts empty after the source's
     /// last applied entry, so no WAL segment stays pinned by it.
     fn retire_log(&self, region_id: u64, prepare_index: u64) -> Result<(), NodeError> {
-        let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+        let storage = storage_error;
         let term = self.log.term(region_id, prepare_index).map_err(storage)?;
         let permit = self
             .kv
@@ -1235,7 +1317,7 @@ impl Store {
     }
 
     fn prepare_split(&self, region_id: u64, key: Option<Bytes>) -> Result<KvCommand, NodeError> {
-        let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+        let storage = storage_error;
         let p = self
             .peers
             .get(&region_id)
@@ -1553,7 +1635,7 @@ impl Store {
 
     /// Steps 2–6 of the loop (see the module docs).
     fn round(&mut self) -> Result<(), NodeError> {
-        let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+        let storage = storage_error;
         let node_id = self.cfg.node_id;
         self.flush_proposals();
         let mut batch = LogBatch::new();
@@ -1974,7 +2056,7 @@ fn take_in_source(
 ) -> Result<(), NodeError> {
     let source = peers.remove(&plan.source.id);
     merged_away.push((plan.source.id, plan.prepare_index));
-    let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+    let storage = storage_error;
     let sid = plan.source.id;
     let tid = target.desc.id;
     let Some(mut s) = source else {
@@ -2047,7 +2129,7 @@ fn apply_split(
     region_id: u64,
     plan: &SplitPlan,
 ) -> Result<(), NodeError> {
-    let storage = |e: flotilla_engine::EngineError| NodeError::Storage(e.to_string());
+    let storage = storage_error;
     let mut sessions: BTreeMap<u64, Vec<u8>> = ctx
         .kv
         .sessions(region_id)
@@ -2128,7 +2210,7 @@ fn serve_reads(kv: &KvStore, p: &mut Peer) -> (u64, u64) {
                 let r = kv
                     .get(&key)
                     .map(|v| v.map(Bytes::from))
-                    .map_err(|e| NodeError::Storage(e.to_string()));
+                    .map_err(storage_error);
                 count(r.is_ok());
                 let _ = reply.send(r);
             }
@@ -2150,7 +2232,7 @@ fn serve_reads(kv: &KvStore, p: &mut Peer) -> (u64, u64) {
                         pairs: v,
                         covered_end: end,
                     })
-                    .map_err(|e| NodeError::Storage(e.to_string()));
+                    .map_err(storage_error);
                 count(r.is_ok());
                 let _ = reply.send(r);
             }

@@ -41,7 +41,7 @@ mod execute;
 mod glob;
 pub mod metric;
 mod parser;
-mod reply;
+pub(crate) mod reply;
 mod server;
 
 pub use command::{RANGE_LIMIT_DEFAULT, RANGE_LIMIT_MAX, SCAN_COUNT_DEFAULT, SCAN_COUNT_MAX};
