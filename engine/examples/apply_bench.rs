@@ -28,8 +28,8 @@ fn main() {
     )
     .expect("tempdir");
     let cfg = RocksConfig {
-        write_buffer_bytes: get("--write-buffer-mb", 64) << 20,
-        meta_write_buffer_bytes: get("--meta-write-buffer-mb", 64) << 20,
+        write_buffer_bytes: get("--write-buffer-mb", 16) << 20,
+        meta_write_buffer_bytes: get("--meta-write-buffer-mb", 4) << 20,
         ..RocksConfig::default()
     };
     let kv = KvStore::open(dir.path(), &cfg).expect("open");

@@ -65,8 +65,10 @@ impl WalConfig {
 pub struct RocksConfig {
     /// Shared LRU cache of data blocks. A quarter of a small node's memory.
     pub block_cache_bytes: u64,
-    /// Size of one memtable before it is flushed; larger absorbs write bursts at the cost of
-    /// memory and recovery time.
+    /// Size of one memtable of the data column family before it is flushed. Larger absorbs
+    /// write bursts and flushes less, but every insert walks a deeper skip list that fits
+    /// the caches worse: at 16 MiB a node applied writes ~10 % faster than at 64 MiB
+    /// (docs/benchmarks.md, "Where a write's time goes").
     pub write_buffer_bytes: u64,
     /// Size of one memtable of the key-value store's `meta` column family (applied indexes,
     /// descriptors, client sessions: small records rewritten on every write).
@@ -117,8 +119,8 @@ impl Default for RocksConfig {
     fn default() -> Self {
         RocksConfig {
             block_cache_bytes: 256 << 20,
-            write_buffer_bytes: 64 << 20,
-            meta_write_buffer_bytes: 64 << 20,
+            write_buffer_bytes: 16 << 20,
+            meta_write_buffer_bytes: 4 << 20,
             max_write_buffer_number: 3,
             max_background_jobs: 2,
             info_log_level: RocksLogLevel::Fatal,
