@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 use std::thread::JoinHandle;
 
-use crossbeam::channel::{self, Receiver, Sender};
+// std's channels rather than crossbeam's: a crossbeam receiver that finds its channel empty
+// yields the CPU several times before it sleeps, and on a machine whose cores are all busy
+// each yield is a context switch (docs/benchmarks.md).
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender as Sender};
 
 use crate::error::{EngineError, Result};
 use crate::index::{RegionIndex, Shape};
@@ -49,7 +52,7 @@ impl<P: Send + 'static> GroupCommitter<P> {
         batch_bytes_max: u64,
     ) -> Result<Self> {
         let (tx, rx): (Sender<Submission<P>>, Receiver<Submission<P>>) =
-            channel::bounded(QUEUE_LEN_MAX);
+            sync_channel(QUEUE_LEN_MAX);
         let handle = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
@@ -77,7 +80,7 @@ impl<P: Send + 'static> GroupCommitter<P> {
 
     /// Queues a batch; blocks while the queue is full.
     pub fn submit(&self, batch: LogBatch, prepared: P, bytes: u64) -> Result<WriteTicket> {
-        let (reply, rx) = channel::bounded(1);
+        let (reply, rx) = sync_channel(1);
         let tx = self.tx.as_ref().ok_or(EngineError::Closed)?;
         tx.send(Submission {
             batch,

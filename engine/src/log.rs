@@ -12,9 +12,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam::channel::Receiver;
 use flotilla_common::{Entry, HardState};
 use serde::{Deserialize, Serialize};
+use std::sync::mpsc::{Receiver, TryRecvError};
 
 use crate::error::{EngineError, Result};
 
@@ -246,8 +246,8 @@ impl WriteTicket {
     pub fn try_wait(&self) -> Option<Result<WriteReport>> {
         match self.rx.try_recv() {
             Ok(result) => Some(result),
-            Err(crossbeam::channel::TryRecvError::Empty) => None,
-            Err(crossbeam::channel::TryRecvError::Disconnected) => Some(Err(EngineError::Closed)),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(EngineError::Closed)),
         }
     }
 }

@@ -74,10 +74,45 @@ pub(crate) struct SessionLogs {
     regions: HashMap<u64, LogState>,
 }
 
+/// What a written round changed in a region's [`LogState`].
+#[derive(Debug)]
+pub(crate) enum LogChange {
+    /// A log record was added (to `loaded`, the state read from disk, if the store did not
+    /// know the region's state yet).
+    Appended {
+        loaded: Option<LogState>,
+        key: Vec<u8>,
+        bytes: usize,
+    },
+    /// The log was folded into a base of `base_bytes`.
+    Folded { base_bytes: usize },
+}
+
 impl SessionLogs {
-    /// Records the states [`KvStore::write_sessions`] returned, once their batch is written.
-    pub(crate) fn written(&mut self, states: Vec<(u64, LogState)>) {
-        self.regions.extend(states);
+    /// Records the changes [`KvStore::write_sessions`] returned, once their batch is
+    /// written.
+    pub(crate) fn written(&mut self, changes: Vec<(u64, LogChange)>) {
+        for (region, change) in changes {
+            match change {
+                LogChange::Appended { loaded, key, bytes } => {
+                    let state = match loaded {
+                        Some(l) => self.regions.entry(region).or_insert(l),
+                        None => self.regions.entry(region).or_default(),
+                    };
+                    state.log_keys.push(key);
+                    state.log_bytes += bytes;
+                }
+                LogChange::Folded { base_bytes } => {
+                    self.regions.insert(
+                        region,
+                        LogState {
+                            base_bytes,
+                            ..LogState::default()
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// Forgets a region's state (its records were replaced or removed).
@@ -114,6 +149,10 @@ impl Records {
             out.extend(list);
         }
         Ok(out)
+    }
+
+    fn legacy_found(&self) -> bool {
+        !self.legacy.is_empty()
     }
 
     fn state(&self) -> LogState {
@@ -191,8 +230,8 @@ impl KvStore {
         logs: &SessionLogs,
         changed: &[(u64, u64, &Bytes)],
         seq: u64,
-    ) -> Result<Vec<(u64, LogState)>> {
-        let mut after = Vec::new();
+    ) -> Result<Vec<(u64, LogChange)>> {
+        let mut changes = Vec::new();
         let meta = self.cf(CF_META)?;
         let mut rest = changed;
         while let Some(&(region, _, _)) = rest.first() {
@@ -201,25 +240,27 @@ impl KvStore {
             rest = tail;
             let list: Vec<(u64, &Bytes)> = group.iter().map(|(_, c, s)| (*c, *s)).collect();
             let record = codec::encode(&list)?;
-            let (state, mut read) = match logs.regions.get(&region) {
-                Some(s) => (s.clone(), None),
+            // Known: by reference (its log keys are many while the records are small).
+            let mut read = None;
+            let mut loaded = None;
+            let state = match logs.regions.get(&region) {
+                Some(s) => s,
                 None => {
                     let records = self.session_records(region, None)?;
-                    (records.state(), Some(records))
+                    loaded = Some(records.state());
+                    read = Some(records);
+                    loaded.as_ref().expect("just set")
                 }
             };
-            let log_bytes = state.log_bytes + record.len();
-            if log_bytes < FOLD_MIN_BYTES.max(state.base_bytes) {
+            if state.log_bytes + record.len() < FOLD_MIN_BYTES.max(state.base_bytes) {
                 let key = log_key(region, seq);
                 wb.put_cf(meta, key, &record);
-                let mut log_keys = state.log_keys;
-                log_keys.push(key.to_vec());
-                after.push((
+                changes.push((
                     region,
-                    LogState {
-                        log_keys,
-                        log_bytes,
-                        ..state
+                    LogChange::Appended {
+                        loaded,
+                        key: key.to_vec(),
+                        bytes: record.len(),
                     },
                 ));
                 continue;
@@ -227,7 +268,7 @@ impl KvStore {
             // Fold: the base with the log and this round's changes over it, in one record.
             let records = match read.take() {
                 Some(r) => r,
-                None => self.known_records(region, &state)?,
+                None => self.known_records(region, state)?,
             };
             let mut merged = records.merged(self.path())?;
             for (client, session) in list {
@@ -238,22 +279,19 @@ impl KvStore {
             for (key, _) in &records.log {
                 wb.delete_cf(meta, key);
             }
-            if records.state().legacy {
+            if records.legacy_found() {
                 let (lower, upper) = kv::session_bounds(region);
                 wb.delete_range_cf(meta, lower, upper);
             }
             wb.put_cf(meta, base_key(region), &base);
-            after.push((
+            changes.push((
                 region,
-                LogState {
-                    log_keys: Vec::new(),
-                    log_bytes: 0,
+                LogChange::Folded {
                     base_bytes: base.len(),
-                    legacy: false,
                 },
             ));
         }
-        Ok(after)
+        Ok(changes)
     }
 
     /// Reads the records `state` lists: the base and each log record by its key, and the

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam::channel::Sender;
+use std::sync::mpsc::SyncSender as Sender;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -143,10 +143,10 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         let msg = make(self, reply)?;
         self.tx.try_send(msg).map_err(|e| match e {
-            crossbeam::channel::TrySendError::Full(_) => {
+            std::sync::mpsc::TrySendError::Full(_) => {
                 NodeError::Dropped("node is overloaded".into())
             }
-            crossbeam::channel::TrySendError::Disconnected(_) => NodeError::Stopped,
+            std::sync::mpsc::TrySendError::Disconnected(_) => NodeError::Stopped,
         })?;
         Ok(rx)
     }
@@ -200,10 +200,10 @@ impl NodeHandle {
         // Not retried (a status request or a transfer is cheap to ask again).
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(make(reply)).map_err(|e| match e {
-            crossbeam::channel::TrySendError::Full(_) => {
+            std::sync::mpsc::TrySendError::Full(_) => {
                 NodeError::Dropped("node is overloaded".into())
             }
-            crossbeam::channel::TrySendError::Disconnected(_) => NodeError::Stopped,
+            std::sync::mpsc::TrySendError::Disconnected(_) => NodeError::Stopped,
         })?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(r)) => r,

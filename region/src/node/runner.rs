@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam::channel::Sender;
 use flotilla_engine::{EngineConfig, FileSystem, RaftLog};
 use flotilla_transport::{InboundReceiver, Transport};
+use std::sync::mpsc::SyncSender as Sender;
 use tracing::info;
 
 use super::error::NodeError;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+// std's channel rather than crossbeam's: see engine/src/commit.rs.
 use flotilla_common::{codec, ConfChange, EntryKind, HardState, MessageKind, RaftEnvelope};
 use flotilla_engine::{
     ApplyRound, KeyRange, KvStore, LogBatch, RaftLog, RegionBatch, SnapshotMark,
@@ -29,6 +29,7 @@ use flotilla_engine::{
 use flotilla_transport::{Inbound, PeerEvent, SnapshotStatus, Transport};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender as Sender};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -546,7 +547,7 @@ impl Store {
         kv: Arc<KvStore>,
         transport: Arc<dyn Transport>,
     ) -> Result<(Store, Sender<StoreMsg>, Arc<RegionMap>, LogSlot), NodeError> {
-        let (tx, rx) = crossbeam::channel::bounded(64 * 1024);
+        let (tx, rx) = std::sync::mpsc::sync_channel(64 * 1024);
         let regions = Arc::new(RegionMap::default());
         let log_slot: LogSlot = Default::default();
         let shell = StoreShell {

@@ -27,12 +27,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use flotilla_engine::{
     open_log_with_fs, EngineConfig, FileSystem, KvStore, RaftLog, StdFileSystem,
 };
 use flotilla_transport::Transport;
 use parking_lot::RwLock;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender as Sender};
 use tracing::{debug, error, info, warn};
 
 use super::{RegionMap, Store, StoreConfig, StoreMsg};
