@@ -21,7 +21,7 @@
 //! merged sessions as the new base, deletes the log records and writes the applied-index
 //! key, in the same WriteBatch as the round's data. Each byte of session log is so rewritten at most about twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use flotilla_common::codec;
@@ -137,7 +137,7 @@ pub(crate) struct SessionWrites {
     /// Per region, what the batch changes in its [`LogState`] (for [`SessionLogs::written`]).
     pub(crate) changes: Vec<(u64, LogChange)>,
     /// The regions whose applied index a log record of the batch carries.
-    pub(crate) carried: Vec<u64>,
+    pub(crate) carried: HashSet<u64>,
 }
 
 /// One region's session records, read in key order.
@@ -309,7 +309,7 @@ impl KvStore {
         applied: &BTreeMap<u64, u64>,
         seq: u64,
     ) -> Result<SessionWrites> {
-        let mut carried = Vec::new();
+        let mut carried = HashSet::new();
         let mut changes = Vec::new();
         let meta = self.cf(CF_META)?;
         let mut rest = changed;
@@ -341,7 +341,7 @@ impl KvStore {
             if state.log_bytes + record.len() < FOLD_MIN_BYTES.max(state.base_bytes) {
                 let key = log_key(region, seq);
                 wb.put_cf(meta, key, &record);
-                carried.push(region);
+                carried.insert(region);
                 changes.push((
                     region,
                     LogChange::Appended {

@@ -26,6 +26,8 @@ pub struct DiskFaults {
     /// Syncs fail with `ENOSPC` (a file system that allocates lazily reports a full disk
     /// when the data is flushed).
     sync_enospc: AtomicBool,
+    /// Syncs fail with `EIO` (the device failed the flush).
+    sync_eio: AtomicBool,
     /// Creating a file fails with `ENOSPC` (the empty file is left behind, as when the
     /// directory entry fit but its first block did not).
     create_enospc: AtomicBool,
@@ -40,6 +42,7 @@ impl DiskFaults {
             write_enospc_after: AtomicU64::new(u64::MAX),
             write_enospc_half: AtomicBool::new(false),
             sync_enospc: AtomicBool::new(false),
+            sync_eio: AtomicBool::new(false),
             create_enospc: AtomicBool::new(false),
             truncate_eio: AtomicBool::new(false),
         })
@@ -58,6 +61,7 @@ impl DiskFaults {
         self.write_enospc_after.store(u64::MAX, Ordering::SeqCst);
         self.write_enospc_half.store(false, Ordering::SeqCst);
         self.sync_enospc.store(false, Ordering::SeqCst);
+        self.sync_eio.store(false, Ordering::SeqCst);
         self.create_enospc.store(false, Ordering::SeqCst);
         self.truncate_eio.store(false, Ordering::SeqCst);
     }
@@ -70,6 +74,11 @@ impl DiskFaults {
     /// Syncs fail with `ENOSPC` (`true`) or work (`false`).
     pub fn fail_syncs(&self, on: bool) {
         self.sync_enospc.store(on, Ordering::SeqCst);
+    }
+
+    /// Syncs fail with `EIO` while `on`.
+    pub fn fail_syncs_with_eio(&self, on: bool) {
+        self.sync_eio.store(on, Ordering::SeqCst);
     }
 
     /// Creating a file fails with `ENOSPC` (`true`) or works (`false`).
@@ -126,6 +135,9 @@ impl LogFile for FaultyFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        if self.faults.sync_eio.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
         if self.faults.sync_enospc.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(ENOSPC));
         }
