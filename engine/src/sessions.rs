@@ -67,9 +67,10 @@ fn decode_log_record(value: &[u8]) -> std::result::Result<LogRecord, codec::Code
 /// What the store knows of a region's session records without reading them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LogState {
-    /// The keys of its session log records, oldest first (a fold reads them one by one
-    /// instead of iterating over the tombstones earlier folds left in the memtable).
-    log_keys: Vec<Vec<u8>>,
+    /// The sequences of its session log records (their keys: [`log_key`]), oldest first: a
+    /// fold reads them one by one instead of iterating over the tombstones earlier folds
+    /// left in the memtable.
+    log_seqs: Vec<u64>,
     /// Bytes of session log records.
     log_bytes: usize,
     /// Bytes of the folded base.
@@ -91,7 +92,7 @@ pub(crate) enum LogChange {
     /// know the region's state yet).
     Appended {
         loaded: Option<LogState>,
-        key: Vec<u8>,
+        seq: u64,
         bytes: usize,
     },
     /// The log was folded into a base of `base_bytes`.
@@ -104,12 +105,12 @@ impl SessionLogs {
     pub(crate) fn written(&mut self, changes: Vec<(u64, LogChange)>) {
         for (region, change) in changes {
             match change {
-                LogChange::Appended { loaded, key, bytes } => {
+                LogChange::Appended { loaded, seq, bytes } => {
                     let state = match loaded {
                         Some(l) => self.regions.entry(region).or_insert(l),
                         None => self.regions.entry(region).or_default(),
                     };
-                    state.log_keys.push(key);
+                    state.log_seqs.push(seq);
                     state.log_bytes += bytes;
                 }
                 LogChange::Folded { base_bytes } => {
@@ -189,7 +190,12 @@ impl Records {
 
     fn state(&self) -> LogState {
         LogState {
-            log_keys: self.log.iter().map(|(k, _)| k.clone()).collect(),
+            // Keys read by `session_records` lie in the region's log bounds: 17 bytes.
+            log_seqs: self
+                .log
+                .iter()
+                .filter_map(|(k, _)| kv::u64_at(k, 9))
+                .collect(),
             log_bytes: self.log.iter().map(|(_, v)| v.len()).sum(),
             base_bytes: self.base.as_ref().map_or(0, |b| b.len()),
             legacy: !self.legacy.is_empty(),
@@ -346,7 +352,7 @@ impl KvStore {
                     region,
                     LogChange::Appended {
                         loaded,
-                        key: key.to_vec(),
+                        seq,
                         bytes: record.len(),
                     },
                 ));
@@ -389,8 +395,9 @@ impl KvStore {
         }
         let meta = self.cf(CF_META)?;
         let base = self.db.get_cf(meta, base_key(region_id))?.map(Bytes::from);
-        let mut log = Vec::with_capacity(state.log_keys.len());
-        for key in &state.log_keys {
+        let mut log = Vec::with_capacity(state.log_seqs.len());
+        for &seq in &state.log_seqs {
+            let key = log_key(region_id, seq);
             let value = self
                 .db
                 .get_cf(meta, key)?
@@ -399,7 +406,7 @@ impl KvStore {
                     offset: 0,
                     reason: format!("session log record of region {region_id} missing"),
                 })?;
-            log.push((key.clone(), Bytes::from(value)));
+            log.push((key.to_vec(), Bytes::from(value)));
         }
         Ok(Records {
             legacy: Vec::new(),
