@@ -141,15 +141,15 @@ impl Peer {
     }
 
     /// Encodes `envelopes` into the queue under one lock and wakes the task at most once;
-    /// returns what was queued or dropped as too big (in order), and the envelopes refused
-    /// at a bound.
+    /// returns how many were dropped as too big for any frame, and the envelopes refused at
+    /// a bound (the tail of `envelopes`, in order).
     pub fn push_many(
         &self,
-        envelopes: Vec<RaftEnvelope>,
+        mut envelopes: Vec<RaftEnvelope>,
         config: &TransportConfig,
-    ) -> (Vec<Pushed>, Vec<RaftEnvelope>) {
-        let mut outcomes = Vec::with_capacity(envelopes.len());
-        let mut refused = Vec::new();
+    ) -> (usize, Vec<RaftEnvelope>) {
+        let mut taken = 0;
+        let mut too_big = 0;
         let wake = {
             let mut q = self.queue.lock();
             let was_empty = q.messages == 0;
@@ -159,25 +159,26 @@ impl Peer {
                 {
                     break;
                 }
-                let pushed = append(
+                match append(
                     &mut q.frames,
                     envelope,
                     config.frame_target_bytes,
                     config.frame_bytes_max,
-                );
-                if pushed == Pushed::Queued {
-                    q.messages += 1;
+                ) {
+                    Pushed::Queued => q.messages += 1,
+                    Pushed::TooBig => too_big += 1,
                 }
-                outcomes.push(pushed);
+                taken += 1;
             }
             was_empty && q.messages > 0
         };
         // Freed here, after the lock, by the thread that built them.
-        refused.extend(envelopes.into_iter().skip(outcomes.len()));
+        let refused = envelopes.split_off(taken);
+        drop(envelopes);
         if wake {
             self.wake.notify_one();
         }
-        (outcomes, refused)
+        (too_big, refused)
     }
 
     /// Swaps the queued frames into `out` (whose old buffer, cleared, becomes the queue's)

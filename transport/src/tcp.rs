@@ -209,8 +209,7 @@ impl Transport for TcpTransport {
                 );
                 continue;
             };
-            let (pushed, refused) = p.push_many(group, &self.shared.config);
-            let too_big = pushed.iter().filter(|p| **p == Pushed::TooBig).count();
+            let (too_big, refused) = p.push_many(group, &self.shared.config);
             if too_big > 0 {
                 self.too_big(p, too_big as u64);
             }
