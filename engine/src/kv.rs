@@ -250,11 +250,6 @@ impl KvStore {
             })?;
             written.insert(region, codec::decode::<u64>(&value)?);
         }
-        // Rounds with session changes carry their applied index in the session log.
-        for (region, index) in store.applied_in_session_logs()? {
-            let newest = written.entry(region).or_default();
-            *newest = (*newest).max(index);
-        }
         *store.applied.lock() = AppliedIndexes {
             durable: written.clone(),
             written,
@@ -323,17 +318,12 @@ impl KvStore {
                     reason: format!("applied index {index} is behind {current}"),
                 });
             }
+            wb.put_cf(meta, applied_key(region), codec::encode(&index)?);
         }
         let mut logs = self.session_logs.lock();
         // Every write of this batch gets a sequence number after this one.
         let seq = self.db.latest_sequence_number() + 1;
-        let writes = self.write_sessions(&mut wb, &logs, &last, &round.applied, seq)?;
-        for (&region, &index) in &round.applied {
-            // A session-log record of this round carries it already.
-            if !writes.carried.contains(&region) {
-                wb.put_cf(meta, applied_key(region), codec::encode(&index)?);
-            }
-        }
+        let states = self.write_sessions(&mut wb, &logs, &last, seq)?;
         for &region in &round.removed {
             wb.delete_cf(meta, descriptor_key(region));
             wb.delete_cf(meta, applied_key(region));
@@ -342,7 +332,7 @@ impl KvStore {
         // Under the locks so that the written indexes and session states follow the order
         // of the writes.
         self.db.write(wb)?;
-        logs.written(writes.changes);
+        logs.written(states);
         for &region in &round.removed {
             logs.forget(region);
         }

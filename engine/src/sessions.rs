@@ -5,12 +5,9 @@
 //! most expensive part of applying it (docs/benchmarks.md, "Where a write's time goes").
 //! Instead a round writes, per region, one record holding all the sessions it changed:
 //!
-//! - `t` + region id + sequence → `(applied index, [(client id, session)])`: the session
-//!   log, in sequence order (the store's RocksDB sequence number when the round was written,
-//!   so later rounds sort after earlier ones, across restarts too). The record also carries
-//!   the region's applied index as of its round, and such a round writes no applied-index
-//!   key of its own (`a` + region): one RocksDB record per region and round instead of
-//!   two. A region's applied index is the largest of its key and its log records';
+//! - `t` + region id + sequence → `[(client id, session)]`: the session log, in sequence
+//!   order (the store's RocksDB sequence number when the round was written, so later rounds
+//!   sort after earlier ones, across restarts too);
 //! - `u` + region id → `[(client id, session)]`: the folded base, every session of the
 //!   region as of the last fold;
 //! - `s` + region id + client id → session: one record per client, as older versions of the
@@ -18,10 +15,10 @@
 //!
 //! A region's sessions are the base with the log replayed over it. Once the log holds more
 //! bytes than the base (and at least [`FOLD_MIN_BYTES`]), the round folds it: it writes the
-//! merged sessions as the new base, deletes the log records and writes the applied-index
-//! key, in the same WriteBatch as the round's data. Each byte of session log is so rewritten at most about twice.
+//! merged sessions as the new base and deletes the log records, in the same WriteBatch as
+//! the round's data. Each byte of session log is so rewritten at most about twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use flotilla_common::codec;
@@ -55,13 +52,6 @@ fn log_bounds(region_id: u64) -> ([u8; 17], [u8; 17]) {
 
 fn base_key(region_id: u64) -> [u8; 9] {
     kv::meta_key(BASE_PREFIX, region_id)
-}
-
-/// A log record: the region's applied index as of its round, and the sessions it changed.
-type LogRecord = (u64, Vec<(u64, Bytes)>);
-
-fn decode_log_record(value: &[u8]) -> std::result::Result<LogRecord, codec::CodecError> {
-    codec::decode(value)
 }
 
 /// What the store knows of a region's session records without reading them.
@@ -132,15 +122,6 @@ impl SessionLogs {
     }
 }
 
-/// What [`KvStore::write_sessions`] added to a batch.
-#[derive(Debug)]
-pub(crate) struct SessionWrites {
-    /// Per region, what the batch changes in its [`LogState`] (for [`SessionLogs::written`]).
-    pub(crate) changes: Vec<(u64, LogChange)>,
-    /// The regions whose applied index a log record of the batch carries.
-    pub(crate) carried: HashSet<u64>,
-}
-
 /// One region's session records, read in key order.
 struct Records {
     legacy: Vec<(u64, Bytes)>,
@@ -164,24 +145,11 @@ impl Records {
             out.extend(list);
         }
         for (_, value) in &self.log {
-            let (_, list) = decode_log_record(value)
-                .map_err(|e| corrupt(format!("session log record: {e}")))?;
+            let list: Vec<(u64, Bytes)> =
+                codec::decode(value).map_err(|e| corrupt(format!("session log record: {e}")))?;
             out.extend(list);
         }
         Ok(out)
-    }
-
-    /// The applied index the newest log record carries (the largest: indexes only grow).
-    fn last_applied(&self, path: &std::path::Path) -> Result<Option<u64>> {
-        let Some((_, value)) = self.log.last() else {
-            return Ok(None);
-        };
-        let (applied, _) = decode_log_record(value).map_err(|e| EngineError::Corruption {
-            file: path.to_path_buf(),
-            offset: 0,
-            reason: format!("session log record: {e}"),
-        })?;
-        Ok(Some(applied))
     }
 
     fn legacy_found(&self) -> bool {
@@ -258,64 +226,17 @@ impl KvStore {
             .merged(self.path())
     }
 
-    /// A region's sessions and the applied index its newest session-log record carries
-    /// (none without log records), both at `snapshot`.
-    pub(crate) fn sessions_and_applied_at(
-        &self,
-        region_id: u64,
-        snapshot: &Snapshot<'_>,
-    ) -> Result<(SessionMap, Option<u64>)> {
-        let records = self.session_records(region_id, Some(snapshot))?;
-        Ok((
-            records.merged(self.path())?,
-            records.last_applied(self.path())?,
-        ))
-    }
-
-    /// Every applied index the session-log records carry, the newest per region (what
-    /// [`KvStore::open`] adds to the applied-index keys).
-    pub(crate) fn applied_in_session_logs(&self) -> Result<HashMap<u64, u64>> {
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(vec![LOG_PREFIX + 1]);
-        let lower = [LOG_PREFIX];
-        let mut out: HashMap<u64, u64> = HashMap::new();
-        for item in self.db.iterator_cf_opt(
-            self.cf(CF_META)?,
-            opts,
-            IteratorMode::From(&lower, Direction::Forward),
-        ) {
-            let (key, value) = item?;
-            let corrupt = |reason: String| EngineError::Corruption {
-                file: self.path().to_path_buf(),
-                offset: 0,
-                reason,
-            };
-            let region = kv::u64_at(&key, 1)
-                .ok_or_else(|| corrupt(format!("session log key of {} bytes", key.len())))?;
-            let (applied, _) = decode_log_record(&value)
-                .map_err(|e| corrupt(format!("session log record: {e}")))?;
-            let newest = out.entry(region).or_default();
-            *newest = (*newest).max(applied);
-        }
-        Ok(out)
-    }
-
     /// Adds the sessions one apply round changed (`(region, client, session)`, sorted by
     /// region and client, one per client) to `wb`: one log record per region, or a fold.
-    /// `seq` orders this round's log records after every earlier round's; `applied` is the
-    /// round's applied index per region (every region with a change has one). Returns the
-    /// regions' states once `wb` is written, for [`SessionLogs::written`], and the regions
-    /// whose applied index a log record carries (the caller writes no applied-index key for
-    /// them; a fold leaves the key to the caller).
+    /// `seq` orders this round's log records after every earlier round's. Returns the
+    /// regions' states once `wb` is written, for [`SessionLogs::written`].
     pub(crate) fn write_sessions(
         &self,
         wb: &mut WriteBatch,
         logs: &SessionLogs,
         changed: &[(u64, u64, &Bytes)],
-        applied: &BTreeMap<u64, u64>,
         seq: u64,
-    ) -> Result<SessionWrites> {
-        let mut carried = HashSet::new();
+    ) -> Result<Vec<(u64, LogChange)>> {
         let mut changes = Vec::new();
         let meta = self.cf(CF_META)?;
         let mut rest = changed;
@@ -324,14 +245,7 @@ impl KvStore {
             let (group, tail) = rest.split_at(n);
             rest = tail;
             let list: Vec<(u64, &Bytes)> = group.iter().map(|(_, c, s)| (*c, *s)).collect();
-            let index = applied
-                .get(&region)
-                .copied()
-                .ok_or_else(|| EngineError::InvalidBatch {
-                    region_id: region,
-                    reason: "a session change without the round's applied index".into(),
-                })?;
-            let record = codec::encode(&(index, &list))?;
+            let record = codec::encode(&list)?;
             // Known: by reference (its log keys are many while the records are small).
             let mut read = None;
             let mut loaded = None;
@@ -347,7 +261,6 @@ impl KvStore {
             if state.log_bytes + record.len() < FOLD_MIN_BYTES.max(state.base_bytes) {
                 let key = log_key(region, seq);
                 wb.put_cf(meta, key, &record);
-                carried.insert(region);
                 changes.push((
                     region,
                     LogChange::Appended {
@@ -384,7 +297,7 @@ impl KvStore {
                 },
             ));
         }
-        Ok(SessionWrites { changes, carried })
+        Ok(changes)
     }
 
     /// Reads the records `state` lists: the base and each log record by its key, and the
@@ -483,13 +396,9 @@ mod tests {
                 }
             }
             kv.apply(round).expect("apply");
-            if round_no == 250 || round_no == 399 {
+            if round_no == 250 {
                 drop(kv);
                 kv = open(dir.path());
-                // Most rounds wrote their applied index only in a session-log record.
-                for region in 1..=3u64 {
-                    assert_eq!(kv.applied_index(region), index, "region {region} reopened");
-                }
             }
             if round_no % 37 == 0 || round_no == 399 {
                 for region in 1..=3u64 {
@@ -511,44 +420,6 @@ mod tests {
             log_bytes <= FOLD_MIN_BYTES.max(records.base.map_or(0, |b| b.len())),
             "region 1's log holds {log_bytes} bytes"
         );
-    }
-
-    /// The applied index is the newest of the key and the session log, after a reopen and
-    /// in a region snapshot, whichever wrote last.
-    #[test]
-    fn the_applied_index_is_the_newest_of_key_and_session_log() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let kv = open(dir.path());
-        let range = crate::KeyRange::new(&b""[..], &b""[..]);
-        let snapshot_index = |kv: &KvStore| {
-            kv.snapshot_region(5, range.clone())
-                .expect("snapshot")
-                .header()
-                .applied_index
-        };
-        // Index 1: data and a session, so the log record carries it.
-        let mut round = ApplyRound::new();
-        round.put(5, b"k".to_vec(), b"v".to_vec());
-        round.set_session(5, 1, session(1));
-        round.set_applied(5, 1);
-        kv.apply(round).expect("apply");
-        assert_eq!(snapshot_index(&kv), 1);
-        // Index 2: no session change, so the key.
-        let mut round = ApplyRound::new();
-        round.set_applied(5, 2);
-        kv.apply(round).expect("apply");
-        assert_eq!(snapshot_index(&kv), 2);
-        // Index 3: the log again, newer than the key.
-        let mut round = ApplyRound::new();
-        round.set_session(5, 2, session(2));
-        round.set_applied(5, 3);
-        kv.apply(round).expect("apply");
-        assert_eq!(snapshot_index(&kv), 3);
-        drop(kv);
-        let kv = open(dir.path());
-        assert_eq!(kv.applied_index(5), 3);
-        assert_eq!(kv.durable_applied_index(5), 3);
-        assert_eq!(snapshot_index(&kv), 3);
     }
 
     #[test]

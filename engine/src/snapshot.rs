@@ -126,17 +126,17 @@ impl KvStore {
     pub fn snapshot_region(&self, region_id: u64, range: KeyRange) -> Result<SnapshotStream<'_>> {
         let snapshot = self.db.snapshot();
         let meta = self.cf(CF_META)?;
-        let keyed: u64 = match snapshot.get_cf(meta, kv::applied_key(region_id))? {
+        let applied_index = match snapshot.get_cf(meta, kv::applied_key(region_id))? {
             Some(value) => codec::decode(&value)?,
             None => 0,
         };
         let descriptor = snapshot
             .get_cf(meta, kv::descriptor_key(region_id))?
             .map(Bytes::from);
-        let (sessions, logged) = self.sessions_and_applied_at(region_id, &snapshot)?;
-        let sessions: Vec<(u64, Bytes)> = sessions.into_iter().collect();
-        // The newest of the applied-index key and the session log (crate::sessions).
-        let applied_index = keyed.max(logged.unwrap_or(0));
+        let sessions: Vec<(u64, Bytes)> = self
+            .sessions_at(region_id, Some(&snapshot))?
+            .into_iter()
+            .collect();
         let (lower, upper) = range.data_bounds();
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(upper);
