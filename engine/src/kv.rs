@@ -2,8 +2,8 @@
 //!
 //! Column families: `default` holds user data under `z` + user key, so a region's key range
 //! is one contiguous range of RocksDB keys; `meta` holds per-region metadata: `a` + region
-//! id → applied index (unless a newer one rides in the region's session log), `d` + region
-//! id → descriptor, and the client sessions (`t`, `u`, `s`: see [`crate::sessions`]). One apply round is one WriteBatch that also records the applied
+//! id → applied index, `d` + region id → descriptor, and the client sessions (`t`, `u`, `s`:
+//! see [`crate::sessions`]). One apply round is one WriteBatch that also records the applied
 //! index and the sessions of every region it touches, so data, sessions and applied index
 //! can never disagree after a crash.
 
