@@ -15,8 +15,15 @@
 //!
 //! A region's sessions are the base with the log replayed over it. Once the log holds more
 //! bytes than the base (and at least [`FOLD_MIN_BYTES`]), the round folds it: it writes the
-//! merged sessions as the new base and deletes the log records, in the same WriteBatch as
-//! the round's data. Each byte of session log is so rewritten at most about twice.
+//! merged sessions as the new base and deletes the log records with one range deletion, in
+//! the same WriteBatch as the round's data. Each byte of session log is so rewritten at
+//! most about twice.
+//!
+//! The merged sessions of every region written since the store opened are kept in memory
+//! ([`LogState::sessions`], read from disk on a region's first write), so a fold reads
+//! nothing back: reading the base and each log record with a `get`, and deleting each
+//! record with its own tombstone, had made a region's session record cost three memtable
+//! operations instead of one (docs/benchmarks.md).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -57,10 +64,8 @@ fn base_key(region_id: u64) -> [u8; 9] {
 /// What the store knows of a region's session records without reading them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LogState {
-    /// The sequences of its session log records (their keys: [`log_key`]), oldest first: a
-    /// fold reads them one by one instead of iterating over the tombstones earlier folds
-    /// left in the memtable.
-    log_seqs: Vec<u64>,
+    /// The region's sessions: the base with the log replayed over it, as written.
+    sessions: SessionMap,
     /// Bytes of session log records.
     log_bytes: usize,
     /// Bytes of the folded base.
@@ -78,15 +83,18 @@ pub(crate) struct SessionLogs {
 /// What a written round changed in a region's [`LogState`].
 #[derive(Debug)]
 pub(crate) enum LogChange {
-    /// A log record was added (to `loaded`, the state read from disk, if the store did not
-    /// know the region's state yet).
+    /// A log record of `bytes` was added, holding `changed` (to `loaded`, the state read
+    /// from disk, if the store did not know the region's state yet).
     Appended {
         loaded: Option<LogState>,
-        seq: u64,
+        changed: Vec<(u64, Bytes)>,
         bytes: usize,
     },
-    /// The log was folded into a base of `base_bytes`.
-    Folded { base_bytes: usize },
+    /// The log was folded into a base of `base_bytes` holding `sessions`.
+    Folded {
+        sessions: SessionMap,
+        base_bytes: usize,
+    },
 }
 
 impl SessionLogs {
@@ -95,18 +103,26 @@ impl SessionLogs {
     pub(crate) fn written(&mut self, changes: Vec<(u64, LogChange)>) {
         for (region, change) in changes {
             match change {
-                LogChange::Appended { loaded, seq, bytes } => {
+                LogChange::Appended {
+                    loaded,
+                    changed,
+                    bytes,
+                } => {
                     let state = match loaded {
                         Some(l) => self.regions.entry(region).or_insert(l),
                         None => self.regions.entry(region).or_default(),
                     };
-                    state.log_seqs.push(seq);
+                    state.sessions.extend(changed);
                     state.log_bytes += bytes;
                 }
-                LogChange::Folded { base_bytes } => {
+                LogChange::Folded {
+                    sessions,
+                    base_bytes,
+                } => {
                     self.regions.insert(
                         region,
                         LogState {
+                            sessions,
                             base_bytes,
                             ..LogState::default()
                         },
@@ -152,22 +168,14 @@ impl Records {
         Ok(out)
     }
 
-    fn legacy_found(&self) -> bool {
-        !self.legacy.is_empty()
-    }
-
-    fn state(&self) -> LogState {
-        LogState {
-            // Keys read by `session_records` lie in the region's log bounds: 17 bytes.
-            log_seqs: self
-                .log
-                .iter()
-                .filter_map(|(k, _)| kv::u64_at(k, 9))
-                .collect(),
+    /// The state of the region these records describe.
+    fn state(&self, path: &std::path::Path) -> Result<LogState> {
+        Ok(LogState {
+            sessions: self.merged(path)?,
             log_bytes: self.log.iter().map(|(_, v)| v.len()).sum(),
             base_bytes: self.base.as_ref().map_or(0, |b| b.len()),
             legacy: !self.legacy.is_empty(),
-        }
+        })
     }
 }
 
@@ -246,46 +254,35 @@ impl KvStore {
             rest = tail;
             let list: Vec<(u64, &Bytes)> = group.iter().map(|(_, c, s)| (*c, *s)).collect();
             let record = codec::encode(&list)?;
-            // Known: by reference (its log keys are many while the records are small).
-            let mut read = None;
             let mut loaded = None;
             let state = match logs.regions.get(&region) {
                 Some(s) => s,
-                None => {
-                    let records = self.session_records(region, None)?;
-                    loaded = Some(records.state());
-                    read = Some(records);
-                    loaded.as_ref().expect("just set")
-                }
+                None => loaded.insert(self.session_records(region, None)?.state(self.path())?),
             };
             if state.log_bytes + record.len() < FOLD_MIN_BYTES.max(state.base_bytes) {
-                let key = log_key(region, seq);
-                wb.put_cf(meta, key, &record);
+                wb.put_cf(meta, log_key(region, seq), &record);
+                let changed = list.into_iter().map(|(c, s)| (c, s.clone())).collect();
                 changes.push((
                     region,
                     LogChange::Appended {
                         loaded,
-                        seq,
+                        changed,
                         bytes: record.len(),
                     },
                 ));
                 continue;
             }
-            // Fold: the base with the log and this round's changes over it, in one record.
-            let records = match read.take() {
-                Some(r) => r,
-                None => self.known_records(region, state)?,
-            };
-            let mut merged = records.merged(self.path())?;
+            // Fold: the base with the log and this round's changes over it, in one record;
+            // the log records (all older than `seq`) go in one range deletion.
+            let mut sessions = state.sessions.clone();
             for (client, session) in list {
-                merged.insert(client, session.clone());
+                sessions.insert(client, session.clone());
             }
-            let base: Vec<(u64, Bytes)> = merged.into_iter().collect();
+            let base: Vec<(u64, &Bytes)> = sessions.iter().map(|(c, s)| (*c, s)).collect();
             let base = codec::encode(&base)?;
-            for (key, _) in &records.log {
-                wb.delete_cf(meta, key);
-            }
-            if records.legacy_found() {
+            let (lower, _) = log_bounds(region);
+            wb.delete_range_cf(meta, lower, log_key(region, seq));
+            if state.legacy {
                 let (lower, upper) = kv::session_bounds(region);
                 wb.delete_range_cf(meta, lower, upper);
             }
@@ -293,39 +290,12 @@ impl KvStore {
             changes.push((
                 region,
                 LogChange::Folded {
+                    sessions,
                     base_bytes: base.len(),
                 },
             ));
         }
         Ok(changes)
-    }
-
-    /// Reads the records `state` lists: the base and each log record by its key, and the
-    /// old per-client records only if there may be some.
-    fn known_records(&self, region_id: u64, state: &LogState) -> Result<Records> {
-        if state.legacy {
-            return self.session_records(region_id, None);
-        }
-        let meta = self.cf(CF_META)?;
-        let base = self.db.get_cf(meta, base_key(region_id))?.map(Bytes::from);
-        let mut log = Vec::with_capacity(state.log_seqs.len());
-        for &seq in &state.log_seqs {
-            let key = log_key(region_id, seq);
-            let value = self
-                .db
-                .get_cf(meta, key)?
-                .ok_or_else(|| EngineError::Corruption {
-                    file: self.path().to_path_buf(),
-                    offset: 0,
-                    reason: format!("session log record of region {region_id} missing"),
-                })?;
-            log.push((key.to_vec(), Bytes::from(value)));
-        }
-        Ok(Records {
-            legacy: Vec::new(),
-            base,
-            log,
-        })
     }
 
     /// Adds to `wb` the deletion of every session record of the region.
@@ -471,7 +441,8 @@ mod tests {
             round.set_session(2, i % 50, session(10_000 + i));
             kv.apply(round).expect("apply");
         }
-        assert!(!kv.session_records(2, None).expect("records").state().legacy);
+        let records = kv.session_records(2, None).expect("records");
+        assert!(!records.state(kv.path()).expect("state").legacy);
         let got: BTreeMap<u64, Vec<u8>> = kv.sessions(2).expect("read").into_iter().collect();
         assert_eq!(got.len(), 100);
         assert_eq!(got[&49], session(10_000 + 1999));
