@@ -874,9 +874,7 @@ impl Store {
                 region_id,
                 key,
                 reply,
-            } => {
-                let _ = reply.send(self.prepare_split(region_id, key));
-            }
+            } => self.prepare_split(region_id, key, reply),
             StoreMsg::AllocateId { reply } => {
                 let r = self.kv.next_id().map_err(storage_error);
                 let _ = reply.send(r);
@@ -1317,34 +1315,61 @@ impl Store {
         self.propose(region_id, (super::SPLIT_CLIENT_BIT | id, 1), cmd, reply);
     }
 
-    fn prepare_split(&self, region_id: u64, key: Option<Bytes>) -> Result<KvCommand, NodeError> {
-        let storage = storage_error;
-        let p = self
-            .peers
-            .get(&region_id)
-            .ok_or(NodeError::RegionNotFound)?;
-        let key = match key {
-            Some(k) => k,
-            None => {
-                let range = KeyRange::new(p.desc.start_key.clone(), p.desc.end_key.clone());
-                self.kv
-                    .middle_key(&range, SPLIT_SCAN_BYTES_MAX)
-                    .map_err(storage)?
-                    .ok_or_else(|| {
-                        NodeError::Refused(format!(
-                            "region {region_id} holds fewer than two keys: give a split key"
-                        ))
-                    })?
-            }
+    /// Answers `reply` with the `Split` command for `region_id` at `key` (`None`: the
+    /// middle of its data). Reading the region's data for the middle (up to
+    /// [`SPLIT_SCAN_BYTES_MAX`]) and taking a new id (a synced write) happen on a thread of
+    /// their own: on the store's thread they stalled every region of the node for the
+    /// scan's milliseconds. The key is checked against the range as it is now, and again
+    /// where the split applies.
+    fn prepare_split(&self, region_id: u64, key: Option<Bytes>, reply: Reply<KvCommand>) {
+        let Some(p) = self.peers.get(&region_id) else {
+            let _ = reply.send(Err(NodeError::RegionNotFound));
+            return;
         };
-        // Checked here for a clear answer; checked again where it applies.
-        let probe = [super::split::REGION_ID_MAX];
-        plan_split(&p.desc, std::slice::from_ref(&key), &probe).map_err(NodeError::Refused)?;
-        let id = split_region_id(self.kv.next_id().map_err(storage)?, self.cfg.node_id);
-        Ok(KvCommand::Split {
-            split_keys: vec![key],
-            new_region_ids: vec![id],
-        })
+        let desc = p.desc.clone();
+        let kv = self.kv.clone();
+        let node_id = self.cfg.node_id;
+        let prepare = move || -> Result<KvCommand, NodeError> {
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let range = KeyRange::new(desc.start_key.clone(), desc.end_key.clone());
+                    kv.middle_key(&range, SPLIT_SCAN_BYTES_MAX)
+                        .map_err(storage_error)?
+                        .ok_or_else(|| {
+                            NodeError::Refused(format!(
+                                "region {region_id} holds fewer than two keys: give a split key"
+                            ))
+                        })?
+                }
+            };
+            let probe = [super::split::REGION_ID_MAX];
+            plan_split(&desc, std::slice::from_ref(&key), &probe).map_err(NodeError::Refused)?;
+            let id = split_region_id(kv.next_id().map_err(storage_error)?, node_id);
+            Ok(KvCommand::Split {
+                split_keys: vec![key],
+                new_region_ids: vec![id],
+            })
+        };
+        // The reply moves into the thread; if the thread cannot start, it is answered here.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Reply<KvCommand>>(1);
+        let spawned = std::thread::Builder::new()
+            .name("split-prepare".into())
+            .spawn(move || {
+                if let Ok(reply) = rx.recv() {
+                    let _ = reply.send(prepare());
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = tx.send(reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NodeError::Dropped(format!(
+                    "cannot start preparing the split: {e}"
+                ))));
+            }
+        }
     }
 
     /// Handles a message for a region this node has no replica of.
