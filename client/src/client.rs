@@ -1,7 +1,7 @@
 //! [`Client`]: routing, retries and the key-value calls.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,12 @@ pub const SCAN_PAGE_PAIRS_MAX: usize = 1000;
 /// Redirects to a hinted leader that are followed at once; after that the client pauses,
 /// since hints that keep changing mean an election is still going on.
 const REDIRECTS_WITHOUT_PAUSE_MAX: u32 = 2;
+
+/// Retries at once after `EPOCHNOTMATCH` answers (each with the regions that answer
+/// carried), in a row; after that the client pauses and refreshes its whole map, since
+/// regions that keep changing under a request, or nodes that disagree, are not fixed by
+/// asking again right away.
+const EPOCH_RETRIES_WITHOUT_PAUSE_MAX: u32 = 4;
 
 /// The routing table is fetched at most this often, so many calls failing together cost one
 /// refresh, not one each.
@@ -156,6 +162,8 @@ struct Inner {
     refreshed: tokio::sync::Mutex<Option<Instant>>,
     /// Round-robin position for requests whose leader is unknown.
     next_node: AtomicUsize,
+    /// `FLOTILLA.REGIONS` requests sent so far.
+    table_fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -242,6 +250,7 @@ impl Client {
                 sessions,
                 refreshed: tokio::sync::Mutex::new(None),
                 next_node: AtomicUsize::new(0),
+                table_fetches: AtomicU64::new(0),
             }),
         };
         let hellos: Vec<BoxFuture<'_, Result<(), ClientError>>> = client
@@ -283,6 +292,7 @@ impl Client {
         let mut last = None;
         for i in 0..n {
             let node = &inner.nodes[(first + i) % n];
+            inner.table_fetches.fetch_add(1, Ordering::Relaxed);
             let reply = tokio::time::timeout(inner.config.attempt_timeout, node.call(ask.clone()))
                 .await
                 .unwrap_or_else(|_| {
@@ -313,6 +323,13 @@ impl Client {
         Err(last.unwrap_or_else(|| ClientError::Config("no node addresses".into())))
     }
 
+    /// How many `FLOTILLA.REGIONS` requests this client (and its clones) has sent: one per
+    /// node asked by [`Client::refresh_regions`]. A region that split or merged costs none
+    /// when the node's `EPOCHNOTMATCH` answer carries the new regions.
+    pub fn routing_table_fetches(&self) -> u64 {
+        self.inner.table_fetches.load(Ordering::Relaxed)
+    }
+
     /// The cached regions in key order, with the leaders last heard of.
     pub fn regions(&self) -> Vec<RegionInfo> {
         self.inner.cache.read().all()
@@ -321,8 +338,8 @@ impl Client {
     /// The value of `key`, if it has one. Linearizable: served by the region's leader.
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
         let key = key.into();
-        let request = frame(&[word("GET"), key.clone()]);
-        self.call(&key, request, self.deadline(), |v| match v {
+        let request = [word("GET"), key.clone()];
+        self.call(&key, &request, self.deadline(), |v| match v {
             Value::Bulk(b) => Ok(Some(b)),
             Value::Nil => Ok(None),
             other => Err(unexpected("GET", &other)),
@@ -433,14 +450,14 @@ impl Client {
                 (None, e) => e.clone(),
             };
             let want = (limit - out.len()).min(SCAN_PAGE_PAIRS_MAX);
-            let request = frame(&[
+            let request = [
                 word("RANGE"),
                 from.clone(),
                 page_end.clone().unwrap_or_default(),
                 word("LIMIT"),
                 Bytes::from(want.to_string()),
-            ]);
-            let page = self.call(&from, request, deadline, pairs).await?;
+            ];
+            let page = self.call(&from, &request, deadline, pairs).await?;
             // Checked so a wrong answer cannot send the loop backwards or past the page.
             let in_order = page.windows(2).all(|w| w[0].0 < w[1].0);
             let in_range = page.first().is_none_or(|(k, _)| *k >= from)
@@ -595,18 +612,46 @@ impl Client {
         wrapped.push(Bytes::from(session.client_id().to_string()));
         wrapped.push(Bytes::from(session.seq().to_string()));
         wrapped.extend(args);
-        let result = self.call(&key, frame(&wrapped), deadline, parse).await;
+        let result = self.call(&key, &wrapped, deadline, parse).await;
         drop(session);
         result
     }
 
-    /// Sends `request` to the leader of `key`'s region until it is answered or `deadline`
-    /// passes: follows not-leader hints, refreshes the routing table and backs off on every
-    /// other retryable failure, and returns at once on a final one.
+    /// The request to send for `args` about `key`: wrapped in
+    /// `FLOTILLA.ROUTE <region> <version> <conf_ver>` with the cached region of `key`, so a
+    /// node whose regions changed since answers `EPOCHNOTMATCH` with the new ones; as is
+    /// when the cache does not cover `key`.
+    fn routed(&self, key: &[u8], args: &[Bytes]) -> Bytes {
+        let route = self
+            .inner
+            .cache
+            .read()
+            .locate(key)
+            .map(|r| (r.id, r.version, r.conf_ver));
+        match route {
+            None => frame(args),
+            Some((id, version, conf_ver)) => {
+                let mut wrapped = Vec::with_capacity(args.len() + 4);
+                wrapped.push(word("FLOTILLA.ROUTE"));
+                wrapped.push(Bytes::from(id.to_string()));
+                wrapped.push(Bytes::from(version.to_string()));
+                wrapped.push(Bytes::from(conf_ver.to_string()));
+                wrapped.extend_from_slice(args);
+                frame(&wrapped)
+            }
+        }
+    }
+
+    /// Sends the request `args` to the leader of `key`'s region, with the route of the
+    /// cached region, until it is answered or `deadline` passes: follows not-leader hints,
+    /// puts the regions of an `EPOCHNOTMATCH` answer in the cache and retries at once (no
+    /// refresh, no back-off), refreshes the routing table and backs off on every other
+    /// retryable failure, and returns at once on a final one. The request is the same on
+    /// every attempt but for its route (a write keeps its session).
     async fn call<T>(
         &self,
         key: &[u8],
-        request: Bytes,
+        args: &[Bytes],
         deadline: Instant,
         parse: impl Fn(Value) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
@@ -614,6 +659,7 @@ impl Client {
         let mut attempts = 0u32;
         let mut pauses = 0u32;
         let mut redirects = 0u32;
+        let mut epoch_retries = 0u32;
         let mut last: Option<String> = None;
         let mut no_leader: Option<u64> = None;
         loop {
@@ -621,10 +667,10 @@ impl Client {
                 return Err(gave_up(attempts, no_leader, last));
             }
             let node = self.pick(key);
+            let request = self.routed(key, args);
             attempts += 1;
             let attempt_deadline = deadline.min(Instant::now() + config.attempt_timeout);
-            let answer =
-                tokio::time::timeout_at(attempt_deadline, node.call(request.clone())).await;
+            let answer = tokio::time::timeout_at(attempt_deadline, node.call(request)).await;
             let failure = match answer {
                 Ok(Ok(Value::Error(line))) => classify(&line),
                 Ok(Ok(value)) => return parse(value),
@@ -648,12 +694,35 @@ impl Client {
                         continue;
                     }
                 }
+                ServerFailure::EpochNotMatch(e) => {
+                    no_leader = None;
+                    last = Some(format!("region {}: epoch changed", e.region_id));
+                    let current = e
+                        .current
+                        .into_iter()
+                        .map(|d| RegionInfo {
+                            id: d.id,
+                            start_key: d.start_key,
+                            end_key: d.end_key,
+                            version: d.version,
+                            conf_ver: d.conf_ver,
+                            leader: d.leader,
+                        })
+                        .collect();
+                    self.inner.cache.write().update(current);
+                    if epoch_retries < EPOCH_RETRIES_WITHOUT_PAUSE_MAX {
+                        epoch_retries += 1;
+                        tracing::trace!(region = e.region_id, "cache fixed from EPOCHNOTMATCH");
+                        continue;
+                    }
+                }
                 ServerFailure::Retry(why) => {
                     no_leader = None;
                     last = Some(why);
                 }
             }
             redirects = 0;
+            epoch_retries = 0;
             tracing::debug!(attempts, last = ?last, "retrying after a pause");
             self.refresh_if_stale(deadline).await;
             let pause = config.backoff.delay(pauses);

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use flotilla_common::epoch_not_match::EpochNotMatch;
+
 /// Why a client call failed.
 ///
 /// Retryable conditions (no leader yet, a leader moved, a region split, a broken
@@ -77,6 +79,9 @@ pub(crate) enum ServerFailure {
         /// The node hosting its leader, if the replica knew.
         leader: Option<u64>,
     },
+    /// The request's route was stale (`-TRYAGAIN EPOCHNOTMATCH …`): the regions as they are
+    /// now, to put in the cache before sending it again.
+    EpochNotMatch(EpochNotMatch),
     /// Anything else the server says may work when retried (`-TRYAGAIN …`: an election,
     /// a region that changed, a timeout inside the node).
     Retry(String),
@@ -89,9 +94,18 @@ pub(crate) enum ServerFailure {
 /// The node renders a request that reached a non-leader as
 /// `TRYAGAIN region 7: not leader (leader on node 2); retry`; every other `TRYAGAIN` is a
 /// transient condition. `ERR max number of clients reached` is an overloaded node, also
-/// transient. Everything else is final.
+/// transient. `TRYAGAIN EPOCHNOTMATCH …` carries the current regions; one that does not
+/// parse is retried like any other `TRYAGAIN` (the client then refreshes its whole map).
+/// Everything else is final.
 pub(crate) fn classify(line: &str) -> ServerFailure {
     if let Some(rest) = line.strip_prefix("TRYAGAIN") {
+        let message = rest.trim_start();
+        if EpochNotMatch::is_epoch_not_match(message) {
+            return match EpochNotMatch::parse(message) {
+                Ok(e) => ServerFailure::EpochNotMatch(e),
+                Err(e) => ServerFailure::Retry(format!("{line} ({e})")),
+            };
+        }
         return match not_leader(rest) {
             Some((region, leader)) => ServerFailure::NotLeader { region, leader },
             None => ServerFailure::Retry(line.to_string()),
@@ -164,6 +178,29 @@ mod tests {
             classify("WRONGTYPE Operation against a key"),
             ServerFailure::Fatal(_)
         ));
+    }
+
+    #[test]
+    fn epoch_not_match_carries_the_regions_and_a_bad_one_is_a_plain_retry() {
+        let line =
+            "TRYAGAIN EPOCHNOTMATCH region 7: epoch changed; now 7 - 0080 3 1 2 9 0080 - 3 1 -";
+        match classify(line) {
+            ServerFailure::EpochNotMatch(e) => {
+                assert_eq!(e.region_id, 7);
+                assert_eq!(e.current.len(), 2);
+                assert_eq!(e.current[1].id, 9);
+                assert_eq!(e.current[1].start_key.as_ref(), &[0x00, 0x80]);
+                assert_eq!(e.current[0].leader, Some(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = "TRYAGAIN EPOCHNOTMATCH region 7: epoch changed; now 7 - 0080 3 1";
+        match classify(bad) {
+            ServerFailure::Retry(why) => {
+                assert!(why.contains("malformed EPOCHNOTMATCH"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! with `FLOTILLA.REGIONS`, and sends each request straight to the node that leads the
 //! key's region. When a node answers that it does not lead the region
 //! (`-TRYAGAIN region 7: not leader (leader on node 2)`), the client notes the new leader
-//! and asks it; on any other retryable failure (an election, a region that split, a broken
-//! connection, a node that did not answer in time) it refreshes the region map and retries
-//! with exponential back-off and jitter. Every call has a timeout
+//! and asks it. Every keyed request carries the route of its cached region
+//! (`FLOTILLA.ROUTE <region> <version> <conf_ver> …`); a node whose region split or merged
+//! since answers `-TRYAGAIN EPOCHNOTMATCH …` with the regions as they are now, which the
+//! client puts in its cache before retrying at once, with no map refresh and no back-off. On
+//! any other retryable failure (an election, a broken connection, a node that did not
+//! answer in time) it refreshes the region map and retries with exponential back-off and
+//! jitter. Every call has a timeout
 //! ([`ClientConfig::call_timeout`]) that covers all of its retries. Final errors (a value
 //! that is not an integer, …) come back at once as [`ClientError::Server`].
 //!

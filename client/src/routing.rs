@@ -64,6 +64,22 @@ impl RegionCache {
         }
     }
 
+    /// Puts `regions` (the current descriptors of an `EPOCHNOTMATCH` error, disjoint) in
+    /// the cache: every cached region whose range overlaps one of them, or with the id of
+    /// one of them, is dropped first. What they do not cover stays as it was (or becomes a
+    /// gap, which a later request fills by a refresh).
+    pub fn update(&mut self, regions: Vec<RegionInfo>) {
+        let overlaps = |a: &RegionInfo, b: &RegionInfo| {
+            (a.end_key.is_empty() || b.start_key < a.end_key)
+                && (b.end_key.is_empty() || a.start_key < b.end_key)
+        };
+        self.by_start
+            .retain(|_, old| !regions.iter().any(|r| r.id == old.id || overlaps(r, old)));
+        for r in regions {
+            self.by_start.insert(r.start_key.clone(), r);
+        }
+    }
+
     /// The region holding `key`, if the cache covers it.
     pub fn locate(&self, key: &[u8]) -> Option<&RegionInfo> {
         let below = (Bound::Unbounded, Bound::Included(key));
@@ -214,6 +230,33 @@ mod tests {
         // A node with no regions yet does not wipe the cache.
         c.replace(Vec::new());
         assert_eq!(c.all().len(), 4);
+    }
+
+    #[test]
+    fn an_update_replaces_only_the_overlapping_regions() {
+        let mut c = three();
+        // Region 2 ["g", "p") split into 2 ["g", "k") and 4 ["k", "p").
+        let mut left = region(2, "g", "k", Some(3));
+        left.version = 2;
+        let mut right = region(4, "k", "p", None);
+        right.version = 2;
+        c.update(vec![left.clone(), right.clone()]);
+        assert_eq!(c.locate(b"h"), Some(&left));
+        assert_eq!(c.locate(b"m"), Some(&right));
+        assert_eq!(c.locate(b"a").map(|r| r.id), Some(1), "untouched");
+        assert_eq!(c.locate(b"q").map(|r| r.id), Some(3), "untouched");
+        assert_eq!(c.all().len(), 4);
+        // Regions 2 and 4 merged into 4 ["g", "p"); region 3 moved its start (a merge of
+        // a region the client never saw): the old entries go, by range and by id.
+        let mut merged = region(4, "g", "p", Some(1));
+        merged.version = 3;
+        c.update(vec![merged.clone()]);
+        assert_eq!(c.locate(b"h"), Some(&merged));
+        assert_eq!(c.all().len(), 3);
+        c.update(vec![region(3, "r", "", None)]);
+        assert!(c.locate(b"p").is_none(), "a gap where the old entry was");
+        assert_eq!(c.locate(b"s").map(|r| r.id), Some(3));
+        assert_eq!(c.all().len(), 3);
     }
 
     #[test]

@@ -35,6 +35,12 @@ async fn fake_node(script: Script) -> SocketAddr {
                                 other => format!("{other:?}"),
                             })
                             .collect();
+                        // The client routes keyed requests (`FLOTILLA.ROUTE id version
+                        // conf_ver <request…>`); these nodes answer the request inside.
+                        let words = match words.first().map(String::as_str) {
+                            Some("FLOTILLA.ROUTE") if words.len() > 4 => words[4..].to_vec(),
+                            _ => words,
+                        };
                         if stream.write_all(&script(&words)).await.is_err() {
                             return;
                         }

@@ -5,6 +5,7 @@
 
 pub mod codec;
 mod envelope;
+pub mod epoch_not_match;
 pub mod session_pool;
 mod types;
 

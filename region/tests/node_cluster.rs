@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flotilla_engine::EngineConfig;
 use flotilla_region::node::{
-    KvCommand, KvResponse, Node, NodeConfig, NodeError, NodeHandle, PutCondition, StoreConfig,
+    ExpectedRoute, KvCommand, KvResponse, Node, NodeConfig, NodeError, NodeHandle, PutCondition,
+    RegionRoute, StoreConfig,
 };
 use flotilla_transport::MemoryNetwork;
 
@@ -1372,6 +1373,197 @@ async fn a_scan_answers_the_end_it_covered_as_the_region_was_when_served() {
     assert_eq!(
         rest.pairs[0].0, right,
         "the moved key is found from the covered end"
+    );
+    for n in cluster.nodes {
+        n.stop();
+    }
+}
+
+/// Waits until `h` routes `key` to region `id` (a split answers once applied; the new
+/// region enters the routing table when it is created, right after).
+async fn wait_for_region(h: &NodeHandle, key: &[u8], id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.regions().route(key).map(|r| r.id) != Some(id) {
+        assert!(
+            Instant::now() < deadline,
+            "node {} never routed to {id}",
+            h.node_id()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn put(key: &Bytes, value: &'static str) -> KvCommand {
+    KvCommand::Put {
+        key: key.clone(),
+        value: Bytes::from_static(value.as_bytes()),
+        cond: PutCondition::Always,
+    }
+}
+
+fn expected(r: &RegionRoute) -> ExpectedRoute {
+    ExpectedRoute {
+        region_id: r.id,
+        epoch: r.epoch,
+    }
+}
+
+/// The regions an `EpochNotMatch` carries, as (id, start, end, version).
+fn described(e: Result<impl std::fmt::Debug, NodeError>) -> Vec<(u64, Bytes, Bytes, u64)> {
+    match e {
+        Err(NodeError::EpochNotMatch { region_id, current }) => {
+            assert_eq!(region_id, 1, "the error names the region the request named");
+            current
+                .into_iter()
+                .map(|r| (r.id, r.start_key, r.end_key, r.epoch.version))
+                .collect()
+        }
+        other => panic!("expected EpochNotMatch, got {other:?}"),
+    }
+}
+
+/// Issue 8: a request routed with region 1's epoch from before a split — to the part that
+/// moved to the new region, or to the part region 1 kept — is answered `EpochNotMatch`
+/// with both regions as they are after the split (reads and scans too), and nothing is
+/// written; routed with the new epoch, or not routed, it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_the_pre_split_epoch_gets_the_post_split_regions() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    let left = Bytes::from_static(&[0, 0x10, b'l']);
+    let right = Bytes::from_static(&[0, 0x90, b'r']);
+    let before = handles[0].regions().route(&right).expect("region 1");
+    assert_eq!(before.id, 1);
+    let r = handles[0]
+        .submit_write_routed(put(&right, "v0"), (8181, 1), Some(expected(&before)))
+        .await;
+    assert_eq!(
+        r,
+        Ok(KvResponse::Written(true)),
+        "the current epoch is served"
+    );
+    let at = Bytes::from_static(&[0, 0x80]);
+    let new = handles[0].split(1, Some(at.clone())).await.expect("split")[0];
+    wait_for_region(&handles[0], &right, new).await;
+    let after = |h: &NodeHandle| {
+        let l = h.regions().route(&left).expect("region 1 after");
+        let r = h.regions().route(&right).expect("new region");
+        assert_eq!((l.id, r.id), (1, new));
+        vec![
+            (1, before.start_key.clone(), at.clone(), l.epoch.version),
+            (new, at.clone(), before.end_key.clone(), r.epoch.version),
+        ]
+    };
+    let want = after(&handles[0]);
+    assert!(
+        want[0].3 > before.epoch.version,
+        "the split bumps the version"
+    );
+    for (seq, key) in [(2, &right), (3, &left)] {
+        let stale = handles[0]
+            .submit_write_routed(put(key, "stale"), (8181, seq), Some(expected(&before)))
+            .await;
+        assert_eq!(described(stale), want, "write of {key:?}");
+    }
+    let read = handles[0]
+        .submit_get_routed(right.clone(), Some(expected(&before)))
+        .await;
+    assert_eq!(described(read), want, "read");
+    let scan = handles[0]
+        .scan_page_routed(left.clone(), Bytes::new(), 10, Some(expected(&before)))
+        .await;
+    assert_eq!(described(scan.map(|p| p.pairs)), want, "scan");
+    // A multi-key write routed to region 1 whose keys are now in two regions.
+    let both = KvCommand::Delete {
+        keys: vec![left.clone(), right.clone()],
+    };
+    let mut fresh = handles[0].regions().route(&left).expect("region 1");
+    let r = handles[0]
+        .submit_write_routed(both, (8181, 4), Some(expected(&fresh)))
+        .await;
+    assert!(
+        matches!(&r, Err(NodeError::EpochNotMatch { current, .. }) if current.iter().any(|c| c.id == new)),
+        "a key outside the routed region: {r:?}"
+    );
+    // Nothing stale was written.
+    assert_eq!(
+        handles[0].get(right.clone()).await,
+        Ok(Some(Bytes::from_static(b"v0")))
+    );
+    assert_eq!(handles[0].get(left.clone()).await, Ok(None));
+    // With the new epochs, both parts are served.
+    fresh = handles[0].regions().route(&right).expect("new region");
+    let r = handles[0]
+        .submit_write_routed(put(&right, "v1"), (8181, 5), Some(expected(&fresh)))
+        .await;
+    assert_eq!(r, Ok(KvResponse::Written(true)));
+    fresh = handles[0].regions().route(&left).expect("region 1");
+    let r = handles[0]
+        .submit_get_routed(left.clone(), Some(expected(&fresh)))
+        .await;
+    assert_eq!(r, Ok(None));
+    for n in cluster.nodes {
+        n.stop();
+    }
+}
+
+/// Issue 8, the forwarding path: node 3 misses a split (cut off), then takes a write for
+/// the moved part at once, still routing it by its own, old table, and forwards it to the
+/// leader. Region 1 refuses it at apply (the key left it). Not routed by the sender, the
+/// write is re-routed by key on node 3 and served in the new region; routed with the old
+/// epoch, the refusal becomes `EpochNotMatch` with the post-split regions once node 3 has
+/// applied the split — never a silent write in the wrong region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_refused_by_a_split_is_rerouted_or_answered_epoch_not_match() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    let right = Bytes::from_static(&[0, 0x90, b'f']);
+    let right2 = Bytes::from_static(&[0, 0x91, b'f']);
+    let before = handles[2].regions().route(&right).expect("region 1");
+    assert_eq!(before.id, 1);
+    cluster._net.isolate(3);
+    let new = handles[0]
+        .split(1, Some(Bytes::from_static(&[0, 0x80])))
+        .await
+        .expect("split while node 3 is cut off")[0];
+    cluster._net.heal();
+    assert_eq!(
+        handles[2].regions().route(&right).map(|r| r.id),
+        Some(1),
+        "node 3 has not applied the split yet"
+    );
+    let plain = handles[2].submit_write(put(&right, "plain"), (9191, 1));
+    let routed =
+        handles[2].submit_write_routed(put(&right2, "routed"), (9191, 2), Some(expected(&before)));
+    assert_eq!(
+        plain.await,
+        Ok(KvResponse::Written(true)),
+        "re-routed by key"
+    );
+    let want: Vec<_> = [1, new]
+        .into_iter()
+        .map(|id| {
+            let r = handles[2]
+                .regions()
+                .all()
+                .into_iter()
+                .find(|r| r.id == id)
+                .expect("region on node 3");
+            (r.id, r.start_key, r.end_key, r.epoch.version)
+        })
+        .collect();
+    assert_eq!(described(routed.await), want);
+    assert_eq!(
+        handles[0].get(right.clone()).await,
+        Ok(Some(Bytes::from_static(b"plain")))
+    );
+    assert_eq!(handles[0].get(right2.clone()).await, Ok(None));
+    assert_eq!(
+        handles[0].regions().route(&right).map(|r| r.id),
+        Some(new),
+        "served by the new region"
     );
     for n in cluster.nodes {
         n.stop();

@@ -24,6 +24,6 @@ pub use memory::{MemoryKvService, MEMORY_BYTES_MAX_DEFAULT, MEMORY_NODE_ID, MEMO
 pub use node_service::NodeService;
 pub use resp::{RespLimits, RespServer};
 pub use service::{
-    ClientSession, EpochStatus, KvService, NodeStatus, PutCondition, RegionStatus, ReplicaRole,
-    RouteEntry, ServiceError, ServiceFuture, StatusSource,
+    ClientRoute, ClientSession, EpochNotMatch, EpochStatus, ExpectedRoute, KvService, NodeStatus,
+    PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError, ServiceFuture, StatusSource,
 };

@@ -20,7 +20,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::service::{
-    ClientSession, EpochStatus, KvService, PutCondition, RouteEntry, ServiceError, ServiceFuture,
+    ClientRoute, ClientSession, EpochNotMatch, EpochStatus, KvService, PutCondition,
+    RouteDescriptor, RouteEntry, ServiceError, ServiceFuture,
 };
 
 /// The node id the in-memory service answers to `FLOTILLA.NODE`.
@@ -125,8 +126,39 @@ fn done<T: Send + 'static>(result: Result<T, ServiceError>) -> ServiceFuture<T> 
     Box::pin(ready(result))
 }
 
+/// Checks a client's route against the one region: anything but region
+/// [`MEMORY_REGION_ID`] at the default epoch is stale, answered with that region.
+fn check_route(route: ClientRoute) -> Result<(), ServiceError> {
+    match route {
+        Some(r) if r.region_id != MEMORY_REGION_ID || r.epoch != EpochStatus::default() => {
+            Err(ServiceError::EpochNotMatch(EpochNotMatch {
+                region_id: r.region_id,
+                current: vec![RouteDescriptor {
+                    id: MEMORY_REGION_ID,
+                    start_key: Bytes::new(),
+                    end_key: Bytes::new(),
+                    version: 0,
+                    conf_ver: 0,
+                    leader: Some(MEMORY_NODE_ID),
+                }],
+            }))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Answers a stale route's error, or goes on.
+macro_rules! routed {
+    ($route:expr) => {
+        if let Err(e) = check_route($route) {
+            return done(Err(e));
+        }
+    };
+}
+
 impl KvService for MemoryKvService {
-    fn get(&self, key: Bytes) -> ServiceFuture<Option<Bytes>> {
+    fn get(&self, key: Bytes, route: ClientRoute) -> ServiceFuture<Option<Bytes>> {
+        routed!(route);
         done(Ok(self.inner.lock().map.get(&key).cloned()))
     }
 
@@ -136,7 +168,9 @@ impl KvService for MemoryKvService {
         value: Bytes,
         cond: PutCondition,
         _session: ClientSession,
+        route: ClientRoute,
     ) -> ServiceFuture<bool> {
+        routed!(route);
         let mut inner = self.inner.lock();
         let exists = inner.map.contains_key(&key);
         let write = match cond {
@@ -154,13 +188,26 @@ impl KvService for MemoryKvService {
         done(Ok(true))
     }
 
-    fn delete(&self, keys: Vec<Bytes>, _session: ClientSession) -> ServiceFuture<u64> {
+    fn delete(
+        &self,
+        keys: Vec<Bytes>,
+        _session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<u64> {
+        routed!(route);
         let mut inner = self.inner.lock();
         let deleted = keys.iter().filter(|k| inner.remove(k)).count();
         done(Ok(deleted as u64))
     }
 
-    fn incr_by(&self, key: Bytes, delta: i64, _session: ClientSession) -> ServiceFuture<i64> {
+    fn incr_by(
+        &self,
+        key: Bytes,
+        delta: i64,
+        _session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<i64> {
+        routed!(route);
         let mut inner = self.inner.lock();
         let current = match inner.map.get(&key) {
             None => 0,
@@ -189,7 +236,13 @@ impl KvService for MemoryKvService {
         done(Ok(next))
     }
 
-    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>, _session: ClientSession) -> ServiceFuture<()> {
+    fn batch_put(
+        &self,
+        pairs: Vec<(Bytes, Bytes)>,
+        _session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<()> {
+        routed!(route);
         let mut inner = self.inner.lock();
         // All or nothing: size the whole batch against the limit before writing any of it.
         // A key listed twice keeps its last value, so only that one counts.
@@ -217,7 +270,9 @@ impl KvService for MemoryKvService {
         start: Bytes,
         end: Option<Bytes>,
         limit: usize,
+        route: ClientRoute,
     ) -> ServiceFuture<Vec<(Bytes, Bytes)>> {
+        routed!(route);
         if end.as_ref().is_some_and(|e| *e <= start) {
             return done(Ok(Vec::new()));
         }
@@ -262,40 +317,44 @@ mod tests {
     async fn conditional_puts() {
         let s = MemoryKvService::new();
         assert_eq!(
-            s.put(b("k"), b("1"), PutCondition::IfPresent, None).await,
+            s.put(b("k"), b("1"), PutCondition::IfPresent, None, None)
+                .await,
             Ok(false)
         );
         assert_eq!(
-            s.put(b("k"), b("1"), PutCondition::IfAbsent, None).await,
+            s.put(b("k"), b("1"), PutCondition::IfAbsent, None, None)
+                .await,
             Ok(true)
         );
         assert_eq!(
-            s.put(b("k"), b("2"), PutCondition::IfAbsent, None).await,
+            s.put(b("k"), b("2"), PutCondition::IfAbsent, None, None)
+                .await,
             Ok(false)
         );
         assert_eq!(
-            s.put(b("k"), b("3"), PutCondition::IfPresent, None).await,
+            s.put(b("k"), b("3"), PutCondition::IfPresent, None, None)
+                .await,
             Ok(true)
         );
-        assert_eq!(s.get(b("k")).await, Ok(Some(b("3"))));
+        assert_eq!(s.get(b("k"), None).await, Ok(Some(b("3"))));
         assert_eq!(s.bytes(), 2);
     }
 
     #[tokio::test]
     async fn incr_checks_type_and_overflow() {
         let s = MemoryKvService::new();
-        assert_eq!(s.incr_by(b("n"), 5, None).await, Ok(5));
-        assert_eq!(s.incr_by(b("n"), -7, None).await, Ok(-2));
+        assert_eq!(s.incr_by(b("n"), 5, None, None).await, Ok(5));
+        assert_eq!(s.incr_by(b("n"), -7, None, None).await, Ok(-2));
         let max = b(&i64::MAX.to_string());
-        s.put(b("n"), max, PutCondition::Always, None)
+        s.put(b("n"), max, PutCondition::Always, None, None)
             .await
             .unwrap();
-        let overflow = s.incr_by(b("n"), 1, None).await;
+        let overflow = s.incr_by(b("n"), 1, None, None).await;
         assert!(matches!(overflow, Err(ServiceError::InvalidArgument(_))));
-        s.put(b("t"), b("abc"), PutCondition::Always, None)
+        s.put(b("t"), b("abc"), PutCondition::Always, None, None)
             .await
             .unwrap();
-        let not_int = s.incr_by(b("t"), 1, None).await;
+        let not_int = s.incr_by(b("t"), 1, None, None).await;
         assert!(matches!(not_int, Err(ServiceError::InvalidArgument(_))));
     }
 
@@ -303,14 +362,21 @@ mod tests {
     async fn scan_is_ordered_and_bounded() {
         let s = MemoryKvService::new();
         let pairs = ["a", "b", "c", "d"].iter().map(|k| (b(k), b(k))).collect();
-        s.batch_put(pairs, None).await.unwrap();
+        s.batch_put(pairs, None, None).await.unwrap();
         let keys = |v: Vec<(Bytes, Bytes)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        let bc = s.scan(b("b"), Some(b("d")), 10).await.unwrap();
+        let bc = s.scan(b("b"), Some(b("d")), 10, None).await.unwrap();
         assert_eq!(keys(bc), vec![b("b"), b("c")]);
-        let abc = s.scan(b("a"), None, 3).await.unwrap();
+        let abc = s.scan(b("a"), None, 3, None).await.unwrap();
         assert_eq!(keys(abc), vec![b("a"), b("b"), b("c")]);
-        assert!(s.scan(b("c"), Some(b("b")), 10).await.unwrap().is_empty());
-        assert_eq!(s.delete(vec![b("a"), b("a"), b("z")], None).await, Ok(1));
+        assert!(s
+            .scan(b("c"), Some(b("b")), 10, None)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.delete(vec![b("a"), b("a"), b("z")], None, None).await,
+            Ok(1)
+        );
         assert_eq!(s.len(), 3);
     }
 
@@ -318,23 +384,32 @@ mod tests {
     async fn refuses_writes_past_the_limit() {
         let s = MemoryKvService::with_bytes_max(10);
         assert_eq!(
-            s.put(b("k"), b("123456789"), PutCondition::Always, None)
+            s.put(b("k"), b("123456789"), PutCondition::Always, None, None)
                 .await,
             Ok(true)
         );
-        let full = s.put(b("j"), b("1"), PutCondition::Always, None).await;
+        let full = s
+            .put(b("j"), b("1"), PutCondition::Always, None, None)
+            .await;
         assert!(matches!(full, Err(ServiceError::Full(_))));
         // Overwriting with a smaller value always fits.
         assert_eq!(
-            s.put(b("k"), b("1"), PutCondition::Always, None).await,
+            s.put(b("k"), b("1"), PutCondition::Always, None, None)
+                .await,
             Ok(true)
         );
-        let full = s.batch_put(vec![(b("x"), b("123456789"))], None).await;
+        let full = s
+            .batch_put(vec![(b("x"), b("123456789"))], None, None)
+            .await;
         assert!(matches!(full, Err(ServiceError::Full(_))));
         // A batch that overwrites a key twice counts its last value once.
-        s.batch_put(vec![(b("k"), b("12345678")), (b("k"), b("1234"))], None)
-            .await
-            .unwrap();
+        s.batch_put(
+            vec![(b("k"), b("12345678")), (b("k"), b("1234"))],
+            None,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(s.bytes(), 5);
     }
 }

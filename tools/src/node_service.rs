@@ -20,8 +20,9 @@ use flotilla_region::node::{self, final_error, KvCommand, KvResponse, NodeError,
 use parking_lot::RwLock;
 
 use crate::service::{
-    ClientSession, EpochStatus, KvService, NodeStatus, PutCondition, RegionStatus, ReplicaRole,
-    RouteEntry, ServiceError, ServiceFuture, StatusSource,
+    ClientRoute, ClientSession, EpochNotMatch, EpochStatus, KvService, NodeStatus, PutCondition,
+    RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError, ServiceFuture,
+    StatusSource,
 };
 
 /// Retries of a write dropped by a leadership change, at most (same session each time).
@@ -41,8 +42,22 @@ fn service_error(e: NodeError) -> ServiceError {
             leader_node,
         },
         NodeError::RegionNotFound => ServiceError::TryAgain("no region for the key here".into()),
-        NodeError::EpochNotMatch { region_id, .. } => {
-            ServiceError::TryAgain(format!("region {region_id} changed"))
+        NodeError::EpochNotMatch { region_id, current } => {
+            ServiceError::EpochNotMatch(EpochNotMatch {
+                region_id,
+                current: current
+                    .into_iter()
+                    .take(node::EPOCH_NOT_MATCH_REGIONS_MAX)
+                    .map(|r| RouteDescriptor {
+                        id: r.id,
+                        start_key: r.start_key,
+                        end_key: r.end_key,
+                        version: r.epoch.version,
+                        conf_ver: r.epoch.conf_ver,
+                        leader: r.leader_node,
+                    })
+                    .collect(),
+            })
         }
         NodeError::KeyNotInRegion(r) => ServiceError::TryAgain(format!("key left region {r}")),
         NodeError::Dropped(why) => ServiceError::TryAgain(why),
@@ -57,6 +72,17 @@ fn service_error(e: NodeError) -> ServiceError {
             ServiceError::TryAgain(e.to_string())
         }
     }
+}
+
+/// The node's form of a client's route.
+fn expected(route: ClientRoute) -> Option<node::ExpectedRoute> {
+    route.map(|r| node::ExpectedRoute {
+        region_id: r.region_id,
+        epoch: node::RegionEpoch {
+            conf_ver: r.epoch.conf_ver,
+            version: r.epoch.version,
+        },
+    })
 }
 
 fn role(name: &str) -> ReplicaRole {
@@ -119,13 +145,15 @@ impl NodeService {
         &self,
         cmd: KvCommand,
         client: ClientSession,
+        route: ClientRoute,
     ) -> impl std::future::Future<Output = Result<KvResponse, ServiceError>> + Send + 'static {
         let inner = self.inner.clone();
         // Held until the write has its answer: every retry carries the same pair. A
         // client's own session is the client's to keep; the pool is not touched.
         let pooled = client.is_none().then(|| inner.sessions.acquire());
         let pair = client.unwrap_or_else(|| pooled.as_ref().expect("acquired").pair());
-        let first = inner.node.submit_write(cmd.clone(), pair);
+        let route = expected(route);
+        let first = inner.node.submit_write_routed(cmd.clone(), pair, route);
         async move {
             let _session = pooled;
             let mut attempt = 0;
@@ -137,7 +165,10 @@ impl NodeService {
                     Err(NodeError::Dropped(_)) if attempt < DROPPED_RETRIES_MAX => {
                         attempt += 1;
                         tokio::time::sleep(DROPPED_RETRY_PAUSE).await;
-                        outcome = inner.node.write(cmd.clone(), pair).await;
+                        outcome = inner
+                            .node
+                            .submit_write_routed(cmd.clone(), pair, route)
+                            .await;
                     }
                     // After a dropped attempt (which may still be applied), a retry's "not
                     // leader" must not tell the client "not applied": the outcome is unknown.
@@ -147,12 +178,17 @@ impl NodeService {
         }
     }
 
-    /// Groups keys by the region that holds them.
+    /// Groups keys by the region that holds them. A routed request is one group: the
+    /// client sent it to one region, and the node checks every key against that region.
     fn by_region<T>(
         &self,
         items: Vec<T>,
+        route: ClientRoute,
         key: impl Fn(&T) -> &Bytes,
     ) -> Result<Vec<Vec<T>>, ServiceError> {
+        if route.is_some() {
+            return Ok(vec![items]);
+        }
         let mut groups: BTreeMap<u64, Vec<T>> = BTreeMap::new();
         for item in items {
             let route = self
@@ -189,8 +225,8 @@ fn unexpected(r: KvResponse) -> ServiceError {
 }
 
 impl KvService for NodeService {
-    fn get(&self, key: Bytes) -> ServiceFuture<Option<Bytes>> {
-        let read = self.inner.node.submit_get(key);
+    fn get(&self, key: Bytes, route: ClientRoute) -> ServiceFuture<Option<Bytes>> {
+        let read = self.inner.node.submit_get_routed(key, expected(route));
         Box::pin(async move { read.await.map_err(service_error) })
     }
 
@@ -200,13 +236,14 @@ impl KvService for NodeService {
         value: Bytes,
         cond: PutCondition,
         session: ClientSession,
+        route: ClientRoute,
     ) -> ServiceFuture<bool> {
         let cond = match cond {
             PutCondition::Always => node::PutCondition::Always,
             PutCondition::IfAbsent => node::PutCondition::IfAbsent,
             PutCondition::IfPresent => node::PutCondition::IfPresent,
         };
-        let w = self.write(KvCommand::Put { key, value, cond }, session);
+        let w = self.write(KvCommand::Put { key, value, cond }, session, route);
         Box::pin(async move {
             match w.await? {
                 KvResponse::Written(ok) => Ok(ok),
@@ -215,14 +252,19 @@ impl KvService for NodeService {
         })
     }
 
-    fn delete(&self, keys: Vec<Bytes>, session: ClientSession) -> ServiceFuture<u64> {
-        let groups = match self.by_region(keys, |k| k) {
+    fn delete(
+        &self,
+        keys: Vec<Bytes>,
+        session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<u64> {
+        let groups = match self.by_region(keys, route, |k| k) {
             Ok(g) => g,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let writes: Vec<_> = groups
             .into_iter()
-            .map(|keys| self.write(KvCommand::Delete { keys }, session))
+            .map(|keys| self.write(KvCommand::Delete { keys }, session, route))
             .collect();
         Box::pin(async move {
             let mut n = 0;
@@ -236,8 +278,14 @@ impl KvService for NodeService {
         })
     }
 
-    fn incr_by(&self, key: Bytes, delta: i64, session: ClientSession) -> ServiceFuture<i64> {
-        let w = self.write(KvCommand::IncrBy { key, delta }, session);
+    fn incr_by(
+        &self,
+        key: Bytes,
+        delta: i64,
+        session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<i64> {
+        let w = self.write(KvCommand::IncrBy { key, delta }, session, route);
         Box::pin(async move {
             match w.await? {
                 KvResponse::Value(v) => Ok(v),
@@ -246,14 +294,19 @@ impl KvService for NodeService {
         })
     }
 
-    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>, session: ClientSession) -> ServiceFuture<()> {
-        let groups = match self.by_region(pairs, |(k, _)| k) {
+    fn batch_put(
+        &self,
+        pairs: Vec<(Bytes, Bytes)>,
+        session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<()> {
+        let groups = match self.by_region(pairs, route, |(k, _)| k) {
             Ok(g) => g,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let writes: Vec<_> = groups
             .into_iter()
-            .map(|pairs| self.write(KvCommand::BatchPut { pairs }, session))
+            .map(|pairs| self.write(KvCommand::BatchPut { pairs }, session, route))
             .collect();
         Box::pin(async move {
             for w in writes {
@@ -271,8 +324,12 @@ impl KvService for NodeService {
         start: Bytes,
         end: Option<Bytes>,
         limit: usize,
+        route: ClientRoute,
     ) -> ServiceFuture<Vec<(Bytes, Bytes)>> {
         let node = self.inner.node.clone();
+        // The client's route is for the region where the scan starts; the pages after it
+        // are in regions the node finds by itself.
+        let mut route = expected(route);
         Box::pin(async move {
             let end = end.unwrap_or_default();
             let mut out = Vec::new();
@@ -283,7 +340,7 @@ impl KvService for NodeService {
             // from the routed end would skip the keys that moved to the new region.
             loop {
                 let mut page = node
-                    .scan_page(from.clone(), end.clone(), limit - out.len())
+                    .scan_page_routed(from.clone(), end.clone(), limit - out.len(), route.take())
                     .await
                     .map_err(service_error)?;
                 out.append(&mut page.pairs);

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
+pub use flotilla_common::epoch_not_match::{EpochNotMatch, RouteDescriptor};
 use serde::{Deserialize, Serialize};
 
 /// The future a service method returns: owned, `Send`, resolving to the outcome.
@@ -41,6 +42,13 @@ pub enum ServiceError {
     /// same request may succeed when sent again.
     #[error("{0}; retry")]
     TryAgain(String),
+    /// The request was routed (`FLOTILLA.ROUTE`) with an outdated view of its region; the
+    /// error carries the regions as they are now, so the client fixes its cache and sends
+    /// the request again at once. Nothing was applied. RESP renders it as
+    /// `-TRYAGAIN EPOCHNOTMATCH region 7: epoch changed; now …` (format in
+    /// [`flotilla_common::epoch_not_match`]).
+    #[error("{0}")]
+    EpochNotMatch(EpochNotMatch),
     /// The request did not finish in time; it may or may not have been applied.
     #[error("request timed out")]
     Timeout,
@@ -69,7 +77,10 @@ impl ServiceError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ServiceError::NotLeader { .. } | ServiceError::TryAgain(_) | ServiceError::Timeout
+            ServiceError::NotLeader { .. }
+                | ServiceError::TryAgain(_)
+                | ServiceError::EpochNotMatch(_)
+                | ServiceError::Timeout
         )
     }
 }
@@ -81,6 +92,20 @@ impl ServiceError {
 /// from its session table. `None` means the service picks a session of its own, which makes
 /// the service's internal retries safe but not the client's.
 pub type ClientSession = Option<(u64, u64)>;
+
+/// The region a client routed a request to, as its cache knew it (`FLOTILLA.ROUTE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedRoute {
+    /// The region's id.
+    pub region_id: u64,
+    /// The region's epoch as the client knew it.
+    pub epoch: EpochStatus,
+}
+
+/// The route a client sent with a request: with `Some`, a service that has regions answers
+/// [`ServiceError::EpochNotMatch`] when a key of the request is not in that region at that
+/// epoch, instead of routing the request by key itself (`None`).
+pub type ClientRoute = Option<ExpectedRoute>;
 
 /// Key-value access, as the client protocols need it.
 ///
@@ -95,13 +120,16 @@ pub type ClientSession = Option<(u64, u64)>;
 ///
 /// Reads are linearizable unless the implementation documents otherwise.
 ///
+/// Every keyed call takes a [`ClientRoute`]: the region the client routed it to, checked
+/// against the service's own routing (see [`ServiceError::EpochNotMatch`]).
+///
 /// Every write takes a [`ClientSession`]: with `Some((id, seq))` a retry of the same write
 /// with the same pair applies once. A write spanning several regions uses the same pair in
 /// each region (each region keeps its own session table), so the pair must only ever be
 /// sent again with the *same* command.
 pub trait KvService: Send + Sync + 'static {
     /// The value of `key`, if any.
-    fn get(&self, key: Bytes) -> ServiceFuture<Option<Bytes>>;
+    fn get(&self, key: Bytes, route: ClientRoute) -> ServiceFuture<Option<Bytes>>;
 
     /// Writes `value` under `key` if `cond` holds; answers whether it wrote.
     fn put(
@@ -110,28 +138,47 @@ pub trait KvService: Send + Sync + 'static {
         value: Bytes,
         cond: PutCondition,
         session: ClientSession,
+        route: ClientRoute,
     ) -> ServiceFuture<bool>;
 
     /// Deletes each key that has a value; answers how many did. A key listed twice counts once.
     /// Keys of different regions are deleted region by region, not atomically as a whole.
-    fn delete(&self, keys: Vec<Bytes>, session: ClientSession) -> ServiceFuture<u64>;
+    fn delete(
+        &self,
+        keys: Vec<Bytes>,
+        session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<u64>;
 
     /// Adds `delta` to the decimal integer stored under `key` (a missing key counts as 0) and
     /// answers the new value. Atomic: the read and the write happen in the state machine.
     /// A value that is not a decimal `i64`, or a sum that overflows, is `InvalidArgument`.
-    fn incr_by(&self, key: Bytes, delta: i64, session: ClientSession) -> ServiceFuture<i64>;
+    fn incr_by(
+        &self,
+        key: Bytes,
+        delta: i64,
+        session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<i64>;
 
     /// Writes every pair (a key listed twice keeps its last value). Each region's share is
     /// written atomically; pairs of different regions are not atomic as a whole.
-    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>, session: ClientSession) -> ServiceFuture<()>;
+    fn batch_put(
+        &self,
+        pairs: Vec<(Bytes, Bytes)>,
+        session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<()>;
 
     /// Up to `limit` pairs with `start <= key < end` (no `end`: to the end of the key space),
-    /// in key order.
+    /// in key order. A `route` applies to the region holding `start` (where the scan
+    /// begins); the scan goes on into the regions after it by itself.
     fn scan(
         &self,
         start: Bytes,
         end: Option<Bytes>,
         limit: usize,
+        route: ClientRoute,
     ) -> ServiceFuture<Vec<(Bytes, Bytes)>>;
 
     /// The id of the node this service runs on (`FLOTILLA.NODE`), so a client can tell which

@@ -429,3 +429,87 @@ async fn one_session_write_sent_to_two_nodes_applies_once() {
     drop(client);
     cluster.stop();
 }
+
+/// Issue 8: a client whose cache is from before a split keeps working. Its requests carry
+/// the route of the region it picked; the node answers `EPOCHNOTMATCH` with the regions
+/// after the split, the client puts them in its cache and retries at once — without
+/// fetching `FLOTILLA.REGIONS` again — and a write retried that way applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_pre_split_cache_is_fixed_by_the_error_alone() {
+    let cluster = Cluster::start(1).await;
+    cluster.wait_for_leaders().await;
+    let client = Client::connect(cluster.client_config())
+        .await
+        .expect("connect");
+    let fetches = client.routing_table_fetches();
+    assert!(fetches >= 1, "the map is fetched at connect");
+    let left = Bytes::from_static(&[0x05, b'l']);
+    let right = Bytes::from_static(&[0x15, b'r']);
+    let old = client
+        .regions()
+        .into_iter()
+        .find(|r| r.contains(&right))
+        .expect("cached");
+    assert!(
+        old.contains(&left),
+        "both keys in one region before the split"
+    );
+    client.put(left.clone(), "l0").await.expect("put left");
+    let h = &cluster.handles()[0];
+    let new = h
+        .split(old.id, Some(Bytes::from_static(&[0x10])))
+        .await
+        .expect("split")[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.regions().route(&right).map(|r| r.id) != Some(new) {
+        assert!(Instant::now() < deadline, "the new region never showed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        client.regions().len(),
+        REGIONS,
+        "the cache is from before the split"
+    );
+    // A write to the part that moved: routed to the old region, answered EPOCHNOTMATCH,
+    // retried with the same session in the new region.
+    assert_eq!(client.incr_by(right.clone(), 5).await.expect("incr"), 5);
+    let cached: Vec<_> = client
+        .regions()
+        .into_iter()
+        .filter(|r| r.id == old.id || r.id == new)
+        .map(|r| (r.id, r.start_key, r.end_key, r.version > old.version))
+        .collect();
+    assert_eq!(
+        cached,
+        vec![
+            (
+                old.id,
+                old.start_key.clone(),
+                Bytes::from_static(&[0x10]),
+                true
+            ),
+            (new, Bytes::from_static(&[0x10]), old.end_key.clone(), true),
+        ],
+        "the cache holds both regions as they are after the split"
+    );
+    assert_eq!(client.regions().len(), REGIONS + 1);
+    assert_eq!(
+        client.get(right.clone()).await.expect("get"),
+        Some(Bytes::from("5"))
+    );
+    assert_eq!(
+        client.get(left.clone()).await.expect("get"),
+        Some(Bytes::from("l0"))
+    );
+    let page = client.scan(left.clone(), None, 10).await.expect("scan");
+    assert_eq!(page.len(), 2, "{page:?}");
+    assert_eq!(
+        client.routing_table_fetches(),
+        fetches,
+        "no FLOTILLA.REGIONS after the split: the error carried the regions"
+    );
+    // The write applied once: the retry was answered from the session, not applied again.
+    assert_eq!(client.incr_by(right.clone(), 1).await.expect("incr"), 6);
+    drop(client);
+    cluster.stop();
+}

@@ -127,8 +127,14 @@ fn redis_commands_through_a_real_node() {
         .map(|_| {
             let svc = service.clone();
             runtime.spawn(async move {
-                flotilla_tools::KvService::incr_by(&svc, bytes::Bytes::from(key(9000)), 1, None)
-                    .await
+                flotilla_tools::KvService::incr_by(
+                    &svc,
+                    bytes::Bytes::from(key(9000)),
+                    1,
+                    None,
+                    None,
+                )
+                .await
             })
         })
         .collect();
@@ -145,9 +151,9 @@ fn redis_commands_through_a_real_node() {
     // (what lets a pipelining connection keep many in flight); each has its own session, so
     // neither is refused as stale.
     let first =
-        flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 1, None);
+        flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 1, None, None);
     let second =
-        flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 10, None);
+        flotilla_tools::KvService::incr_by(&service, bytes::Bytes::from(key(9001)), 10, None, None);
     assert_eq!(runtime.block_on(second), Ok(11), "applied after the first");
     assert_eq!(
         runtime.block_on(first),

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_tools::resp::{BULK_BYTES_MAX, INLINE_BYTES_MAX};
 use flotilla_tools::{
-    ClientSession, KvService, MemoryKvService, PutCondition, RespLimits, RespServer, RouteEntry,
-    ServiceFuture,
+    ClientRoute, ClientSession, KvService, MemoryKvService, PutCondition, RespLimits, RespServer,
+    RouteEntry, ServiceFuture,
 };
 use redis::{Commands, RedisResult, Value};
 
@@ -487,9 +487,9 @@ impl Laggy {
 }
 
 impl KvService for Laggy {
-    fn get(&self, key: Bytes) -> ServiceFuture<Option<Bytes>> {
+    fn get(&self, key: Bytes, route: ClientRoute) -> ServiceFuture<Option<Bytes>> {
         let s = self.store.clone();
-        self.lag(self.lazy_reads, move || s.get(key))
+        self.lag(self.lazy_reads, move || s.get(key, route))
     }
     fn put(
         &self,
@@ -497,21 +497,42 @@ impl KvService for Laggy {
         value: Bytes,
         cond: PutCondition,
         session: ClientSession,
+        route: ClientRoute,
     ) -> ServiceFuture<bool> {
         let s = self.store.clone();
-        self.lag(!self.lazy_reads, move || s.put(key, value, cond, session))
+        self.lag(!self.lazy_reads, move || {
+            s.put(key, value, cond, session, route)
+        })
     }
-    fn delete(&self, keys: Vec<Bytes>, session: ClientSession) -> ServiceFuture<u64> {
+    fn delete(
+        &self,
+        keys: Vec<Bytes>,
+        session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<u64> {
         let s = self.store.clone();
-        self.lag(!self.lazy_reads, move || s.delete(keys, session))
+        self.lag(!self.lazy_reads, move || s.delete(keys, session, route))
     }
-    fn incr_by(&self, key: Bytes, delta: i64, session: ClientSession) -> ServiceFuture<i64> {
+    fn incr_by(
+        &self,
+        key: Bytes,
+        delta: i64,
+        session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<i64> {
         let s = self.store.clone();
-        self.lag(!self.lazy_reads, move || s.incr_by(key, delta, session))
+        self.lag(!self.lazy_reads, move || {
+            s.incr_by(key, delta, session, route)
+        })
     }
-    fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>, session: ClientSession) -> ServiceFuture<()> {
+    fn batch_put(
+        &self,
+        pairs: Vec<(Bytes, Bytes)>,
+        session: ClientSession,
+        route: ClientRoute,
+    ) -> ServiceFuture<()> {
         let s = self.store.clone();
-        self.lag(!self.lazy_reads, move || s.batch_put(pairs, session))
+        self.lag(!self.lazy_reads, move || s.batch_put(pairs, session, route))
     }
     fn node_id(&self) -> u64 {
         self.store.node_id()
@@ -524,9 +545,10 @@ impl KvService for Laggy {
         start: Bytes,
         end: Option<Bytes>,
         limit: usize,
+        route: ClientRoute,
     ) -> ServiceFuture<Vec<(Bytes, Bytes)>> {
         let s = self.store.clone();
-        self.lag(self.lazy_reads, move || s.scan(start, end, limit))
+        self.lag(self.lazy_reads, move || s.scan(start, end, limit, route))
     }
 }
 
@@ -820,4 +842,57 @@ async fn shutdown_stops_accepting_and_closes_connections() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "nothing listens any more"
     );
+}
+
+/// `FLOTILLA.ROUTE`: with the one region's route (region 1, epoch 0/0) the wrapped
+/// command runs; with a stale one it answers the single-line `TRYAGAIN EPOCHNOTMATCH`
+/// error carrying the region as it is (here: the whole key space, led by node 1), and
+/// writes nothing. Malformed wrappers get `-ERR` and the connection goes on.
+#[test]
+fn flotilla_route_checks_the_route_and_answers_epoch_not_match() {
+    let (server, store) = TestServer::memory();
+    let mut s = server.raw();
+    let mut ask = |req: &[u8]| {
+        s.write_all(req).unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(
+        ask(b"FLOTILLA.ROUTE 1 0 0 SET k v\r\n"),
+        "+OK\r\n",
+        "the current route"
+    );
+    assert_eq!(
+        ask(b"FLOTILLA.ROUTE 1 0 0 FLOTILLA.SESSION 5 1 SET k w\r\n"),
+        "+OK\r\n",
+        "around a session"
+    );
+    let stale = "-TRYAGAIN EPOCHNOTMATCH region 1: epoch changed; now 1 - - 0 0 1\r\n";
+    assert_eq!(ask(b"FLOTILLA.ROUTE 1 3 0 SET k stale\r\n"), stale);
+    assert_eq!(ask(b"FLOTILLA.ROUTE 1 0 0 GET k\r\n"), "$1\r\nw\r\n");
+    assert_eq!(ask(b"FLOTILLA.ROUTE 1 0 2 GET k\r\n"), stale);
+    assert_eq!(
+        ask(b"FLOTILLA.ROUTE 9 0 0 RANGE a b\r\n"),
+        "-TRYAGAIN EPOCHNOTMATCH region 9: epoch changed; now 1 - - 0 0 1\r\n"
+    );
+    assert_eq!(store.len(), 1);
+    assert!(ask(b"FLOTILLA.ROUTE x 0 0 GET k\r\n").starts_with("-ERR region id"));
+    assert!(ask(b"FLOTILLA.ROUTE 1 0 0 SCAN 0\r\n").starts_with("-ERR FLOTILLA.ROUTE wraps"));
+    assert!(
+        ask(b"FLOTILLA.SESSION 5 2 FLOTILLA.ROUTE 1 0 0 SET k v\r\n")
+            .starts_with("-ERR FLOTILLA.SESSION wraps one write command, not 'flotilla.route'")
+    );
+    assert_eq!(ask(b"PING\r\n"), "+PONG\r\n");
+    // What a Redis client makes of it: the TRYAGAIN code, which it may retry.
+    let mut con = server.client();
+    let e = redis::cmd("FLOTILLA.ROUTE")
+        .arg(1)
+        .arg(3)
+        .arg(0)
+        .arg("GET")
+        .arg("k")
+        .query::<Value>(&mut con)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("TRYAGAIN"));
 }

@@ -1,6 +1,6 @@
 //! What a client request to a node can run into.
 
-use super::descriptor::RegionEpoch;
+use super::store::RegionRoute;
 
 /// Why a node could not serve a request. Each is something the client can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,13 +16,16 @@ pub enum NodeError {
     /// No region on this node holds the key (or the region id is unknown here).
     #[error("no region here for the request")]
     RegionNotFound,
-    /// The request was routed with an outdated view of the region.
-    #[error("region {region_id}: epoch changed (now {current:?})")]
+    /// The request was routed with an outdated view of its region (see
+    /// [`ExpectedRoute`](super::ExpectedRoute)): the region holding its keys here is
+    /// another one, or has another epoch. Nothing was proposed.
+    #[error("region {region_id}: epoch changed (now {} region(s) there)", current.len())]
     EpochNotMatch {
-        /// The region.
+        /// The region the request was routed to.
         region_id: u64,
-        /// Its epoch now.
-        current: RegionEpoch,
+        /// The regions on this node, as they are now, that overlap the range the sender
+        /// knew (at least the region now holding the request's first key), in key order.
+        current: Vec<RegionRoute>,
     },
     /// A key of the command lies outside the region.
     #[error("key outside region {0}")]

@@ -51,15 +51,34 @@ pub const RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
 /// these.
 pub const REROUTE_RETRIES_MAX: u32 = 3;
 
+/// The region a request was routed to, as its sender knew it: the sender's cache said
+/// the request's keys are in region `region_id` at `epoch`. A request that carries one is
+/// answered [`NodeError::EpochNotMatch`], with the regions as they are now, when this
+/// node's routing table disagrees (another region holds a key, or the region's epoch
+/// changed), instead of being re-routed behind the sender's back: the sender fixes its
+/// cache from the answer and retries at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedRoute {
+    /// The region the sender routed to.
+    pub region_id: u64,
+    /// Its epoch as the sender knew it.
+    pub epoch: RegionEpoch,
+}
+
+/// Regions one [`NodeError::EpochNotMatch`] describes, at most (as many as the RESP error
+/// line carries).
+pub const EPOCH_NOT_MATCH_REGIONS_MAX: usize = flotilla_common::epoch_not_match::DESCRIPTORS_MAX;
+
 /// Whether sending the same request again, after a pause, may succeed: an election was
 /// on, or the proposal was dropped by a leadership change, or (a bounded number of times)
-/// the routing changed under it. A timeout is not: its time is used up.
+/// the routing changed under it. A timeout is not: its time is used up. Nor is
+/// `EpochNotMatch`: only a request that names its route gets it, and then it is the
+/// sender's to re-route (with the regions the error carries).
 fn retryable(e: &NodeError, reroutes: &mut u32) -> bool {
     match e {
         NodeError::NotLeader { .. } | NodeError::Dropped(_) => true,
-        NodeError::KeyNotInRegion(_)
-        | NodeError::EpochNotMatch { .. }
-        | NodeError::RegionNotFound => {
+        NodeError::EpochNotMatch { .. } => false,
+        NodeError::KeyNotInRegion(_) | NodeError::RegionNotFound => {
             *reroutes += 1;
             *reroutes <= REROUTE_RETRIES_MAX
         }
@@ -219,6 +238,79 @@ impl NodeHandle {
             .ok_or(NodeError::RegionNotFound)
     }
 
+    /// The region to send a request for `keys` to. Without `expected`, the region holding
+    /// the first key (the store checks the others). With it, every key must be in that
+    /// region at that epoch in this node's routing table, or the answer is
+    /// [`NodeError::EpochNotMatch`] — a comparison per key, and nothing is proposed.
+    ///
+    /// This runs on every attempt of a request, so a routed proposal that the store
+    /// refused because its key left the region (a split or merge applied between routing
+    /// and applying: `KeyNotInRegion`, from the propose-time key check or at apply) is
+    /// answered `EpochNotMatch` once this node's table shows the change, and is sent again
+    /// unchanged while it does not yet (this node has not applied the split).
+    fn route_checked(
+        &self,
+        keys: &[&[u8]],
+        expected: Option<ExpectedRoute>,
+    ) -> Result<u64, NodeError> {
+        let Some(expected) = expected else {
+            return self.region_of(keys.first().copied().unwrap_or_default());
+        };
+        for key in keys {
+            let route = self.regions.route(key).ok_or(NodeError::RegionNotFound)?;
+            if route.id != expected.region_id || route.epoch != expected.epoch {
+                return Err(NodeError::EpochNotMatch {
+                    region_id: expected.region_id,
+                    current: self.current_regions(expected, route),
+                });
+            }
+        }
+        Ok(expected.region_id)
+    }
+
+    /// What an `EpochNotMatch` for a request routed to `expected` tells the sender: the
+    /// regions of this node's table, as they are now, from the region `holder` that holds
+    /// the request's key to the region the sender named (if it is still here), widened on
+    /// both sides by adjacent regions with a newer version than the sender's (the other
+    /// parts of a split the sender did not see). So the sender's old entry is replaced by
+    /// every region now in its range, as far as this node can tell without knowing that
+    /// range. At most [`EPOCH_NOT_MATCH_REGIONS_MAX`] regions; if the two alone are further
+    /// apart, just the two.
+    ///
+    /// It reads the whole table: this runs only for a request routed with a stale view.
+    fn current_regions(&self, expected: ExpectedRoute, holder: RegionRoute) -> Vec<RegionRoute> {
+        let all = self.regions.all();
+        let Some(h) = all.iter().position(|r| r.id == holder.id) else {
+            return vec![holder];
+        };
+        let (mut lo, mut hi) = (h, h);
+        if let Some(n) = all.iter().position(|r| r.id == expected.region_id) {
+            if n.abs_diff(h) >= EPOCH_NOT_MATCH_REGIONS_MAX {
+                let mut two = vec![all[n.min(h)].clone(), all[n.max(h)].clone()];
+                two.dedup_by_key(|r| r.id);
+                return two;
+            }
+            (lo, hi) = (n.min(h), n.max(h));
+        }
+        let newer = |r: &RegionRoute| r.epoch.version > expected.epoch.version;
+        let room = |lo: usize, hi: usize| hi - lo + 1 < EPOCH_NOT_MATCH_REGIONS_MAX;
+        while lo > 0
+            && room(lo, hi)
+            && newer(&all[lo - 1])
+            && all[lo - 1].end_key == all[lo].start_key
+        {
+            lo -= 1;
+        }
+        while hi + 1 < all.len()
+            && room(lo, hi)
+            && newer(&all[hi + 1])
+            && all[hi].end_key == all[hi + 1].start_key
+        {
+            hi += 1;
+        }
+        all[lo..=hi].to_vec()
+    }
+
     /// Submits a write now (see [`NodeHandle::submit_write`]) and waits for its answer.
     pub async fn write(
         &self,
@@ -237,14 +329,22 @@ impl NodeHandle {
         cmd: KvCommand,
         session: (u64, u64),
     ) -> impl Future<Output = Result<KvResponse, NodeError>> + Send + 'static {
-        let key = cmd
-            .keys()
-            .first()
-            .map(|k| Bytes::copy_from_slice(k))
-            .unwrap_or_default();
+        self.submit_write_routed(cmd, session, None)
+    }
+
+    /// [`NodeHandle::submit_write`] for a sender that routed the write to a region: with
+    /// `expected`, every key of `cmd` must be in that region at that epoch here, else the
+    /// answer is [`NodeError::EpochNotMatch`] (see [`ExpectedRoute`]); without, as
+    /// `submit_write`.
+    pub fn submit_write_routed(
+        &self,
+        cmd: KvCommand,
+        session: (u64, u64),
+        expected: Option<ExpectedRoute>,
+    ) -> impl Future<Output = Result<KvResponse, NodeError>> + Send + 'static {
         self.submit(move |h, reply| {
             Ok(StoreMsg::Propose {
-                region_id: h.region_of(&key)?,
+                region_id: h.route_checked(&cmd.keys(), expected)?,
                 session,
                 cmd: cmd.clone(),
                 reply,
@@ -350,9 +450,20 @@ impl NodeHandle {
         &self,
         key: Bytes,
     ) -> impl Future<Output = Result<Option<Bytes>, NodeError>> + Send + 'static {
+        self.submit_get_routed(key, None)
+    }
+
+    /// [`NodeHandle::submit_get`] for a sender that routed the read to a region: with
+    /// `expected`, answered [`NodeError::EpochNotMatch`] when the key is not in that region
+    /// at that epoch here.
+    pub fn submit_get_routed(
+        &self,
+        key: Bytes,
+        expected: Option<ExpectedRoute>,
+    ) -> impl Future<Output = Result<Option<Bytes>, NodeError>> + Send + 'static {
         self.submit(move |h, reply| {
             Ok(StoreMsg::Get {
-                region_id: h.region_of(&key)?,
+                region_id: h.route_checked(&[&key], expected)?,
                 key: key.clone(),
                 reply,
             })
@@ -379,9 +490,22 @@ impl NodeHandle {
         end: Bytes,
         limit: usize,
     ) -> Result<ScanPage, NodeError> {
+        self.scan_page_routed(start, end, limit, None).await
+    }
+
+    /// [`NodeHandle::scan_page`] for a sender that routed the scan to a region: with
+    /// `expected`, answered [`NodeError::EpochNotMatch`] when `start` is not in that region
+    /// at that epoch here.
+    pub async fn scan_page_routed(
+        &self,
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+        expected: Option<ExpectedRoute>,
+    ) -> Result<ScanPage, NodeError> {
         self.submit(move |h, reply| {
             Ok(StoreMsg::Scan {
-                region_id: h.region_of(&start)?,
+                region_id: h.route_checked(&[&start], expected)?,
                 start: start.clone(),
                 end: end.clone(),
                 limit,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::parser::Request;
 use super::reply::Reply;
-use crate::service::PutCondition;
+use crate::service::{EpochStatus, ExpectedRoute, PutCondition};
 
 /// Default `COUNT` of `SCAN`, as in Redis.
 pub const SCAN_COUNT_DEFAULT: usize = 10;
@@ -131,6 +131,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         NO_KEYS,
         Access::Write,
     ),
+    // Its access and metrics name are the wrapped command's (see `parse_route`); this
+    // entry only serves the name lookup, the arity check and `COMMAND`.
+    spec(
+        "flotilla.route",
+        -5,
+        &["movablekeys"],
+        NO_KEYS,
+        Access::Local,
+    ),
 ];
 
 /// A parsed command, ready to run.
@@ -214,6 +223,14 @@ pub enum Command {
         /// The wrapped write: `Set`, `Del`, `MSet` or `IncrBy`, never another `Session`.
         write: Box<Command>,
     },
+    /// `FLOTILLA.ROUTE region_id version conf_ver <command…>`: the command, checked against
+    /// the region the client routed it to (a stale route answers `EPOCHNOTMATCH`).
+    Route {
+        /// The region and epoch the client's cache had.
+        route: ExpectedRoute,
+        /// The wrapped command: a keyed read or write, or a `Session`; never another `Route`.
+        command: Box<Command>,
+    },
 }
 
 /// What `COMMAND` asks.
@@ -248,6 +265,9 @@ impl Command {
         if (spec.arity >= 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
             let msg = format!("wrong number of arguments for '{}' command", spec.name);
             return Err((Some(spec), Reply::err(msg)));
+        }
+        if spec.name == "flotilla.route" {
+            return parse_route(request).map_err(|r| (Some(spec), r));
         }
         parse_args(spec, request)
             .map(|c| (spec, c))
@@ -401,6 +421,8 @@ fn parse_args(spec: &'static CommandSpec, request: Request) -> Result<Command, R
         "flotilla.node" => Command::NodeId,
         "flotilla.regions" => Command::Regions,
         "flotilla.session" => parse_session(args)?,
+        // Parsed before the table's parsers (its spec is the wrapped command's).
+        "flotilla.route" => return Err(Reply::err("FLOTILLA.ROUTE cannot be wrapped")),
         other => unreachable!("command table entry {other} has no parser"),
     };
     Ok(cmd)
@@ -419,6 +441,11 @@ fn parse_session(mut args: Vec<Bytes>) -> Result<Command, Reply> {
     let seq = parse_u64(&args[1]).ok_or_else(bad_id)?;
     let inner: Request = args.split_off(2);
     let (spec, write) = Command::parse(inner).map_err(|(_, reply)| reply)?;
+    if matches!(write, Command::Route { .. }) {
+        return Err(Reply::err(
+            "FLOTILLA.SESSION wraps one write command, not 'flotilla.route' (FLOTILLA.ROUTE goes outside: FLOTILLA.ROUTE … FLOTILLA.SESSION … <write>)",
+        ));
+    }
     if spec.access != Access::Write || spec.name == "flotilla.session" {
         return Err(Reply::err(format!(
             "FLOTILLA.SESSION wraps one write command (SET, DEL, MSET, INCR, INCRBY, DECR, DECRBY), not '{}'",
@@ -430,6 +457,54 @@ fn parse_session(mut args: Vec<Bytes>) -> Result<Command, Reply> {
         seq,
         write: Box::new(write),
     })
+}
+
+/// Commands `FLOTILLA.ROUTE` wraps: those that name keys of one region.
+const ROUTABLE: &[&str] = &[
+    "get",
+    "exists",
+    "mget",
+    "range",
+    "set",
+    "del",
+    "mset",
+    "incr",
+    "incrby",
+    "decr",
+    "decrby",
+    "flotilla.session",
+];
+
+/// `FLOTILLA.ROUTE region_id version conf_ver <command…>`: the route, then the wrapped
+/// request parsed as a command of its own, which must name keys (a read, a write, or a
+/// `FLOTILLA.SESSION` around a write). Answers the wrapped command's spec, so pipelining
+/// and the metrics treat it as that command.
+fn parse_route(request: Request) -> Result<(&'static CommandSpec, Command), Reply> {
+    let mut args = request;
+    let bad = || Reply::err("region id, version and conf_ver must be unsigned integers");
+    let region_id = parse_u64(&args[1]).ok_or_else(bad)?;
+    let version = parse_u64(&args[2]).ok_or_else(bad)?;
+    let conf_ver = parse_u64(&args[3]).ok_or_else(bad)?;
+    let inner: Request = args.split_off(4);
+    let (spec, command) = Command::parse(inner).map_err(|(_, reply)| reply)?;
+    // A nested route answers the wrapped command's spec, so it is told apart by its form.
+    if !ROUTABLE.contains(&spec.name) || matches!(command, Command::Route { .. }) {
+        return Err(Reply::err(format!(
+            "FLOTILLA.ROUTE wraps one keyed command (GET, EXISTS, MGET, RANGE, SET, DEL, MSET, INCR, INCRBY, DECR, DECRBY, FLOTILLA.SESSION), not '{}'",
+            if matches!(command, Command::Route { .. }) { "flotilla.route" } else { spec.name }
+        )));
+    }
+    let route = ExpectedRoute {
+        region_id,
+        epoch: EpochStatus { conf_ver, version },
+    };
+    Ok((
+        spec,
+        Command::Route {
+            route,
+            command: Box::new(command),
+        },
+    ))
 }
 
 fn parse_set(args: Vec<Bytes>) -> Result<Command, Reply> {
@@ -709,5 +784,108 @@ mod tests {
         assert!(parse(&["flotilla.session", "1", "x", "del", "k"])
             .unwrap_err()
             .contains("unsigned"));
+    }
+
+    #[test]
+    fn flotilla_route_wraps_keyed_commands_and_a_session() {
+        let route = ExpectedRoute {
+            region_id: 7,
+            epoch: EpochStatus {
+                conf_ver: 1,
+                version: 3,
+            },
+        };
+        let parsed = |words: &[&str]| {
+            Command::parse(req(words)).map(|(spec, c)| (spec.name, spec.access, c))
+        };
+        assert_eq!(
+            parsed(&["FLOTILLA.ROUTE", "7", "3", "1", "get", "k"]).unwrap(),
+            (
+                "get",
+                Access::Read,
+                Command::Route {
+                    route,
+                    command: Box::new(Command::Get("k".into()))
+                }
+            )
+        );
+        assert_eq!(
+            parsed(&[
+                "flotilla.route",
+                "7",
+                "3",
+                "1",
+                "flotilla.session",
+                "9",
+                "2",
+                "set",
+                "k",
+                "v"
+            ])
+            .unwrap(),
+            (
+                "flotilla.session",
+                Access::Write,
+                Command::Route {
+                    route,
+                    command: Box::new(Command::Session {
+                        client_id: 9,
+                        seq: 2,
+                        write: Box::new(Command::Set {
+                            key: "k".into(),
+                            value: "v".into(),
+                            cond: PutCondition::Always
+                        })
+                    })
+                }
+            )
+        );
+        assert_eq!(
+            parse(&["flotilla.route", "7", "3", "1", "range", "a", "b"]),
+            Ok(Command::Route {
+                route,
+                command: Box::new(Command::Range {
+                    start: "a".into(),
+                    end: Some("b".into()),
+                    limit: RANGE_LIMIT_DEFAULT
+                })
+            })
+        );
+        // Bad numbers, bad or unroutable wrapped commands, wrong order and nesting.
+        let err = |words: &[&str]| parse(words).unwrap_err();
+        assert!(err(&["flotilla.route", "x", "3", "1", "get", "k"]).contains("unsigned"));
+        assert!(err(&["flotilla.route", "7", "-3", "1", "get", "k"]).contains("unsigned"));
+        assert!(err(&["flotilla.route", "7", "3", "+1", "get", "k"]).contains("unsigned"));
+        assert!(err(&["flotilla.route", "7", "3", "1"]).contains("wrong number"));
+        assert!(err(&["flotilla.route", "7", "3", "1", "get"]).contains("wrong number"));
+        assert!(err(&["flotilla.route", "7", "3", "1", "nosuch", "k"]).contains("unknown command"));
+        assert!(err(&["flotilla.route", "7", "3", "1", "scan", "0"]).contains("wraps one keyed"));
+        assert!(err(&["flotilla.route", "7", "3", "1", "ping", "x"]).contains("wraps one keyed"));
+        assert!(err(&[
+            "flotilla.route",
+            "7",
+            "3",
+            "1",
+            "flotilla.route",
+            "7",
+            "3",
+            "1",
+            "get",
+            "k"
+        ])
+        .contains("wraps one keyed"));
+        assert!(err(&[
+            "flotilla.session",
+            "9",
+            "2",
+            "flotilla.route",
+            "7",
+            "3",
+            "1",
+            "set",
+            "k",
+            "v"
+        ])
+        .contains("wraps one write"));
     }
 }

@@ -11,7 +11,7 @@ use super::command::{Command, CommandQuery, COMMANDS};
 use super::cursor::CursorTable;
 use super::glob;
 use super::reply::Reply;
-use crate::service::{ClientSession, KvService, RouteEntry};
+use crate::service::{ClientRoute, ClientSession, KvService, RouteEntry};
 
 /// A reply that is still being computed by the service.
 pub type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
@@ -48,57 +48,22 @@ pub fn execute(cmd: Command, session: &mut Session, shared: &Shared) -> Outcome 
     match cmd {
         Command::Ping(None) => Outcome::Ready(Reply::Simple("PONG")),
         Command::Ping(Some(msg)) | Command::Echo(msg) => Outcome::Ready(Reply::Bulk(msg)),
-        Command::Get(key) => {
-            let f = service.get(key);
-            pending(async move { f.await.map(Reply::bulk_or_null) })
-        }
-        Command::Set { .. } | Command::Del(_) | Command::MSet(_) | Command::IncrBy { .. } => {
-            write(cmd, None, service.as_ref())
-        }
-        Command::Session {
-            client_id,
-            seq,
-            write: inner,
-        } => write(*inner, Some((client_id, seq)), service.as_ref()),
-        Command::Exists(keys) => {
-            // Redis counts a key named twice twice.
-            let gets: Vec<_> = keys.into_iter().map(|k| service.get(k)).collect();
-            pending(async move {
-                let mut n = 0;
-                for g in gets {
-                    n += i64::from(g.await?.is_some());
-                }
-                Ok(Reply::Integer(n))
-            })
-        }
-        Command::MGet(keys) => {
-            let gets: Vec<_> = keys.into_iter().map(|k| service.get(k)).collect();
-            pending(async move {
-                let mut values = Vec::with_capacity(gets.len());
-                for g in gets {
-                    values.push(Reply::bulk_or_null(g.await?));
-                }
-                Ok(Reply::Array(values))
-            })
-        }
+        Command::Get(_)
+        | Command::Set { .. }
+        | Command::Del(_)
+        | Command::MSet(_)
+        | Command::IncrBy { .. }
+        | Command::Session { .. }
+        | Command::Exists(_)
+        | Command::MGet(_)
+        | Command::Range { .. } => keyed(cmd, None, service.as_ref()),
+        Command::Route { route, command } => keyed(*command, Some(route), service.as_ref()),
         Command::Scan {
             cursor,
             pattern,
             count,
             any_type,
         } => scan(shared, cursor, pattern, count, any_type),
-        Command::Range { start, end, limit } => {
-            let f = service.scan(start, end, limit);
-            pending(async move {
-                let pairs = f.await?;
-                let mut flat = Vec::with_capacity(pairs.len() * 2);
-                for (k, v) in pairs {
-                    flat.push(Reply::Bulk(k));
-                    flat.push(Reply::Bulk(v));
-                }
-                Ok(Reply::Array(flat))
-            })
-        }
         Command::Describe(query) => Outcome::Ready(command_info(query)),
         Command::ConfigGet => Outcome::Ready(Reply::Array(Vec::new())),
         Command::Select | Command::ClientSetInfo => Outcome::Ready(Reply::Simple("OK")),
@@ -113,11 +78,70 @@ pub fn execute(cmd: Command, session: &mut Session, shared: &Shared) -> Outcome 
     }
 }
 
+/// Submits a command that names keys, with the client's route if it sent one
+/// (`FLOTILLA.ROUTE`).
+fn keyed(cmd: Command, route: ClientRoute, service: &dyn KvService) -> Outcome {
+    match cmd {
+        Command::Get(key) => {
+            let f = service.get(key, route);
+            pending(async move { f.await.map(Reply::bulk_or_null) })
+        }
+        Command::Set { .. } | Command::Del(_) | Command::MSet(_) | Command::IncrBy { .. } => {
+            write(cmd, None, route, service)
+        }
+        Command::Session {
+            client_id,
+            seq,
+            write: inner,
+        } => write(*inner, Some((client_id, seq)), route, service),
+        Command::Exists(keys) => {
+            // Redis counts a key named twice twice.
+            let gets: Vec<_> = keys.into_iter().map(|k| service.get(k, route)).collect();
+            pending(async move {
+                let mut n = 0;
+                for g in gets {
+                    n += i64::from(g.await?.is_some());
+                }
+                Ok(Reply::Integer(n))
+            })
+        }
+        Command::MGet(keys) => {
+            let gets: Vec<_> = keys.into_iter().map(|k| service.get(k, route)).collect();
+            pending(async move {
+                let mut values = Vec::with_capacity(gets.len());
+                for g in gets {
+                    values.push(Reply::bulk_or_null(g.await?));
+                }
+                Ok(Reply::Array(values))
+            })
+        }
+        Command::Range { start, end, limit } => {
+            let f = service.scan(start, end, limit, route);
+            pending(async move {
+                let pairs = f.await?;
+                let mut flat = Vec::with_capacity(pairs.len() * 2);
+                for (k, v) in pairs {
+                    flat.push(Reply::Bulk(k));
+                    flat.push(Reply::Bulk(v));
+                }
+                Ok(Reply::Array(flat))
+            })
+        }
+        // The parser only wraps the commands above; anything else is refused, not run.
+        _ => Outcome::Ready(Reply::err("not a keyed command")),
+    }
+}
+
 /// Submits a data write, with the client's session if it sent one.
-fn write(cmd: Command, session: ClientSession, service: &dyn KvService) -> Outcome {
+fn write(
+    cmd: Command,
+    session: ClientSession,
+    route: ClientRoute,
+    service: &dyn KvService,
+) -> Outcome {
     match cmd {
         Command::Set { key, value, cond } => {
-            let f = service.put(key, value, cond, session);
+            let f = service.put(key, value, cond, session, route);
             pending(async move {
                 f.await.map(|written| {
                     if written {
@@ -129,18 +153,18 @@ fn write(cmd: Command, session: ClientSession, service: &dyn KvService) -> Outco
             })
         }
         Command::Del(keys) => {
-            let f = service.delete(keys, session);
+            let f = service.delete(keys, session, route);
             pending(async move {
                 f.await
                     .map(|n| Reply::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
             })
         }
         Command::MSet(pairs) => {
-            let f = service.batch_put(pairs, session);
+            let f = service.batch_put(pairs, session, route);
             pending(async move { f.await.map(|()| Reply::Simple("OK")) })
         }
         Command::IncrBy { key, delta } => {
-            let f = service.incr_by(key, delta, session);
+            let f = service.incr_by(key, delta, session, route);
             pending(async move { f.await.map(Reply::Integer) })
         }
         // The parser only wraps the writes above; anything else is refused, not run.
@@ -210,7 +234,7 @@ fn scan(
     if end.as_ref().is_some_and(|e| *e <= start) {
         return Outcome::Ready(scan_reply(0, Vec::new()));
     }
-    let f = shared.service.scan(start, end.clone(), count);
+    let f = shared.service.scan(start, end.clone(), count, None);
     let cursors = Arc::clone(&shared.cursors);
     pending(async move {
         let pairs = f.await?;

@@ -16,6 +16,7 @@
 //! | `FLOTILLA.NODE` | the node's id |
 //! | `FLOTILLA.REGIONS` | the node's routing table: `[id, start, end, epoch version, epoch conf_ver, leader or nil]` per region, in key order |
 //! | `FLOTILLA.SESSION client_id seq <write…>` | the wrapped write's answer; the write runs with the client's session, so the same pair sent again (to any node) applies once |
+//! | `FLOTILLA.ROUTE region_id version conf_ver <command…>` | the wrapped command's answer if its keys are in region `region_id` at that epoch on this node; else `-TRYAGAIN EPOCHNOTMATCH …` with the regions as they are now (below). Wraps `GET`, `EXISTS`, `MGET`, `RANGE` (the region where it starts), `SET`, `DEL`, `MSET`, `INCR`/`INCRBY`/`DECR`/`DECRBY`, and `FLOTILLA.SESSION`, in this order only: `FLOTILLA.ROUTE 7 3 1 FLOTILLA.SESSION id seq SET k v`. Counted and pipelined as the wrapped command |
 //! | `COMMAND [COUNT\|LIST\|INFO…\|DOCS]`, `CONFIG GET …` (always empty), `SELECT 0`, `CLIENT SETNAME/GETNAME/SETINFO`, `QUIT` | what Redis clients and tools ask on connect |
 //!
 //! `SCAN` walks keys in order rather than by hash bucket. The cursor is a number, as every
@@ -33,6 +34,14 @@
 //! [`REQUEST_ARGS_MAX`] arguments) gets `-ERR Protocol error: …` and the connection is
 //! closed, since its place in the stream is lost. Failures the client may retry as they are
 //! (no leader, timeout) come as `-TRYAGAIN …`.
+//!
+//! A `FLOTILLA.ROUTE` whose route is stale (a split, merge or membership change the
+//! client has not seen) is answered, on one line,
+//! `-TRYAGAIN EPOCHNOTMATCH region <id>: epoch changed; now <desc> …` with
+//! `desc = <id> <start> <end> <version> <conf_ver> <leader>`, keys in lowercase hex and `-`
+//! for an empty key or an unknown leader (format and parser:
+//! [`flotilla_common::epoch_not_match`]). Nothing was applied; the client replaces its
+//! cached regions with these and sends the request again at once.
 
 mod command;
 mod connection;
