@@ -861,16 +861,39 @@ async fn a_replica_that_skipped_a_split_gets_the_new_region_by_snapshot() {
 
 /// Automatic split by size: with a 256 KiB limit, 1.5 MB written into region 1 splits it
 /// (and its parts, again and again) until every part is under the limit; every write is
-/// still there, and the key space still tiles.
+/// still there, and the key space still tiles. The full size is
+/// [`three_hundred_mib_in_one_region_split_until_every_part_fits`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_over_its_size_limit_splits_until_every_part_fits() {
-    const LIMIT: u64 = 256 << 10;
+    region_over_its_limit_splits(256 << 10, 2000, 24 * 32, 1, Duration::from_secs(60)).await;
+}
+
+/// The automatic-split test at full size: 300 MiB written into region 1 (4 800
+/// values of 64 KiB, eight writers) with a 16 MiB limit; every part ends under the limit.
+/// About 30 s here (debug or release build) and up to ~2 GiB of temporary files at its
+/// peak (three nodes' logs and RocksDB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_mib_in_one_region_split_until_every_part_fits() {
+    region_over_its_limit_splits(16 << 20, 64 << 10, 4800, 8, Duration::from_secs(600)).await;
+}
+
+/// Writes `count` values of `value_bytes` under keys of region 1 (with `writers`
+/// concurrent writers), with `region_max_bytes = limit`, then waits (up to `settle`) until
+/// every region in region 1's old range holds at most `limit` bytes; checks that nothing
+/// was lost and that the ranges tile the key space on every node.
+async fn region_over_its_limit_splits(
+    limit: u64,
+    value_bytes: usize,
+    count: u64,
+    writers: u64,
+    settle: Duration,
+) {
     let dirs = (0..NODES)
         .map(|_| tempfile::tempdir().expect("temp dir"))
         .collect();
     let cluster = start_cluster_with(dirs, |node_id| StoreConfig {
         node_id,
-        region_max_bytes: LIMIT,
+        region_max_bytes: limit,
         ..Default::default()
     });
     let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
@@ -881,22 +904,31 @@ async fn a_region_over_its_size_limit_splits_until_every_part_fits() {
         k.extend_from_slice(format!("big-{i:05}").as_bytes());
         Bytes::from(k)
     };
-    let value = Bytes::from(vec![b'x'; 2000]);
+    let value = Bytes::from(vec![b'x'; value_bytes]);
     // One key per write: the region splits while the writes go on, so a batch of keys
     // could span two regions (the node service splits those; this test talks to the node).
-    for i in 0..24 * 32u64 {
-        let put = KvCommand::Put {
-            key: key(i),
-            value: value.clone(),
-            cond: PutCondition::Always,
-        };
-        let r = handles[(i % NODES) as usize]
-            .write(put, (5151, i + 1))
-            .await;
-        assert_eq!(r, Ok(KvResponse::Written(true)), "write {i}");
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (handles, value) = (handles.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..count).step_by(writers as usize) {
+                let put = KvCommand::Put {
+                    key: key(i),
+                    value: value.clone(),
+                    cond: PutCondition::Always,
+                };
+                let r = handles[(i % NODES) as usize]
+                    .write(put, (5151 + w, i + 1))
+                    .await;
+                assert_eq!(r, Ok(KvResponse::Written(true)), "write {i}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
     }
     // Every region inside region 1's old range ends up under the limit.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + settle;
     loop {
         let parts: Vec<_> = handles[0]
             .regions()
@@ -921,10 +953,15 @@ async fn a_region_over_its_size_limit_splits_until_every_part_fits() {
                     .sum::<u64>(),
             );
         }
-        if whole && parts.len() > 1 && sizes.iter().all(|&s| s <= LIMIT) {
+        if whole && parts.len() > 1 && sizes.iter().all(|&s| s <= limit) {
             assert!(
-                sizes.iter().sum::<u64>() >= 24 * 32 * 2000,
+                sizes.iter().sum::<u64>() >= count * value_bytes as u64,
                 "no data lost: {sizes:?}"
+            );
+            eprintln!(
+                "{} parts, largest {} bytes (limit {limit})",
+                parts.len(),
+                sizes.iter().max().copied().unwrap_or(0)
             );
             break;
         }
@@ -934,7 +971,7 @@ async fn a_region_over_its_size_limit_splits_until_every_part_fits() {
     for h in &handles {
         tiling(h);
     }
-    for i in 0..24 * 32 {
+    for i in 0..count {
         assert_eq!(
             handles[(i % NODES) as usize].get(key(i)).await,
             Ok(Some(value.clone())),
