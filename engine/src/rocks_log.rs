@@ -71,7 +71,7 @@ impl Shared {
 
 /// The raft log of every region in one RocksDB (see the module docs).
 pub struct RocksLog {
-    committer: GroupCommitter<()>,
+    committer: GroupCommitter<RocksWriter>,
     shared: Arc<Shared>,
 }
 
@@ -313,6 +313,14 @@ impl RaftLog for RocksLog {
         }
         let bytes = batch.size_bytes();
         self.committer.submit(batch, (), bytes)
+    }
+
+    fn write(&self, batch: LogBatch) -> Result<WriteReport> {
+        for part in &batch.regions {
+            part.check_shape()?;
+        }
+        let bytes = batch.size_bytes();
+        self.committer.write(batch, (), bytes)
     }
 
     fn entries(&self, region_id: u64, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>> {

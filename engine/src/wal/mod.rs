@@ -28,7 +28,8 @@ use crate::config::WalConfig;
 use crate::error::{EngineError, Result};
 use crate::index::{Planned, RegionIndex};
 use crate::log::{
-    LogBatch, LogStats, LogStatsSnapshot, PurgeReport, RaftLog, SnapshotMark, WriteTicket,
+    LogBatch, LogStats, LogStatsSnapshot, PurgeReport, RaftLog, SnapshotMark, WriteReport,
+    WriteTicket,
 };
 
 pub use faulty::{DiskFaults, FaultyFileSystem};
@@ -100,7 +101,7 @@ pub(crate) struct Prepared {
 /// The shared write-ahead log (see the module docs). Closing it (drop) lets the writer
 /// finish the queued batches.
 pub struct Wal {
-    committer: GroupCommitter<Prepared>,
+    committer: GroupCommitter<writer::WalWriter>,
     shared: Arc<WalShared>,
 }
 
@@ -258,22 +259,33 @@ impl Wal {
     }
 }
 
+/// Checks a batch's shape and encodes it on the submitter's thread; returns the encoding
+/// and its size.
+fn prepare(batch: &LogBatch) -> Result<(Prepared, u64)> {
+    for part in &batch.regions {
+        part.check_shape()?;
+    }
+    let mut blob = Vec::with_capacity(batch.size_bytes() as usize);
+    let data_starts = payload::encode_parts(batch, &mut blob)?;
+    let bytes = blob.len() as u64;
+    if bytes > SUBMISSION_BYTES_MAX {
+        return Err(EngineError::BatchTooLarge {
+            bytes,
+            limit: SUBMISSION_BYTES_MAX,
+        });
+    }
+    Ok((Prepared { blob, data_starts }, bytes))
+}
+
 impl RaftLog for Wal {
     fn submit(&self, batch: LogBatch) -> Result<WriteTicket> {
-        for part in &batch.regions {
-            part.check_shape()?;
-        }
-        let mut blob = Vec::with_capacity(batch.size_bytes() as usize);
-        let data_starts = payload::encode_parts(&batch, &mut blob)?;
-        let bytes = blob.len() as u64;
-        if bytes > SUBMISSION_BYTES_MAX {
-            return Err(EngineError::BatchTooLarge {
-                bytes,
-                limit: SUBMISSION_BYTES_MAX,
-            });
-        }
-        self.committer
-            .submit(batch, Prepared { blob, data_starts }, bytes)
+        let (prepared, bytes) = prepare(&batch)?;
+        self.committer.submit(batch, prepared, bytes)
+    }
+
+    fn write(&self, batch: LogBatch) -> Result<WriteReport> {
+        let (prepared, bytes) = prepare(&batch)?;
+        self.committer.write(batch, prepared, bytes)
     }
 
     fn entries(&self, region_id: u64, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>> {
