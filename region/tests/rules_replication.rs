@@ -773,3 +773,35 @@ fn the_leader_applies_its_proposal_rules_to_forwarded_commands() {
     assert!(matches!(r, Err(Error::InvalidMessage(_))), "{r:?}");
     assert_eq!(net.raft(1).last_index(), last, "nothing appended");
 }
+
+/// A node applies a round's committed entries before that round's log write is durable
+/// (the leader answers its clients sooner), so after a crash its state machine may have
+/// applied past the commit index its log stored. Only committed entries are ever applied:
+/// on restart the applied index raises the commit index, and nothing is applied twice. An
+/// applied index past the log's end is still refused.
+#[test]
+fn restart_with_applied_past_the_stored_commit_trusts_the_applied_index() {
+    let s = MemStorage::new_with_conf_state(ConfState::with_voters([1, 2, 3]));
+    s.wl().append(&ents_at(1, &[1, 1, 1, 1])).unwrap();
+    s.wl().set_hard_state(flotilla_common::HardState {
+        term: 1,
+        vote: 2,
+        commit: 2,
+    });
+    let mut cfg = config(1);
+    cfg.applied = 3;
+    let node = RawNode::new(&cfg, s.clone()).unwrap();
+    assert_eq!(node.raft().commit_index(), 3);
+    assert_eq!(node.raft().applied(), 3);
+    let mut node = node;
+    assert!(
+        !node.has_ready() || node.ready().committed_entries.is_empty(),
+        "entries up to the applied index are not handed out again"
+    );
+
+    cfg.applied = 5;
+    assert!(
+        RawNode::new(&cfg, s).is_err(),
+        "applied past the last log index"
+    );
+}

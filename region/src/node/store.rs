@@ -1758,14 +1758,7 @@ impl Store {
         if readies.is_empty() {
             return Ok(());
         }
-        // 3. One write, one fdatasync, for every region of this round.
-        if !batch.regions.is_empty() {
-            let regions = batch.regions.len();
-            let started = Instant::now();
-            self.log.write(batch).map_err(storage)?;
-            self.metrics.log_written(started.elapsed(), regions);
-        }
-        // 4–5. Durable: acknowledgements may leave; apply everything committed.
+        // 4. Apply everything committed, and answer its clients.
         let mut ctx = ApplyContext {
             kv: &self.kv,
             round: ApplyRound::new(),
@@ -1773,16 +1766,16 @@ impl Store {
         };
         let mut answers: Vec<(Reply<KvResponse>, Result<KvResponse, NodeError>)> = Vec::new();
         let mut splits: Vec<SplitPlan> = Vec::new();
-        // What waited for the write (votes, append responses) leaves first, for every
-        // region at once, before anything is applied.
-        let mut outbound = Vec::new();
+        // What must wait for the write (votes, append responses) is encoded now, while
+        // every region of the round is still here (a merge may remove one), and leaves
+        // once the write is durable.
+        let mut persisted_outbound = Vec::new();
         for (region_id, rd) in readies.iter_mut() {
             if let Some(p) = self.peers.get(region_id) {
                 let msgs = std::mem::take(&mut rd.persisted_messages);
-                envelopes_into(node_id, &p.desc, msgs, &mut outbound);
+                envelopes_into(node_id, &p.desc, msgs, &mut persisted_outbound);
             }
         }
-        send_envelopes(&*self.transport, outbound);
         let apply_started = Instant::now();
         let mut applied_entries = 0;
         let mut merged_away: Vec<(u64, u64)> = Vec::new();
@@ -1902,6 +1895,19 @@ impl Store {
         }
         self.metrics
             .proposals_answered(&mut self.latencies, Instant::now());
+        // 3. One write, one fdatasync, for every region of this round. The committed
+        // entries were applied above: they were durable here before this round (a Ready
+        // hands out only entries this node has persisted), so their clients need not wait
+        // for this round's sync; on a restart the applied index vouches for the commit
+        // index the write below would have stored.
+        if !batch.regions.is_empty() {
+            let regions = batch.regions.len();
+            let started = Instant::now();
+            self.log.write(batch).map_err(storage)?;
+            self.metrics.log_written(started.elapsed(), regions);
+        }
+        // 5. Durable: acknowledgements may leave.
+        send_envelopes(&*self.transport, persisted_outbound);
         // A merged-away source's log is cut to nothing (it pins no WAL segment).
         for (sid, prepare_index) in merged_away {
             if let Err(e) = self.retire_log(sid, prepare_index) {
@@ -1936,7 +1942,7 @@ type Answer = Result<KvResponse, NodeError>;
 
 /// Applies one command entry; returns the client's answer and the command's session (if
 /// the entry decoded far enough to name one). A split's plan goes to `splits`, for the
-/// store to create the new regions once the round is written. An `Err` is a storage
+/// store to create the new regions once the round is applied. An `Err` is a storage
 /// failure (the store stops).
 #[allow(clippy::too_many_arguments)]
 fn apply_command(

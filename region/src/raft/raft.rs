@@ -179,12 +179,19 @@ impl<S: Storage> Raft<S> {
         r.vote = hs.vote;
         r.raft_log.commit_to(hs.commit);
         if config.applied > 0 {
-            if config.applied > r.raft_log.committed {
+            // Only committed entries are applied, so an applied index past the stored
+            // commit index is itself proof of commitment: the application may apply a
+            // round's committed entries before that round's hard state is durable (a node
+            // that applies while its log write is in flight, then crashes). It must still
+            // lie within the log.
+            if config.applied > r.raft_log.last_index() {
                 return Err(Error::InvalidConfig(format!(
-                    "applied {} is past the commit index {}",
-                    config.applied, r.raft_log.committed
+                    "applied {} is past the last log index {}",
+                    config.applied,
+                    r.raft_log.last_index()
                 )));
             }
+            r.raft_log.commit_to(config.applied);
             r.raft_log.applied_to(config.applied);
         }
         r.conf_history.push((r.raft_log.first_index() - 1, base));

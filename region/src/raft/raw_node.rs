@@ -8,7 +8,11 @@
 //!    `hard_state` — with one fsync when `must_sync`;
 //! 4. only now send `persisted_messages` (votes and acknowledgements promise durability);
 //! 5. apply `committed_entries` in order (configuration entries through
-//!    [`RawNode::apply_conf_change`]);
+//!    [`RawNode::apply_conf_change`]). These are only entries this peer had persisted
+//!    before this Ready, so steps 3 and 5 may also run the other way round or at once: a
+//!    caller that applies first answers its clients without waiting for this Ready's sync,
+//!    and after a crash restarts with an applied index past its stored commit index, which
+//!    [`RawNode::new`] accepts (an applied entry was committed);
 //! 6. answer each of `read_states` once the state machine has applied its index;
 //! 7. call [`RawNode::advance`] — or, when persisting and applying run elsewhere,
 //!    [`RawNode::on_persisted`] and [`RawNode::advance_apply_to`] as each finishes.
