@@ -167,7 +167,26 @@ async fn main() -> Result<(), String> {
         let new = handles[via as usize - 1]
             .split(widest.id, None)
             .await
-            .map_err(|e| format!("split {s} of region {}: {e}", widest.id))?;
+            .map_err(|e| {
+                // What each node thinks the region is, to tell a stale view from a bad split.
+                let views: Vec<String> = handles
+                    .iter()
+                    .map(|h| {
+                        h.regions()
+                            .all()
+                            .into_iter()
+                            .find(|r| r.id == widest.id)
+                            .map_or("absent".into(), |r| {
+                                format!("{:?}..{:?} v{}", r.start_key, r.end_key, r.epoch.version)
+                            })
+                    })
+                    .collect();
+                format!(
+                    "split {s} of region {} through node {via}: {e}; node 1 listed it as \
+                     {:?}..{:?}; the nodes now: {views:?}",
+                    widest.id, widest.start_key, widest.end_key
+                )
+            })?;
         let mut ids = new.clone();
         ids.push(widest.id);
         match until_led(&handles[via as usize - 1], &ids, Duration::from_secs(10)).await {
