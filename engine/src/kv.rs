@@ -1,11 +1,22 @@
 //! The key-value state machine on RocksDB.
 //!
 //! Column families: `default` holds user data under `z` + user key, so a region's key range
-//! is one contiguous range of RocksDB keys; `meta` holds per-region metadata: `a` + region
-//! id → applied index, `d` + region id → descriptor, and the client sessions (`t`, `u`, `s`:
-//! see [`crate::sessions`]). One apply round is one WriteBatch that also records the applied
-//! index and the sessions of every region it touches, so data, sessions and applied index
-//! can never disagree after a crash.
+//! is one contiguous range of RocksDB keys; `meta` holds per-region metadata: `d` + region
+//! id → descriptor, and the client sessions (`t`, `u`, `s`: see [`crate::sessions`]);
+//! `applied` holds each region's applied index (region id → index, both 8 bytes
+//! big-endian). One apply round is one WriteBatch that also records the applied index and
+//! the sessions of every region it touches, so data, sessions and applied index can never
+//! disagree after a crash.
+//!
+//! Every round rewrites the applied index of every region it applies, and as a new entry
+//! of a skip list holding hundreds of thousands of older versions that cost about as much
+//! as a data write (docs/benchmarks.md). `applied` is updated in place instead
+//! (`inplace_update_support`: a fixed-size value overwrites the latest version in the
+//! memtable), so its memtable holds one entry per region. The price: a read of `applied`
+//! at a RocksDB snapshot may see a newer value, so a region snapshot takes its applied
+//! index from memory, under the same lock as the apply rounds (see
+//! [`KvStore::snapshot_region`]). Stores written before this kept the index under `a` +
+//! region id in `meta`; it is still read, and deleted at the region's next round.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,6 +34,9 @@ use crate::sessions::SessionLogs;
 
 pub(crate) const CF_DEFAULT: &str = "default";
 pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_APPLIED: &str = "applied";
+/// The memtable of `applied`: one small entry per region (updated in place).
+const APPLIED_WRITE_BUFFER_BYTES: u64 = 1 << 20;
 
 const DATA_PREFIX: u8 = b'z';
 const APPLIED_PREFIX: u8 = b'a';
@@ -79,8 +93,19 @@ pub(crate) fn meta_key(prefix: u8, region_id: u64) -> [u8; 9] {
     k
 }
 
-pub(crate) fn applied_key(region_id: u64) -> [u8; 9] {
+/// A region's applied index in `meta`, as stores before the `applied` column family kept it.
+pub(crate) fn legacy_applied_key(region_id: u64) -> [u8; 9] {
     meta_key(APPLIED_PREFIX, region_id)
+}
+
+/// A region's key in `applied`.
+pub(crate) fn applied_key(region_id: u64) -> [u8; 8] {
+    region_id.to_be_bytes()
+}
+
+/// An applied index as `applied` stores it: fixed size, so that it is updated in place.
+pub(crate) fn applied_value(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
 }
 
 pub(crate) fn descriptor_key(region_id: u64) -> [u8; 9] {
@@ -198,6 +223,9 @@ impl ApplyRound {
 struct AppliedIndexes {
     written: HashMap<u64, u64>,
     durable: HashMap<u64, u64>,
+    /// Regions whose index is still (also) under the old `meta` key: deleted at their
+    /// next write.
+    legacy: std::collections::HashSet<u64>,
 }
 
 /// The key-value state of a node (see the module docs).
@@ -214,14 +242,27 @@ pub struct KvStore {
 impl KvStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: impl AsRef<Path>, config: &RocksConfig) -> Result<KvStore> {
-        let opts = config.options()?;
+        let mut opts = config.options()?;
+        // Required by `applied`'s in-place updates; the store writes from one thread, so
+        // concurrent memtable inserts never happened anyway.
+        opts.set_allow_concurrent_memtable_write(false);
         let meta = RocksConfig {
             write_buffer_bytes: config.meta_write_buffer_bytes,
             ..config.clone()
         };
+        let applied_cf = {
+            let mut o = RocksConfig {
+                write_buffer_bytes: APPLIED_WRITE_BUFFER_BYTES,
+                ..config.clone()
+            }
+            .options()?;
+            o.set_inplace_update_support(true);
+            o
+        };
         let cfs = [(CF_DEFAULT, config), (CF_META, &meta)]
             .map(|(name, c)| Ok(ColumnFamilyDescriptor::new(name, c.options()?)));
-        let cfs: Vec<ColumnFamilyDescriptor> = cfs.into_iter().collect::<Result<_>>()?;
+        let mut cfs: Vec<ColumnFamilyDescriptor> = cfs.into_iter().collect::<Result<_>>()?;
+        cfs.push(ColumnFamilyDescriptor::new(CF_APPLIED, applied_cf));
         let db = DB::open_cf_descriptors(&opts, path.as_ref(), cfs)?;
         // What recovery replayed may still sit only in the page cache: sync before calling
         // it durable.
@@ -234,6 +275,12 @@ impl KvStore {
             sync_lock: Mutex::new(()),
         };
         let mut written = HashMap::new();
+        let mut legacy = std::collections::HashSet::new();
+        let corrupt = |reason: &str| EngineError::Corruption {
+            file: store.path.clone(),
+            offset: 0,
+            reason: reason.into(),
+        };
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(vec![APPLIED_PREFIX + 1]);
         let lower = [APPLIED_PREFIX];
@@ -243,16 +290,24 @@ impl KvStore {
             IteratorMode::From(&lower, Direction::Forward),
         ) {
             let (key, value) = item?;
-            let region = u64_at(&key, 1).ok_or_else(|| EngineError::Corruption {
-                file: store.path.clone(),
-                offset: 0,
-                reason: "bad applied-index key".into(),
-            })?;
+            let region = u64_at(&key, 1).ok_or_else(|| corrupt("bad applied-index key"))?;
             written.insert(region, codec::decode::<u64>(&value)?);
+            legacy.insert(region);
+        }
+        // Written after the old keys (and deleting them): newer where both exist.
+        for item in store
+            .db
+            .iterator_cf(store.cf(CF_APPLIED)?, IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            let region = u64_at(&key, 0).ok_or_else(|| corrupt("bad applied-index key"))?;
+            let index = u64_at(&value, 0).ok_or_else(|| corrupt("bad applied index"))?;
+            written.insert(region, index);
         }
         *store.applied.lock() = AppliedIndexes {
             durable: written.clone(),
             written,
+            legacy,
         };
         Ok(store)
     }
@@ -278,6 +333,7 @@ impl KvStore {
         }
         let data = self.cf(CF_DEFAULT)?;
         let meta = self.cf(CF_META)?;
+        let applied_cf = self.cf(CF_APPLIED)?;
         let mut wb = WriteBatch::default();
         // In key order, and only the last write of each key: the memtable's skip list
         // inserts a run of ascending keys far faster than scattered ones (each insert
@@ -318,7 +374,10 @@ impl KvStore {
                     reason: format!("applied index {index} is behind {current}"),
                 });
             }
-            wb.put_cf(meta, applied_key(region), codec::encode(&index)?);
+            wb.put_cf(applied_cf, applied_key(region), applied_value(index));
+            if applied.legacy.contains(&region) {
+                wb.delete_cf(meta, legacy_applied_key(region));
+            }
         }
         let mut logs = self.session_logs.lock();
         // Every write of this batch gets a sequence number after this one.
@@ -326,7 +385,8 @@ impl KvStore {
         let states = self.write_sessions(&mut wb, &logs, &last, seq)?;
         for &region in &round.removed {
             wb.delete_cf(meta, descriptor_key(region));
-            wb.delete_cf(meta, applied_key(region));
+            wb.delete_cf(applied_cf, applied_key(region));
+            wb.delete_cf(meta, legacy_applied_key(region));
             self.delete_sessions(&mut wb, region)?;
         }
         // Under the locks so that the written indexes and session states follow the order
@@ -337,6 +397,9 @@ impl KvStore {
             logs.forget(region);
         }
         drop(logs);
+        for region in round.applied.keys().chain(&round.removed) {
+            applied.legacy.remove(region);
+        }
         applied.written.extend(round.applied);
         Ok(())
     }
@@ -541,10 +604,123 @@ impl KvStore {
         ))
     }
 
-    /// Records an installed snapshot's applied index as written and durable.
+    /// Records an installed snapshot's applied index as written and durable (its batch
+    /// deleted the old `meta` key too).
     pub(crate) fn set_installed(&self, region_id: u64, index: u64) {
         let mut applied = self.applied.lock();
         applied.written.insert(region_id, index);
         applied.durable.insert(region_id, index);
+        applied.legacy.remove(&region_id);
+    }
+
+    /// A RocksDB snapshot and the region's applied index as of it. The index comes from
+    /// memory, not from the snapshot: `applied` is updated in place, so a snapshot read of
+    /// it may see a later round's value. Taken under the lock the apply rounds hold while
+    /// they write, the two agree.
+    pub(crate) fn snapshot_with_applied(&self, region_id: u64) -> (rocksdb::Snapshot<'_>, u64) {
+        let applied = self.applied.lock();
+        let snapshot = self.db.snapshot();
+        let index = applied.written.get(&region_id).copied().unwrap_or(0);
+        (snapshot, index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> KvStore {
+        KvStore::open(dir, &RocksConfig::default()).expect("open")
+    }
+
+    fn round(region: u64, index: u64) -> ApplyRound {
+        let mut r = ApplyRound::new();
+        r.put(
+            region,
+            format!("k{region}").into_bytes(),
+            index.to_string().into_bytes(),
+        );
+        r.set_applied(region, index);
+        r
+    }
+
+    /// A store written before the `applied` column family kept the index in `meta`: it is
+    /// read, and replaced at the region's next round.
+    #[test]
+    fn an_applied_index_of_the_old_layout_is_read_and_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let kv = open(dir.path());
+            let meta = kv.cf(CF_META).expect("cf");
+            kv.db
+                .put_cf(
+                    meta,
+                    legacy_applied_key(7),
+                    codec::encode(&41u64).expect("enc"),
+                )
+                .expect("put");
+        }
+        let kv = open(dir.path());
+        assert_eq!(kv.applied_index(7), 41);
+        kv.apply(round(7, 42)).expect("apply");
+        let meta = kv.cf(CF_META).expect("cf");
+        assert_eq!(
+            kv.db.get_cf(meta, legacy_applied_key(7)).expect("get"),
+            None
+        );
+        drop(kv);
+        let kv = open(dir.path());
+        assert_eq!(kv.applied_index(7), 42);
+    }
+
+    /// A region snapshot carries the applied index its data is at, and rounds applied
+    /// after it (updating `applied` in place) change neither.
+    #[test]
+    fn a_region_snapshot_carries_the_applied_index_of_its_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = open(dir.path());
+        for i in 1..=10 {
+            kv.apply(round(3, i)).expect("apply");
+        }
+        let mut stream = kv
+            .snapshot_region(3, KeyRange::new(&b""[..], &b""[..]))
+            .expect("snapshot");
+        for i in 11..=20 {
+            kv.apply(round(3, i)).expect("apply");
+        }
+        assert_eq!(stream.header().applied_index, 10);
+        let chunk = stream.next().expect("a chunk").expect("read");
+        assert_eq!(
+            chunk.pairs,
+            vec![(Bytes::from_static(b"k3"), Bytes::from_static(b"10"))]
+        );
+        drop(stream);
+        drop(kv);
+        let kv = open(dir.path());
+        assert_eq!(kv.applied_index(3), 20);
+    }
+
+    /// The reason for `applied`: a region's index is overwritten in place, so its
+    /// memtable keeps one entry per region however many rounds write it (a variable-size
+    /// value would grow past the old one and insert again).
+    #[test]
+    fn applied_indexes_are_updated_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = open(dir.path());
+        for i in 1..=1000u64 {
+            let mut r = round(3, i);
+            r.set_applied(4, i * 1000);
+            kv.apply(r).expect("apply");
+        }
+        let cf = kv.cf(CF_APPLIED).expect("cf");
+        let entries = kv
+            .db
+            .property_int_value_cf(cf, "rocksdb.num-entries-active-mem-table")
+            .expect("property");
+        assert_eq!(entries, Some(2));
+        assert_eq!(
+            (kv.applied_index(3), kv.applied_index(4)),
+            (1000, 1_000_000)
+        );
     }
 }

@@ -124,12 +124,8 @@ impl KvStore {
     /// Starts a snapshot of the region's data in `range`, with its applied index,
     /// descriptor and sessions, all as of this moment.
     pub fn snapshot_region(&self, region_id: u64, range: KeyRange) -> Result<SnapshotStream<'_>> {
-        let snapshot = self.db.snapshot();
+        let (snapshot, applied_index) = self.snapshot_with_applied(region_id);
         let meta = self.cf(CF_META)?;
-        let applied_index = match snapshot.get_cf(meta, kv::applied_key(region_id))? {
-            Some(value) => codec::decode(&value)?,
-            None => 0,
-        };
         let descriptor = snapshot
             .get_cf(meta, kv::descriptor_key(region_id))?
             .map(Bytes::from);
@@ -196,10 +192,11 @@ impl KvStore {
             None => wb.delete_cf(meta, kv::descriptor_key(region)),
         }
         wb.put_cf(
-            meta,
+            self.cf(kv::CF_APPLIED)?,
             kv::applied_key(region),
-            codec::encode(&header.applied_index)?,
+            kv::applied_value(header.applied_index),
         );
+        wb.delete_cf(meta, kv::legacy_applied_key(region));
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         let mut logs = self.session_logs.lock();
