@@ -473,6 +473,40 @@ async fn a_replica_removed_while_cut_off_returns_harmlessly_and_is_cleaned_up() 
     cluster.stop();
 }
 
+/// A learner removed while it was cut off never campaigns, so it asks whether it is still
+/// a member once it hears no leader, and is told and cleaned up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_removed_while_cut_off_is_cleaned_up() {
+    let cluster = start_cluster(store_config);
+    let (h1, h4) = (cluster.handle(1), cluster.handle(4));
+    wait_for_leaders(&h1).await;
+    write_keys(&h1, key1, 0, 10).await;
+    h1.add_learner(REGION, 4).await.expect("learner");
+    wait_until(
+        Duration::from_secs(5),
+        "the learner to catch up",
+        || async { h4.get(key1(9)).await.ok().flatten().is_some() },
+    )
+    .await;
+    cluster.net.isolate(4);
+    h1.remove_replica(REGION, 4)
+        .await
+        .expect("remove the learner");
+    assert_eq!(members(&h1, REGION).await, (vec![1, 2, 3], vec![]));
+    assert!(
+        holds(&h4, REGION).await,
+        "node 4 has not heard of its removal"
+    );
+    cluster.net.heal();
+    wait_until(
+        Duration::from_secs(8),
+        "node 4 to destroy its removed learner",
+        || async { !holds(&h4, REGION).await },
+    )
+    .await;
+    cluster.stop();
+}
+
 /// (d) A learner never counts toward a quorum: with the leader and the learner on one side
 /// of a partition and the two other voters on the other, nothing commits on the leader's
 /// side, and the leader steps down (check quorum); the two voters go on.

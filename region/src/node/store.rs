@@ -795,6 +795,12 @@ impl Store {
                 if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
                     self.balance_leaders();
                 }
+                if self
+                    .ticks
+                    .is_multiple_of(self.cfg.election_ticks.max(1) as u64)
+                {
+                    self.probe_membership();
+                }
                 next_tick += tick;
                 if next_tick < Instant::now() {
                     // Fell behind (a long fsync): do not fire a burst of catch-up ticks.

@@ -15,6 +15,11 @@ use super::super::peer::Peer;
 use super::Store;
 use crate::raft;
 
+/// Election timeouts without a word from a leader after which a replica asks whether it
+/// is still a member (`Store::probe_membership`): longer than an election takes, so a
+/// healthy region never probes.
+pub const PROBE_SILENT_ELECTIONS: u64 = 2;
+
 /// What applying one membership change on this node leaves to do once the round is
 /// written: notices to the replicas it removed, and whether it removed this node's own.
 pub(super) struct MembershipApplied {
@@ -272,11 +277,33 @@ impl Store {
             }
         };
         let me = p.raw.raft().id();
-        if theirs.id != region_id
-            || env.message.to != me
-            || theirs.epoch.conf_ver <= p.desc.epoch.conf_ver
-            || theirs.peer(me).is_some()
+        let from = env.message.from;
+        if theirs.id != region_id || env.message.to != me {
+            debug!(
+                region = region_id,
+                from = env.from_node,
+                "removal notice not for this replica"
+            );
+            return;
+        }
+        if theirs.epoch.conf_ver < p.desc.epoch.conf_ver
+            && p.desc.peer(from).is_none()
+            && !in_configuration(p, from)
         {
+            // A probe from a replica that hears no leader (see `probe_membership`), and
+            // that this newer membership no longer lists: tell it.
+            let gone = PeerMeta {
+                peer_id: from,
+                node_id: env.from_node,
+                role: Default::default(),
+            };
+            let notice = removed_notice(self.cfg.node_id, me, &p.desc, &gone);
+            if let Err(e) = self.transport.send(notice) {
+                debug!(region = region_id, "removal notice not sent: {e}");
+            }
+            return;
+        }
+        if theirs.epoch.conf_ver <= p.desc.epoch.conf_ver || theirs.peer(me).is_some() {
             debug!(
                 region = region_id,
                 from = env.from_node,
@@ -327,6 +354,35 @@ impl Store {
                 "merge source: no target replica here, handing the leadership on"
             );
             let _ = p.raw.transfer_leader(to.peer_id);
+        }
+    }
+
+    /// Asks, for every replica that has not heard from a leader for
+    /// [`PROBE_SILENT_ELECTIONS`] election timeouts, whether it is still a member: sends
+    /// its descriptor in a `PeerRemoved` message to the other peers it knows, and a member
+    /// with a newer membership that no longer lists it answers with the notice. A voter
+    /// removed while away learns it from its vote requests as well; a learner never
+    /// campaigns, so this is how a learner removed while it was down or cut off learns it.
+    pub(super) fn probe_membership(&mut self) {
+        let silent = PROBE_SILENT_ELECTIONS * self.cfg.election_ticks as u64;
+        let node_id = self.cfg.node_id;
+        let mut probes = Vec::new();
+        for p in self.peers.values() {
+            let r = p.raw.raft();
+            if p.is_leader() || (r.election_elapsed() as u64) < silent {
+                continue;
+            }
+            let me = r.id();
+            for other in p.desc.peers.iter().filter(|x| x.peer_id != me) {
+                // Addressed like a notice, but from a replica with an older membership: the
+                // receiver answers only if its own is newer and lacks the sender.
+                probes.push(removed_notice(node_id, me, &p.desc, other));
+            }
+        }
+        for probe in probes {
+            if let Err(e) = self.transport.send(probe) {
+                debug!("membership probe not sent: {e}");
+            }
         }
     }
 
