@@ -281,6 +281,8 @@ async fn move_under_load(mut cluster: Cluster, preloaded: u64) {
     let started = Instant::now();
     h1.move_replica(REGION, 3, 4).await.expect("move");
     let took = started.elapsed();
+    // Promoted only once caught up: the replica exists and holds its addition's entry.
+    assert!(holds(&h4, REGION).await, "node 4 holds the new voter at once");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.expect("writer");
@@ -470,6 +472,52 @@ async fn a_replica_removed_while_cut_off_returns_harmlessly_and_is_cleaned_up() 
         .expect("scan");
     assert!(left.is_empty(), "region 1 data left on node 3: {left:?}");
     drop(kv);
+    cluster.stop();
+}
+
+/// A replica can move back to a node it left: the node's leftovers of the old replica
+/// (its cut raft log, its hard state) do not get in the way of the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_moves_back_to_a_node_it_left() {
+    let cluster = start_cluster(store_config);
+    let (h1, h3) = (cluster.handle(1), cluster.handle(3));
+    wait_for_leaders(&h1).await;
+    write_keys(&h1, key1, 0, 20).await;
+    let old_peer = h1
+        .descriptor(REGION)
+        .await
+        .expect("descriptor")
+        .peer_on_node(3);
+    h1.move_replica(REGION, 3, 4).await.expect("move to node 4");
+    wait_until(
+        Duration::from_secs(5),
+        "node 3 to drop region 1",
+        || async { !holds(&h3, REGION).await },
+    )
+    .await;
+    write_keys(&h1, key1, 20, 20).await;
+    h1.move_replica(REGION, 4, 3)
+        .await
+        .expect("move back to node 3");
+    assert_eq!(members(&h1, REGION).await, (vec![1, 2, 3], vec![]));
+    let new_peer = h3
+        .descriptor(REGION)
+        .await
+        .expect("node 3's new replica")
+        .peer_on_node(3);
+    assert_ne!(
+        new_peer.map(|p| p.peer_id),
+        old_peer.map(|p| p.peer_id),
+        "a peer id is never reused"
+    );
+    write_keys(&h3, key1, 40, 5).await;
+    for i in 0..45 {
+        assert_eq!(
+            h3.get(key1(i)).await.expect("read on node 3"),
+            Some(Bytes::from(format!("v{i}"))),
+            "key {i}"
+        );
+    }
     cluster.stop();
 }
 

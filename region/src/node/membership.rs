@@ -8,9 +8,10 @@
 //!    ([`member_peer_id`]); the destination has no replica yet, so the region's leader
 //!    finds it rejecting appends and asks for a snapshot (see the store's orphan path), and
 //!    the replica is created from the snapshot's descriptor, then follows by appends;
-//! 2. **wait until it has caught up**: the leader refuses to promote a learner whose match
-//!    index is more than [`PROMOTE_LAG_MAX`] entries behind its last index (a voter that
-//!    cannot acknowledge recent entries would make the region stall on one more failure);
+//! 2. **wait until it has caught up**: the leader refuses to promote a learner that does
+//!    not hold the entry that added it, or whose match index is more than
+//!    [`PROMOTE_LAG_MAX`] entries behind its last index (a voter that cannot acknowledge
+//!    recent entries would make the region stall on one more failure);
 //! 3. **promote** it to voter;
 //! 4. **remove** the replica on the source node. The leader is never removed: the
 //!    leadership is moved first (to the new voter, which is caught up).
@@ -217,6 +218,10 @@ pub(crate) struct LeaderView {
     pub leader_peer: u64,
     /// The leader's last log index.
     pub last_index: u64,
+    /// The index of the last membership change the leader proposed (or, if it has proposed
+    /// none, its last index when elected): a learner is caught up only once it holds it,
+    /// which also means it was created from a snapshot that names it.
+    pub conf_index: u64,
     /// (peer id, match index, recently active) of every follower it tracks.
     pub progress: Vec<(u64, u64, bool)>,
 }
@@ -247,7 +252,11 @@ pub(crate) fn plan_change(
                 .iter()
                 .find(|(id, _, _)| *id == p.peer_id)
                 .is_some_and(|&(_, matched, active)| {
-                    active && matched + PROMOTE_LAG_MAX >= leader.last_index
+                    // A new learner's match index is 0: with a short log, 0 + the lag
+                    // allowed would pass. It must hold at least its own addition.
+                    active
+                        && matched >= leader.conf_index
+                        && matched + PROMOTE_LAG_MAX >= leader.last_index
                 });
             if !caught_up {
                 return Err(NodeError::Dropped(format!(
@@ -504,6 +513,7 @@ mod tests {
         LeaderView {
             leader_peer: bootstrap_peer_id(5, 1),
             last_index: 1000,
+            conf_index: 900,
             progress: d
                 .peers
                 .iter()
@@ -577,6 +587,17 @@ mod tests {
         let promote = PeerChange::Promote { node_id: 4 };
         assert!(matches!(
             plan_change(&d, &promote, &leader(500)),
+            Err(NodeError::Dropped(_))
+        ));
+        // Regression: a learner that has nothing yet (match index 0) on a log shorter
+        // than the lag allowed was promoted at once, before it held any data.
+        let short = LeaderView {
+            last_index: 40,
+            conf_index: 38,
+            ..leader(1000)
+        };
+        assert!(matches!(
+            plan_change(&d, &promote, &short),
             Err(NodeError::Dropped(_))
         ));
         let cc = plan_change(&d, &promote, &leader(10)).unwrap().unwrap();

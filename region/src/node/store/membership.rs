@@ -79,10 +79,19 @@ fn in_configuration(p: &Peer, peer_id: u64) -> bool {
         .any(|&id| id == peer_id)
 }
 
-/// Proposes `change` on `p`, its region's leader, after the leader's checks.
-fn propose_change(p: &mut Peer, change: &PeerChange) -> Result<ChangeOutcome, NodeError> {
+/// Proposes `change` on `p`, its region's leader, after the leader's checks; `knows`:
+/// whether the transport can reach a node.
+fn propose_change(
+    p: &mut Peer,
+    change: &PeerChange,
+    knows: impl Fn(u64) -> bool,
+) -> Result<ChangeOutcome, NodeError> {
     if change_done(&p.desc, change) {
         return Ok(ChangeOutcome::Done);
+    }
+    let target = change.node_id();
+    if matches!(change, PeerChange::AddLearner { .. }) && !knows(target) {
+        return Err(NodeError::Refused(format!("unknown node {target}")));
     }
     let r = p.raw.raft();
     // One change at a time, counted to its apply here: the descriptor the next one is
@@ -96,6 +105,7 @@ fn propose_change(p: &mut Peer, change: &PeerChange) -> Result<ChangeOutcome, No
     let view = LeaderView {
         leader_peer: r.id(),
         last_index: r.last_index(),
+        conf_index: r.pending_conf_index(),
         progress: p
             .desc
             .peers
@@ -158,7 +168,7 @@ impl Store {
             return Ok(ChangeOutcome::Done);
         }
         if p.is_leader() {
-            return propose_change(p, &change);
+            return propose_change(p, &change, |n| self.transport.knows(n));
         }
         if matches!(change, PeerChange::Remove { node_id } if p.leader_node() == Some(node_id)) {
             // Answered here, not left to the leader: it would drop the request silently.
@@ -217,7 +227,7 @@ impl Store {
                 if !p.is_leader() || !in_configuration(p, env.message.from) {
                     return None; // the asker tries again
                 }
-                let outcome = propose_change(p, &change);
+                let outcome = propose_change(p, &change, |n| self.transport.knows(n));
                 debug!(
                     region = env.region_id,
                     ?change,
