@@ -282,7 +282,10 @@ async fn move_under_load(mut cluster: Cluster, preloaded: u64) {
     h1.move_replica(REGION, 3, 4).await.expect("move");
     let took = started.elapsed();
     // Promoted only once caught up: the replica exists and holds its addition's entry.
-    assert!(holds(&h4, REGION).await, "node 4 holds the new voter at once");
+    assert!(
+        holds(&h4, REGION).await,
+        "node 4 holds the new voter at once"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.expect("writer");

@@ -51,7 +51,7 @@ use crate::raft::{self, Command, ReadOnlyOption, Role, SessionOutcome};
 mod membership;
 mod recovery;
 
-use membership::{membership_applied, MembershipApplied};
+use membership::{is_membership_message, membership_applied, MembershipApplied};
 use recovery::StoreShell;
 pub use recovery::{EngineOpener, LogSlot, REOPEN_PAUSE_MAX, REOPEN_PAUSE_MIN, REOPEN_PAUSE_RESET};
 
@@ -1023,8 +1023,13 @@ impl Store {
 
     fn step_envelope(&mut self, env: RaftEnvelope) {
         // Membership traffic is the node's, not the raft core's (membership.rs).
-        let Some(env) = self.take_membership_message(env) else {
-            return;
+        let env = if is_membership_message(&env.message) {
+            match self.take_membership_message(env) {
+                Some(env) => env,
+                None => return,
+            }
+        } else {
+            env
         };
         let Some(p) = self.peers.get_mut(&env.region_id) else {
             self.hold_orphan(env);

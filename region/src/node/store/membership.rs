@@ -67,6 +67,20 @@ fn removed_notice(
     RaftEnvelope::new(desc.id, node_id, gone.node_id, m)
 }
 
+/// Whether `m` may be membership traffic the store handles itself
+/// ([`Store::take_membership_message`]). Told apart by kind alone for the messages of the
+/// hot path (appends, heartbeats, their answers, forwarded commands look at one entry).
+pub(super) fn is_membership_message(m: &Message) -> bool {
+    match m.kind {
+        MessageKind::PeerRemoved | MessageKind::RequestVote | MessageKind::RequestPreVote => true,
+        MessageKind::Propose => m
+            .entries
+            .first()
+            .is_some_and(|e| e.kind == EntryKind::ConfChange),
+        _ => false,
+    }
+}
+
 /// Whether `peer_id` belongs to the raft configuration of `p` (as appended, which may be
 /// ahead of its descriptor): voters, outgoing voters and learners.
 fn in_configuration(p: &Peer, peer_id: u64) -> bool {
@@ -194,13 +208,7 @@ impl Store {
     pub(super) fn take_membership_message(&mut self, env: RaftEnvelope) -> Option<RaftEnvelope> {
         let node_id = self.cfg.node_id;
         match env.message.kind {
-            MessageKind::Propose
-                if env
-                    .message
-                    .entries
-                    .iter()
-                    .any(|e| e.kind == EntryKind::ConfChange) =>
-            {
+            MessageKind::Propose if is_membership_message(&env.message) => {
                 // (A change for a region not here is dropped: the asker tries again.)
                 let p = self.peers.get_mut(&env.region_id)?;
                 let change = match env.message.entries.as_slice() {
