@@ -524,6 +524,105 @@ async fn a_replica_moves_back_to_a_node_it_left() {
     cluster.stop();
 }
 
+/// Moving the leader's replica hands the leadership to the new voter first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_leaders_replica_hands_the_leadership_over_first() {
+    let cluster = start_cluster(store_config);
+    let (h1, h3, h4) = (cluster.handle(1), cluster.handle(3), cluster.handle(4));
+    wait_for_leaders(&h1).await;
+    write_keys(&h1, key1, 0, 10).await;
+    lead(&h1, REGION, 3).await;
+    // Asked through the leader's own node, which loses its replica.
+    h3.move_replica(REGION, 3, 4)
+        .await
+        .expect("move the leader's replica");
+    assert!(
+        !holds(&h3, REGION).await,
+        "node 3's replica is gone when the move returns"
+    );
+    assert_eq!(members(&h1, REGION).await, (vec![1, 2, 4], vec![]));
+    write_keys(&h4, key1, 10, 5).await;
+    for i in 0..15 {
+        assert_eq!(
+            h4.get(key1(i)).await.expect("read"),
+            Some(Bytes::from(format!("v{i}")))
+        );
+    }
+    cluster.stop();
+}
+
+/// A replica that was down while it was removed comes back (restarted), campaigns, is told
+/// and cleaned up; and one whose node stopped after the removal applied but before the
+/// replica was destroyed is cleaned up when the node starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_removed_while_down_is_cleaned_up_when_its_node_returns() {
+    let mut cluster = start_cluster(store_config);
+    let h1 = cluster.handle(1);
+    wait_for_leaders(&h1).await;
+    write_keys(&h1, key1, 0, 10).await;
+    write_keys(&h1, key2, 0, 10).await;
+    lead(&h1, REGION, 1).await;
+    lead(&h1, 2, 2).await;
+    cluster.stop_node(3);
+    h1.move_replica(REGION, 3, 4)
+        .await
+        .expect("move while node 3 is down");
+    cluster.restart_node(3);
+    let h3 = cluster.handle(3);
+    wait_until(
+        Duration::from_secs(8),
+        "node 3 to destroy its removed replica",
+        || async { !holds(&h3, REGION).await },
+    )
+    .await;
+    assert!(holds(&h3, 2).await, "node 3 keeps region 2");
+
+    // A destroy cut short: node 3's store holds region 2's descriptor without node 3 in it
+    // (as the apply round of its removal leaves it), its data and its records.
+    // Node 3 is cut off so that it hears nothing of the removal.
+    cluster.net.isolate(3);
+    h1.move_replica(2, 3, 4).await.expect("move region 2");
+    let desc = h1.descriptor(2).await.expect("region 2");
+    assert!(desc.peer_on_node(3).is_none());
+    assert!(holds(&h3, 2).await, "node 3 has not heard of its removal");
+    cluster.stop_node(3);
+    {
+        let kv = cluster.kv_of_stopped(3);
+        let mut round = flotilla_engine::ApplyRound::new();
+        round.set_descriptor(2, desc.encode());
+        round.set_applied(2, kv.applied_index(2));
+        kv.apply(round).expect("write the removed descriptor");
+        kv.sync().expect("sync");
+        assert!(!kv
+            .scan(
+                &KeyRange::new(Bytes::from_static(&[0x80]), Bytes::new()),
+                10
+            )
+            .expect("scan")
+            .is_empty());
+    }
+    cluster.net.heal();
+    cluster.restart_node(3);
+    let h3 = cluster.handle(3);
+    assert!(
+        !holds(&h3, 2).await,
+        "node 3 did not load the removed region"
+    );
+    cluster.stop_node(3);
+    let kv = cluster.kv_of_stopped(3);
+    assert_eq!(kv.descriptor(2).expect("meta"), None);
+    assert!(
+        kv.region_ids().expect("ids").is_empty(),
+        "node 3 holds no region"
+    );
+    let left = kv
+        .scan(&KeyRange::new(Bytes::new(), Bytes::new()), 10)
+        .expect("scan");
+    assert!(left.is_empty(), "data left on node 3: {left:?}");
+    drop(kv);
+    cluster.stop();
+}
+
 /// A learner removed while it was cut off never campaigns, so it asks whether it is still
 /// a member once it hears no leader, and is told and cleaned up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
