@@ -231,6 +231,11 @@ pub enum MessageKind {
     /// and forwarded for the leader to append. Nothing answers it: the follower learns the
     /// outcome by applying the entries like every replica.
     Propose,
+    /// Member → a replica its region no longer lists (it asked for votes, or was just
+    /// removed): "you were removed". `context` carries the sender's region descriptor, so
+    /// the receiver can check that it is newer than its own before it destroys itself.
+    /// Handled by the node, never by the raft core.
+    PeerRemoved,
 }
 
 /// A raft message between two peers of one group.

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use flotilla_common::codec;
 use parking_lot::Mutex;
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RocksConfig;
@@ -602,6 +604,38 @@ impl KvStore {
             region_id,
             self.durable_applied_index(region_id),
         ))
+    }
+
+    /// Destroys this node's replica of a region that left the node (a membership change
+    /// removed it): deletes its descriptor, applied index and client sessions, and the user
+    /// data in `data` (`None`: another region here owns that range, the data stays), in
+    /// one synced WriteBatch. Its applied index is forgotten, so a replica of the same
+    /// region created here later starts from its snapshot. Cut the region's raft log
+    /// first: the permit for that needs the applied index this forgets.
+    pub fn destroy_region(&self, region_id: u64, data: Option<&KeyRange>) -> Result<()> {
+        let data_cf = self.cf(CF_DEFAULT)?;
+        let meta = self.cf(CF_META)?;
+        let mut wb = WriteBatch::default();
+        if let Some(range) = data {
+            let (lower, upper) = range.data_bounds();
+            wb.delete_range_cf(data_cf, lower, upper);
+        }
+        wb.delete_cf(meta, descriptor_key(region_id));
+        wb.delete_cf(self.cf(CF_APPLIED)?, applied_key(region_id));
+        wb.delete_cf(meta, legacy_applied_key(region_id));
+        self.delete_sessions(&mut wb, region_id)?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let mut applied = self.applied.lock();
+        let mut logs = self.session_logs.lock();
+        let written = self.db.write_opt(wb, &opts);
+        logs.forget(region_id);
+        drop(logs);
+        written?;
+        applied.written.remove(&region_id);
+        applied.durable.remove(&region_id);
+        applied.legacy.remove(&region_id);
+        Ok(())
     }
 
     /// Records an installed snapshot's applied index as written and durable (its batch

@@ -306,6 +306,50 @@ fn a_removed_region_leaves_no_records_but_its_data() {
     assert_eq!(kv.applied_index(1), 5);
 }
 
+/// A destroyed replica (a membership change moved it away) leaves nothing: records, data
+/// in its range, applied index — so a new replica of the same region can start at 0 — while
+/// other regions' data and records stay.
+#[test]
+fn a_destroyed_region_leaves_nothing_and_can_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open_kv(dir.path());
+    let mut r = ApplyRound::new();
+    for region in [1u64, 2] {
+        r.set_descriptor(region, format!("d{region}").into_bytes());
+        r.set_session(region, 7, b"s".to_vec());
+        r.set_applied(region, 9);
+    }
+    r.put(1, b"a1".to_vec(), b"v".to_vec());
+    r.put(1, b"a2".to_vec(), b"v".to_vec());
+    r.put(2, b"b1".to_vec(), b"v".to_vec());
+    kv.apply(r).unwrap();
+    kv.destroy_region(1, Some(&KeyRange::new(&b"a"[..], &b"b"[..])))
+        .unwrap();
+    assert_eq!(kv.region_ids().unwrap(), vec![2]);
+    assert_eq!(kv.descriptor(1).unwrap(), None);
+    assert!(kv.sessions(1).unwrap().is_empty());
+    assert_eq!(kv.applied_index(1), 0);
+    assert!(kv
+        .scan(&KeyRange::new(&b"a"[..], &b"b"[..]), 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(kv.get(b"b1").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(kv.sessions(2).unwrap().len(), 1);
+    // Without a range, the data stays (another region owns it).
+    kv.destroy_region(2, None).unwrap();
+    assert_eq!(kv.get(b"b1").unwrap(), Some(b"v".to_vec()));
+    assert!(kv.region_ids().unwrap().is_empty());
+    // The same region again, from applied index 0 (a replica created from a snapshot).
+    let mut r = ApplyRound::new();
+    r.set_descriptor(1, b"d1 again".to_vec());
+    r.set_applied(1, 0);
+    kv.apply(r).unwrap();
+    drop(kv);
+    let kv = open_kv(dir.path());
+    assert_eq!(kv.region_ids().unwrap(), vec![1]);
+    assert_eq!(kv.applied_index(1), 0);
+}
+
 #[test]
 fn a_scan_stops_at_its_limit_and_its_range() {
     let dir = tempfile::tempdir().unwrap();

@@ -406,6 +406,12 @@ impl Transport for MemoryTransport {
         self.removed.lock().insert(node_id);
     }
 
+    fn knows(&self, node_id: u64) -> bool {
+        node_id == self.node_id
+            || (!self.removed.lock().contains(&node_id)
+                && self.net.nodes.lock().contains_key(&node_id))
+    }
+
     fn send(&self, envelope: RaftEnvelope) -> Result<(), SendError> {
         if envelope.message.kind == MessageKind::Snapshot {
             return self.send_snapshot(envelope);

@@ -161,6 +161,10 @@ impl Transport for TcpTransport {
         }
     }
 
+    fn knows(&self, node_id: u64) -> bool {
+        node_id == self.shared.config.node_id || self.shared.peers.read().contains_key(&node_id)
+    }
+
     fn send(&self, envelope: RaftEnvelope) -> Result<(), SendError> {
         if envelope.message.kind == MessageKind::Snapshot {
             return self.send_snapshot(envelope);

@@ -18,6 +18,10 @@ pub trait Transport: Send + Sync {
     /// Forgets `node_id`: its queue is dropped and its connection closed.
     fn remove_peer(&self, node_id: u64);
 
+    /// Whether `node_id` is a node this transport can reach (added and not removed):
+    /// membership changes refuse to place a replica on a node nobody can send to.
+    fn knows(&self, node_id: u64) -> bool;
+
     /// Queues `envelope` for `envelope.to_node`. Messages to one node, from all regions,
     /// leave in order, batched into as few frames as the queue allows. A message of kind
     /// `Snapshot` goes through [`Transport::send_snapshot`].

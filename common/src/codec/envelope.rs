@@ -53,7 +53,7 @@ const FLAG_REJECT: u8 = 1;
 const FLAG_REQUEST_SNAPSHOT: u8 = 2;
 
 /// Every `MessageKind`, by its byte on the wire (its declaration order).
-const MESSAGE_KINDS: [MessageKind; 14] = [
+const MESSAGE_KINDS: [MessageKind; 15] = [
     MessageKind::Append,
     MessageKind::AppendResponse,
     MessageKind::RequestVote,
@@ -68,6 +68,7 @@ const MESSAGE_KINDS: [MessageKind; 14] = [
     MessageKind::ReadIndexResponse,
     MessageKind::TransferLeader,
     MessageKind::Propose,
+    MessageKind::PeerRemoved,
 ];
 
 fn message_kind_byte(kind: MessageKind) -> u8 {
@@ -87,6 +88,7 @@ fn message_kind_byte(kind: MessageKind) -> u8 {
         MessageKind::ReadIndexResponse => 11,
         MessageKind::TransferLeader => 12,
         MessageKind::Propose => 13,
+        MessageKind::PeerRemoved => 14,
     }
 }
 

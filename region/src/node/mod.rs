@@ -7,6 +7,7 @@
 mod command;
 mod descriptor;
 mod error;
+mod membership;
 mod merge;
 pub mod metrics;
 mod peer;
@@ -29,6 +30,10 @@ pub use descriptor::{
     even_boundaries, MergeState, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch,
 };
 pub use error::NodeError;
+pub use membership::{
+    change_done, check_change, is_member_peer_id, member_peer_id, ChangeOutcome, PeerChange,
+    LEADER_ON_TARGET, MEMBER_PEER_COUNTER_MAX, MEMBER_PEER_ID_BIT, PROMOTE_LAG_MAX,
+};
 pub use merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
 pub use peer::{Reply, ScanPage};
 pub use peer_storage::{PeerStorage, RegionSnapshotData, SNAPSHOT_DATA_BYTES_MAX};
@@ -400,6 +405,19 @@ impl NodeHandle {
             return Err(NodeError::Refused(
                 "a region cannot merge into itself".into(),
             ));
+        }
+        // Checked again where the merge applies; here for a clear answer at once (and so
+        // that no merge of regions on different nodes freezes the source meanwhile).
+        let (s, t) = (
+            self.descriptor(source).await?,
+            self.descriptor(target).await?,
+        );
+        if s.nodes() != t.nodes() {
+            return Err(NodeError::Refused(format!(
+                "regions {source} and {target} have replicas on different nodes ({:?} and {:?})",
+                s.nodes(),
+                t.nodes()
+            )));
         }
         let version_before = self
             .regions

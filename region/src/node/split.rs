@@ -10,8 +10,10 @@ use bytes::Bytes;
 use super::descriptor::{PeerMeta, RegionDescriptor, RegionEpoch};
 use super::store::{bootstrap_peer_id, PEER_ID_NODE_SPAN};
 
-/// Region ids must stay below this so that their peer ids (`region * 2^16 + node`) fit.
-pub const REGION_ID_MAX: u64 = u64::MAX / PEER_ID_NODE_SPAN;
+/// Region ids must stay at or below this so that their peer ids (`region * 2^16 + node`)
+/// fit below 2^63: peer ids with the top bit set are those membership changes hand out
+/// (`membership::MEMBER_PEER_ID_BIT`), so the two kinds never meet.
+pub const REGION_ID_MAX: u64 = (1 << (63 - 16)) - 1;
 
 /// The region ids a node hands out for splits: its durable counter in the high bits, its
 /// node id in the low 16, so two nodes never hand out the same id and no bootstrap region

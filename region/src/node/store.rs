@@ -37,6 +37,7 @@ use super::command::{KvCommand, KvResponse, PutCondition};
 use super::descriptor::MergeState;
 use super::descriptor::{even_boundaries, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch};
 use super::error::{storage_error, NodeError};
+use super::membership::{is_member_peer_id, ChangeOutcome, PeerChange};
 use super::merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
 use super::metrics::{NodeMetrics, NodeSample, ProposalLatencies};
 use super::peer::{
@@ -47,8 +48,10 @@ use super::peer_storage::{PeerStorage, RegionSnapshotData};
 use super::split::{plan_split, split_region_id, SplitPlan};
 use crate::raft::{self, Command, ReadOnlyOption, Role, SessionOutcome};
 
+mod membership;
 mod recovery;
 
+use membership::{is_membership_message, membership_applied, MembershipApplied};
 use recovery::StoreShell;
 pub use recovery::{EngineOpener, LogSlot, REOPEN_PAUSE_MAX, REOPEN_PAUSE_MIN, REOPEN_PAUSE_RESET};
 
@@ -180,6 +183,8 @@ pub struct RegionStatus {
     pub commit: u64,
     /// Applied index.
     pub applied: u64,
+    /// The region's replicas (voters and learners), as this replica knows them.
+    pub peers: Vec<PeerMeta>,
 }
 
 /// Key → region routing table of one node, shared with the request handlers.
@@ -314,6 +319,24 @@ pub enum StoreMsg {
     AllocateId {
         /// Where it goes.
         reply: Reply<u64>,
+    },
+    /// This node's replica's descriptor of a region.
+    Descriptor {
+        /// The region.
+        region_id: u64,
+        /// Where the descriptor goes.
+        reply: Reply<RegionDescriptor>,
+    },
+    /// Ask for a membership change of a region (see the membership module).
+    ChangePeer {
+        /// The region.
+        region_id: u64,
+        /// The change.
+        change: PeerChange,
+        /// Check it for the caller's errors first (its first ask).
+        check: bool,
+        /// What was done.
+        reply: Reply<ChangeOutcome>,
     },
     /// Report every replica's state.
     Status {
@@ -618,9 +641,11 @@ impl Store {
         // may not have written anything to the raft log yet: load both sets.
         let mut ids: std::collections::BTreeSet<u64> = self.log.regions().into_iter().collect();
         ids.extend(self.kv.region_ids().map_err(storage_error)?);
-        for region_id in ids {
+        for &region_id in &ids {
             self.load_region(region_id, None)?;
         }
+        let ids: Vec<u64> = ids.into_iter().collect();
+        self.destroy_leftovers(&ids)?;
         let peers = &self.peers;
         self.regions.retain(|id| peers.contains_key(&id));
         Ok(())
@@ -770,6 +795,12 @@ impl Store {
                 if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
                     self.balance_leaders();
                 }
+                if self
+                    .ticks
+                    .is_multiple_of(self.cfg.election_ticks.max(1) as u64)
+                {
+                    self.probe_membership();
+                }
                 next_tick += tick;
                 if next_tick < Instant::now() {
                     // Fell behind (a long fsync): do not fire a burst of catch-up ticks.
@@ -875,6 +906,17 @@ impl Store {
                 key,
                 reply,
             } => self.prepare_split(region_id, key, reply),
+            StoreMsg::Descriptor { region_id, reply } => {
+                let _ = reply.send(self.descriptor_of(region_id));
+            }
+            StoreMsg::ChangePeer {
+                region_id,
+                change,
+                check,
+                reply,
+            } => {
+                let _ = reply.send(self.change_peer(region_id, change, check));
+            }
             StoreMsg::AllocateId { reply } => {
                 let r = self.kv.next_id().map_err(storage_error);
                 let _ = reply.send(r);
@@ -887,6 +929,7 @@ impl Store {
                         let r = p.raw.raft();
                         RegionStatus {
                             route: p.route(),
+                            peers: p.desc.peers.clone(),
                             role: role_name(r.role()).into(),
                             term: r.term(),
                             commit: r.commit_index(),
@@ -977,6 +1020,15 @@ impl Store {
     }
 
     fn step_envelope(&mut self, env: RaftEnvelope) {
+        // Membership traffic is the node's, not the raft core's (membership.rs).
+        let env = if is_membership_message(&env.message) {
+            match self.take_membership_message(env) {
+                Some(env) => env,
+                None => return,
+            }
+        } else {
+            env
+        };
         let Some(p) = self.peers.get_mut(&env.region_id) else {
             self.hold_orphan(env);
             return;
@@ -1094,6 +1146,11 @@ impl Store {
             match step {
                 Step::Commit(target, source, prepare_index) => {
                     let sid = source.id;
+                    if !self.peers.contains_key(&target) {
+                        // Replicas moved: this node has none of the target to propose to.
+                        self.hand_off_merge(sid);
+                        continue;
+                    }
                     let (reply, rx) = oneshot::channel();
                     let session = (
                         merge_client_id(MergeCommandKind::Commit, sid),
@@ -1397,7 +1454,16 @@ impl Store {
             held: Vec::new(),
         });
         orphan.last_seen = now;
-        if now < orphan.first_seen + wait {
+        // A replica added by a membership change (its peer id says so) has nothing to wait
+        // for: no split of a region here will create it. It asks for its snapshot at once
+        // (and again every election timeout until one names it).
+        let prompt = is_member_peer_id(env.message.to);
+        let ask_wait = if prompt {
+            self.cfg.election_ticks as u64
+        } else {
+            wait
+        };
+        if !prompt && now < orphan.first_seen + wait {
             if orphan.held.len() < ORPHAN_MESSAGES_MAX {
                 orphan.held.push(env);
             }
@@ -1407,7 +1473,7 @@ impl Store {
         match env.message.kind {
             MessageKind::Snapshot => self.adopt_from_snapshot(env),
             MessageKind::Append | MessageKind::Heartbeat => {
-                if orphan.asked.is_some_and(|t| now < t + wait) {
+                if orphan.asked.is_some_and(|t| now < t + ask_wait) {
                     return;
                 }
                 orphan.asked = Some(now);
@@ -1779,6 +1845,7 @@ impl Store {
         let apply_started = Instant::now();
         let mut applied_entries = 0;
         let mut merged_away: Vec<(u64, u64)> = Vec::new();
+        let mut membership: Vec<MembershipApplied> = Vec::new();
         for (region_id, rd) in readies.iter_mut() {
             // Out of the map while its entries apply, so a merge can reach its source.
             let Some(mut p) = self.peers.remove(region_id) else {
@@ -1791,8 +1858,10 @@ impl Store {
                     EntryKind::ConfChange => {
                         if let Ok(cc) = codec::decode::<ConfChange>(&e.data) {
                             if let Ok(cs) = p.raw.apply_conf_change(&cc) {
+                                let before = p.desc.peers.clone();
                                 p.apply_membership(&cc, &cs);
                                 ctx.round.set_descriptor(*region_id, p.desc.encode());
+                                membership_applied(node_id, &before, &p, &mut membership);
                             }
                         }
                     }
@@ -1908,6 +1977,12 @@ impl Store {
         }
         // 5. Durable: acknowledgements may leave.
         send_envelopes(&*self.transport, persisted_outbound);
+        // Membership changes applied in this round: removal notices, and a replica removed
+        // from this node destroyed — after the write, which may still carry its entries
+        // (destroying cuts its raft log).
+        if !membership.is_empty() {
+            self.finish_membership(membership);
+        }
         // A merged-away source's log is cut to nothing (it pins no WAL segment).
         for (sid, prepare_index) in merged_away {
             if let Err(e) = self.retire_log(sid, prepare_index) {

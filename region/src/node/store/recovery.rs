@@ -277,6 +277,12 @@ impl StoreShell {
             StoreMsg::AllocateId { reply } => {
                 let _ = reply.send(Err(err()));
             }
+            StoreMsg::Descriptor { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            StoreMsg::ChangePeer { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
             // No replica here right now.
             StoreMsg::Status { reply } => {
                 let _ = reply.send(Vec::new());
