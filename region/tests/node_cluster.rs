@@ -1282,10 +1282,27 @@ async fn sixty_four_splits_and_merges_back_under_writers_and_transfers() {
             .find(|r| r.start_key.as_ref() == &((1 + m as u16) * 4).to_be_bytes()[..])
             .expect("the next part")
             .id;
-        handles[(m % NODES) as usize]
-            .merge(next, 1)
-            .await
-            .unwrap_or_else(|e| panic!("merge {m} of region {next}: {e}"));
+        if let Err(e) = handles[(m % NODES) as usize].merge(next, 1).await {
+            // Where each node's replicas of the two regions stand, for the failure message.
+            let mut views = Vec::new();
+            for h in &handles {
+                let status = h.status().await.unwrap_or_default();
+                for st in status.iter().filter(|st| [next, 1].contains(&st.route.id)) {
+                    views.push(format!(
+                        "node {} region {}: {} term {} commit {} applied {} merging {:?} v{}",
+                        h.node_id(),
+                        st.route.id,
+                        st.role,
+                        st.term,
+                        st.commit,
+                        st.applied,
+                        st.route.merging_into,
+                        st.route.epoch.version
+                    ));
+                }
+            }
+            panic!("merge {m} of region {next}: {e}\n{}", views.join("\n"));
+        }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     mover.await.expect("mover");
