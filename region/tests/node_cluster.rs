@@ -1282,7 +1282,23 @@ async fn sixty_four_splits_and_merges_back_under_writers_and_transfers() {
             .find(|r| r.start_key.as_ref() == &((1 + m as u16) * 4).to_be_bytes()[..])
             .expect("the next part")
             .id;
-        if let Err(e) = handles[(m % NODES) as usize].merge(next, 1).await {
+        let h = &handles[(m % NODES) as usize];
+        let mut result = h.merge(next, 1).await;
+        if result == Err(NodeError::Timeout) {
+            // The call's deadline (the node's request timeout, 5 s) passed with the merge
+            // still under way: on two loaded cores with leaderships moving it can take
+            // longer. Completing is what is checked, not how fast (a merge stuck for a
+            // minute still fails, with where each replica stands).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while h.regions().all().iter().any(|r| r.id == next) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if h.regions().all().iter().all(|r| r.id != next) {
+                eprintln!("merge {m} of region {next} took longer than the call's 5 s");
+                result = Ok(());
+            }
+        }
+        if let Err(e) = result {
             // Where each node's replicas of the two regions stand, for the failure message.
             let mut views = Vec::new();
             for h in &handles {
