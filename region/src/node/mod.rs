@@ -436,9 +436,22 @@ impl NodeHandle {
                     reply,
                 })
             })
-            .await?;
-        if let KvResponse::Failed(why) = answer {
-            return Err(NodeError::Refused(why));
+            .await;
+        match answer {
+            Ok(KvResponse::Failed(why)) => return Err(NodeError::Refused(why)),
+            Ok(_) => {}
+            // The prepare's outcome is unknown: its answer was lost to a leadership change,
+            // or the merge went through so fast that the source was gone before a retry
+            // (whose `RegionNotFound` then reads as "timed out": an earlier attempt may have
+            // applied). The routing table tells: a source that is gone or frozen for this
+            // target is being merged, and is watched below like any other.
+            Err(e @ (NodeError::Timeout | NodeError::Dropped(_))) => {
+                let route = self.regions.all().into_iter().find(|r| r.id == source);
+                if route.is_some_and(|r| r.merging_into != Some(target)) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
         }
         let deadline = Instant::now() + self.timeout;
         loop {
