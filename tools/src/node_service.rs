@@ -483,6 +483,61 @@ mod tests {
     use super::*;
     use crate::resp::reply::Reply;
 
+    /// `/status` lists every peer with its role, and a replica the descriptor names a
+    /// learner shows as one (raft itself reports it as a follower).
+    #[test]
+    fn status_shows_peers_and_learners() {
+        let peers = vec![
+            node::PeerMeta {
+                peer_id: 65_537,
+                node_id: 1,
+                role: node::PeerRole::Voter,
+            },
+            node::PeerMeta {
+                peer_id: node::MEMBER_PEER_ID_BIT | 4,
+                node_id: 4,
+                role: node::PeerRole::Learner,
+            },
+        ];
+        let raw = node::RegionStatus {
+            route: node::RegionRoute {
+                id: 1,
+                start_key: Bytes::new(),
+                end_key: Bytes::new(),
+                epoch: node::RegionEpoch {
+                    conf_ver: 2,
+                    version: 1,
+                },
+                leader_node: Some(1),
+                voter_nodes: vec![1],
+                merging_into: None,
+            },
+            role: "follower".into(),
+            term: 3,
+            commit: 9,
+            applied: 9,
+            peers,
+        };
+        let on_4 = region_status(raw.clone(), 4);
+        assert_eq!(on_4.role, ReplicaRole::Learner);
+        assert_eq!(
+            on_4.peers,
+            vec![
+                PeerStatus {
+                    node: 1,
+                    peer: 65_537,
+                    role: MemberRole::Voter
+                },
+                PeerStatus {
+                    node: 4,
+                    peer: node::MEMBER_PEER_ID_BIT | 4,
+                    role: MemberRole::Learner
+                },
+            ]
+        );
+        assert_eq!(region_status(raw, 1).role, ReplicaRole::Follower);
+    }
+
     /// A client of a node whose disk is full hears so, with the code Redis clients retry on.
     #[test]
     fn a_full_disk_answers_tryagain_naming_it() {
