@@ -1370,6 +1370,7 @@ mod tests {
             commit: 1,
             applied: 1,
             leader,
+            peers: Vec::new(),
         };
         let status = NodeStatus {
             node_id: 1,

@@ -6,6 +6,9 @@
 //! flotilla ctl --addr 127.0.0.1:7001 transfer-leader 3 2
 //! flotilla ctl --addr 127.0.0.1:7001 split 3 'user:5000'
 //! flotilla ctl --addr 127.0.0.1:7001 merge 70001 3
+//! flotilla ctl --addr 127.0.0.1:7001 move-replica 3 2 4
+//! flotilla ctl --addr 127.0.0.1:7001 add-learner 3 4
+//! flotilla ctl --addr 127.0.0.1:7001 remove-replica 3 4
 //! ```
 //!
 //! Tables are for people; `--json` prints what the server sent, for scripts.
@@ -18,11 +21,17 @@ use hyper::{Method, StatusCode};
 
 use crate::escape::escape;
 use crate::http::{HttpClientError, StatusClient};
-use crate::service::{NodeStatus, RegionStatus, ReplicaRole};
+use crate::service::{MemberRole, NodeStatus, PeerStatus, RegionStatus, ReplicaRole};
 
 /// Default of `--timeout-ms`: a status server answers in milliseconds; a node that takes
 /// longer is in trouble, and the operator should hear so rather than wait.
 pub const CTL_TIMEOUT_MILLIS_DEFAULT: u64 = 5_000;
+
+/// The least `move-replica` waits for its answer, whatever `--timeout-ms` says: a move is
+/// up to four membership steps (learner, promotion, leader transfer, removal), each
+/// allowed the node's request timeout (default 5 s), and a learner that must catch up
+/// from a snapshot takes a while.
+pub const MOVE_TIMEOUT_MILLIS_MIN: u64 = 60_000;
 
 /// `flotilla ctl` arguments.
 #[derive(Debug, Clone, Args)]
@@ -61,6 +70,32 @@ pub enum CtlCommand {
         source: u64,
         /// The region that takes its range.
         target: u64,
+    },
+    /// Move REGION's replica on node FROM to node TO (which must hold none): learner on TO,
+    /// promoted once caught up, leadership moved off FROM if there, replica on FROM removed.
+    /// Waits until done (at least 60 s, or `--timeout-ms` if longer); an interrupted move
+    /// can be run again.
+    MoveReplica {
+        /// The region id.
+        region: u64,
+        /// The node whose replica goes away.
+        from: u64,
+        /// The node that gets a replica.
+        to: u64,
+    },
+    /// Add a learner (non-voting) replica of REGION on NODE, which must hold none.
+    AddLearner {
+        /// The region id.
+        region: u64,
+        /// The node to host it.
+        node: u64,
+    },
+    /// Remove REGION's replica on NODE (not the leader's, not the last voter).
+    RemoveReplica {
+        /// The region id.
+        region: u64,
+        /// The node whose replica goes away.
+        node: u64,
     },
     /// Split REGION at KEY (escaped text: `\\xNN` for any byte), or at the middle of its
     /// data when no KEY is given.
@@ -141,6 +176,43 @@ pub async fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 writeln!(out, "merged region {source} into region {target}")?;
             }
         }
+        CtlCommand::MoveReplica { region, from, to } => {
+            let millis = args.timeout_ms.max(MOVE_TIMEOUT_MILLIS_MIN);
+            let client = StatusClient::new(&args.addr, Duration::from_millis(millis));
+            let path = format!("/admin/move-replica?region={region}&from={from}&to={to}");
+            let body = call(&client, Method::POST, &path).await?;
+            if args.json {
+                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
+            } else {
+                writeln!(
+                    out,
+                    "moved region {region}'s replica from node {from} to node {to}"
+                )?;
+            }
+        }
+        CtlCommand::AddLearner { region, node } => {
+            let path = format!("/admin/add-learner?region={region}&node={node}");
+            let body = call(&client, Method::POST, &path).await?;
+            if args.json {
+                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
+            } else {
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                writeln!(
+                    out,
+                    "added a learner of region {region} on node {node}: peer {}",
+                    v["peer"]
+                )?;
+            }
+        }
+        CtlCommand::RemoveReplica { region, node } => {
+            let path = format!("/admin/remove-replica?region={region}&node={node}");
+            let body = call(&client, Method::POST, &path).await?;
+            if args.json {
+                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
+            } else {
+                writeln!(out, "removed region {region}'s replica on node {node}")?;
+            }
+        }
         CtlCommand::TransferLeader { region, node } => {
             let path = format!("/admin/transfer-leader?region={region}&node={node}");
             let body = call(&client, Method::POST, &path).await?;
@@ -194,7 +266,8 @@ pub fn status_table(status: &NodeStatus) -> String {
 }
 
 /// The `regions` table: one row per region, keys in the escaped form of [`crate::escape`];
-/// an empty end key (the end of the key space) shows as `+inf`.
+/// an empty end key (the end of the key space) shows as `+inf`. PEERS lists the nodes
+/// holding a replica, learners marked `(l)`: `1,2,4(l)`.
 pub fn regions_table(regions: &[RegionStatus]) -> String {
     let rows: Vec<Vec<String>> = regions
         .iter()
@@ -214,16 +287,33 @@ pub fn regions_table(regions: &[RegionStatus]) -> String {
                 r.commit.to_string(),
                 r.applied.to_string(),
                 r.leader.map_or_else(|| "-".to_string(), |n| n.to_string()),
+                peers_cell(&r.peers),
             ]
         })
         .collect();
     table(
         &[
             "REGION", "START", "END", "CONF_VER", "VERSION", "ROLE", "TERM", "COMMIT", "APPLIED",
-            "LEADER",
+            "LEADER", "PEERS",
         ],
         &rows,
     )
+}
+
+/// The PEERS cell: node ids in the descriptor's order, learners marked `(l)`; `-` when
+/// the server sent none.
+fn peers_cell(peers: &[PeerStatus]) -> String {
+    if peers.is_empty() {
+        return "-".to_string();
+    }
+    peers
+        .iter()
+        .map(|p| match p.role {
+            MemberRole::Voter => p.node.to_string(),
+            MemberRole::Learner => format!("{}(l)", p.node),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Left-aligned columns two spaces apart, a header row first.
@@ -269,5 +359,23 @@ mod tests {
             ],
         );
         assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
+    }
+
+    #[test]
+    fn peers_cell_marks_learners() {
+        let peer = |node, role| PeerStatus {
+            node,
+            peer: node,
+            role,
+        };
+        assert_eq!(
+            peers_cell(&[
+                peer(1, MemberRole::Voter),
+                peer(2, MemberRole::Voter),
+                peer(4, MemberRole::Learner)
+            ]),
+            "1,2,4(l)"
+        );
+        assert_eq!(peers_cell(&[]), "-");
     }
 }

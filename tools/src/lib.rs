@@ -24,6 +24,7 @@ pub use memory::{MemoryKvService, MEMORY_BYTES_MAX_DEFAULT, MEMORY_NODE_ID, MEMO
 pub use node_service::NodeService;
 pub use resp::{RespLimits, RespServer};
 pub use service::{
-    ClientRoute, ClientSession, EpochNotMatch, EpochStatus, ExpectedRoute, KvService, NodeStatus,
-    PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError, ServiceFuture, StatusSource,
+    ClientRoute, ClientSession, EpochNotMatch, EpochStatus, ExpectedRoute, KvService, MemberRole,
+    NodeStatus, PeerStatus, PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError,
+    ServiceFuture, StatusSource,
 };

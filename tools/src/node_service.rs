@@ -20,9 +20,9 @@ use flotilla_region::node::{self, final_error, KvCommand, KvResponse, NodeError,
 use parking_lot::RwLock;
 
 use crate::service::{
-    ClientRoute, ClientSession, EpochNotMatch, EpochStatus, KvService, NodeStatus, PutCondition,
-    RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError, ServiceFuture,
-    StatusSource,
+    ClientRoute, ClientSession, EpochNotMatch, EpochStatus, KvService, MemberRole, NodeStatus,
+    PeerStatus, PutCondition, RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError,
+    ServiceFuture, StatusSource,
 };
 
 /// Retries of a write dropped by a leadership change, at most (same session each time).
@@ -125,11 +125,12 @@ impl NodeService {
         tokio::spawn(async move {
             while let Some(inner) = weak.upgrade() {
                 if let Ok(regions) = inner.node.status().await {
-                    let regions = regions.into_iter().map(region_status).collect();
-                    *inner.status.write() = NodeStatus {
-                        node_id: inner.node.node_id(),
-                        regions,
-                    };
+                    let node_id = inner.node.node_id();
+                    let regions = regions
+                        .into_iter()
+                        .map(|r| region_status(r, node_id))
+                        .collect();
+                    *inner.status.write() = NodeStatus { node_id, regions };
                 }
                 drop(inner);
                 tokio::time::sleep(STATUS_REFRESH_INTERVAL).await;
@@ -203,7 +204,13 @@ impl NodeService {
     }
 }
 
-fn region_status(r: node::RegionStatus) -> RegionStatus {
+/// The `/status` form of one of `node_id`'s replicas. Raft reports a learner as a
+/// follower; the descriptor tells them apart.
+fn region_status(r: node::RegionStatus, node_id: u64) -> RegionStatus {
+    let learner = r
+        .peers
+        .iter()
+        .any(|p| p.node_id == node_id && p.role == node::PeerRole::Learner);
     RegionStatus {
         id: r.route.id,
         start_key: r.route.start_key,
@@ -212,11 +219,36 @@ fn region_status(r: node::RegionStatus) -> RegionStatus {
             conf_ver: r.route.epoch.conf_ver,
             version: r.route.epoch.version,
         },
-        role: role(&r.role),
+        role: if learner {
+            ReplicaRole::Learner
+        } else {
+            role(&r.role)
+        },
         term: r.term,
         commit: r.commit,
         applied: r.applied,
         leader: r.route.leader_node,
+        peers: r
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                node: p.node_id,
+                peer: p.peer_id,
+                role: match p.role {
+                    node::PeerRole::Voter => MemberRole::Voter,
+                    node::PeerRole::Learner => MemberRole::Learner,
+                },
+            })
+            .collect(),
+    }
+}
+
+/// [`service_error`] for an admin call naming `region`: a region this node holds no
+/// replica of is "not found" (404), not a routing hiccup to retry.
+fn admin_error(region: u64, e: NodeError) -> ServiceError {
+    match e {
+        NodeError::RegionNotFound => ServiceError::RegionNotFound(region),
+        e => service_error(e),
     }
 }
 
@@ -399,6 +431,42 @@ impl StatusSource for NodeService {
         self.inner.status.read().clone()
     }
 
+    fn add_learner(&self, region: u64, node: u64) -> ServiceFuture<u64> {
+        let handle = self.inner.node.clone();
+        Box::pin(async move {
+            handle
+                .add_learner(region, node)
+                .await
+                .map_err(|e| admin_error(region, e))
+        })
+    }
+
+    fn remove_replica(&self, region: u64, node: u64) -> ServiceFuture<()> {
+        let handle = self.inner.node.clone();
+        Box::pin(async move {
+            handle
+                .remove_replica(region, node)
+                .await
+                .map_err(|e| admin_error(region, e))
+        })
+    }
+
+    fn move_replica(&self, region: u64, from: u64, to: u64) -> ServiceFuture<()> {
+        let handle = self.inner.node.clone();
+        // A move takes several membership changes; it runs as a task of its own so that a
+        // caller giving up (an HTTP client's timeout) does not stop it between two steps.
+        let task = tokio::spawn(async move {
+            handle
+                .move_replica(region, from, to)
+                .await
+                .map_err(|e| admin_error(region, e))
+        });
+        Box::pin(async move {
+            task.await
+                .map_err(|e| ServiceError::Internal(format!("replica move task: {e}")))?
+        })
+    }
+
     fn transfer_leader(&self, region: u64, node: u64) -> ServiceFuture<()> {
         let handle = self.inner.node.clone();
         Box::pin(async move {
@@ -414,6 +482,61 @@ impl StatusSource for NodeService {
 mod tests {
     use super::*;
     use crate::resp::reply::Reply;
+
+    /// `/status` lists every peer with its role, and a replica the descriptor names a
+    /// learner shows as one (raft itself reports it as a follower).
+    #[test]
+    fn status_shows_peers_and_learners() {
+        let peers = vec![
+            node::PeerMeta {
+                peer_id: 65_537,
+                node_id: 1,
+                role: node::PeerRole::Voter,
+            },
+            node::PeerMeta {
+                peer_id: node::MEMBER_PEER_ID_BIT | 4,
+                node_id: 4,
+                role: node::PeerRole::Learner,
+            },
+        ];
+        let raw = node::RegionStatus {
+            route: node::RegionRoute {
+                id: 1,
+                start_key: Bytes::new(),
+                end_key: Bytes::new(),
+                epoch: node::RegionEpoch {
+                    conf_ver: 2,
+                    version: 1,
+                },
+                leader_node: Some(1),
+                voter_nodes: vec![1],
+                merging_into: None,
+            },
+            role: "follower".into(),
+            term: 3,
+            commit: 9,
+            applied: 9,
+            peers,
+        };
+        let on_4 = region_status(raw.clone(), 4);
+        assert_eq!(on_4.role, ReplicaRole::Learner);
+        assert_eq!(
+            on_4.peers,
+            vec![
+                PeerStatus {
+                    node: 1,
+                    peer: 65_537,
+                    role: MemberRole::Voter
+                },
+                PeerStatus {
+                    node: 4,
+                    peer: node::MEMBER_PEER_ID_BIT | 4,
+                    role: MemberRole::Learner
+                },
+            ]
+        );
+        assert_eq!(region_status(raw, 1).role, ReplicaRole::Follower);
+    }
 
     /// A client of a node whose disk is full hears so, with the code Redis clients retry on.
     #[test]

@@ -222,6 +222,24 @@ pub trait StatusSource: Send + Sync + 'static {
     /// Merges region `source` into the adjacent region `target`; resolves once the source
     /// is gone (or with the reason the target refused it, the source rolled back).
     fn merge(&self, source: u64, target: u64) -> ServiceFuture<()>;
+
+    /// Adds a learner (non-voting) replica of `region` on `node`, which must hold none of
+    /// it yet; answers the new replica's raft peer id once this node's replica has applied
+    /// the change. The replica is created on `node` from a snapshot as soon as that node
+    /// hears from the region's leader (its address must be known to the transport).
+    fn add_learner(&self, region: u64, node: u64) -> ServiceFuture<u64>;
+
+    /// Removes the replica of `region` on `node` (refused for the last voter and for the
+    /// leader's replica: move the leadership first); resolves once this node's replica has
+    /// applied the change.
+    fn remove_replica(&self, region: u64, node: u64) -> ServiceFuture<()>;
+
+    /// Moves the replica of `region` from node `from` to node `to`: learner on `to`,
+    /// promoted once caught up, leadership moved off `from` if it is there, replica on
+    /// `from` removed — one membership change at a time. Resolves when the move is done;
+    /// each step may take up to the node's request timeout. An interrupted move can be
+    /// asked again (a learner already on `to` is reused).
+    fn move_replica(&self, region: u64, from: u64, to: u64) -> ServiceFuture<()>;
 }
 
 /// One node, as `/status` shows it.
@@ -256,6 +274,41 @@ pub struct RegionStatus {
     pub applied: u64,
     /// The node that leads the region, if known.
     pub leader: Option<u64>,
+    /// Every replica of the region (voters and learners), as this replica's descriptor
+    /// lists them. Empty in the answers of servers older than this field.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One replica of a region, as `/status` lists it under `peers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The node hosting the replica.
+    pub node: u64,
+    /// The replica's raft peer id (unique across the cluster).
+    pub peer: u64,
+    /// Whether it votes.
+    pub role: MemberRole,
+}
+
+/// Whether a replica is a voting member of its region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// Votes and counts toward the quorum.
+    Voter,
+    /// Receives the log but does not vote (a replica being added).
+    Learner,
+}
+
+impl MemberRole {
+    /// The name used in JSON and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        }
+    }
 }
 
 /// A region's epoch: `version` grows on split and merge, `conf_ver` on membership changes.

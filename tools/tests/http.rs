@@ -8,8 +8,8 @@ use bytes::Bytes;
 use flotilla_tools::ctl::{self, CtlArgs, CtlCommand, CtlError};
 use flotilla_tools::http::{install_prometheus_recorder, StatusClient};
 use flotilla_tools::{
-    EpochStatus, MemoryKvService, NodeStatus, RegionStatus, ReplicaRole, RespServer, ServiceError,
-    ServiceFuture, StatusServer, StatusSource,
+    EpochStatus, MemberRole, MemoryKvService, NodeStatus, PeerStatus, RegionStatus, ReplicaRole,
+    RespServer, ServiceError, ServiceFuture, StatusServer, StatusSource,
 };
 use hyper::{Method, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -29,6 +29,40 @@ struct FakeNode {
     transfers: Mutex<Vec<(u64, u64)>>,
     splits: Mutex<Vec<(u64, Option<Bytes>)>>,
     merges: Mutex<Vec<(u64, u64)>>,
+    learners: Mutex<Vec<(u64, u64)>>,
+    removals: Mutex<Vec<(u64, u64)>>,
+    moves: Mutex<Vec<(u64, u64, u64)>>,
+}
+
+/// The peer id the fake node gives every learner it adds.
+const LEARNER_PEER: u64 = (1 << 63) | (5 << 16) | 2;
+
+/// Nodes 1 to 3 hold replicas of every region, as the node answers them: the fake node
+/// refuses a learner on one of them, a removal or move of a replica elsewhere; region 99
+/// is unknown; node 0 makes it answer "retry".
+fn fake_membership(region: u64, nodes: &[(u64, bool)]) -> Result<(), ServiceError> {
+    if region == 99 {
+        return Err(ServiceError::RegionNotFound(99));
+    }
+    for &(node, wanted_here) in nodes {
+        if node == 0 {
+            return Err(ServiceError::TryAgain(
+                "a membership change is in progress".into(),
+            ));
+        }
+        let here = (1..=3).contains(&node);
+        if here != wanted_here {
+            return Err(ServiceError::InvalidArgument(format!(
+                "region {region} {} on node {node}",
+                if here {
+                    "already has a replica"
+                } else {
+                    "has no replica"
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl FakeNode {
@@ -46,6 +80,18 @@ impl FakeNode {
             commit: 100 + id,
             applied: 99 + id,
             leader,
+            peers: (1..=3)
+                .map(|n| PeerStatus {
+                    node: n,
+                    peer: (id << 16) + n,
+                    role: MemberRole::Voter,
+                })
+                .chain((id == 2).then_some(PeerStatus {
+                    node: 4,
+                    peer: LEARNER_PEER,
+                    role: MemberRole::Learner,
+                }))
+                .collect(),
         };
         NodeStatus {
             node_id: 2,
@@ -83,6 +129,27 @@ impl StatusSource for FakeNode {
 
     fn status(&self) -> NodeStatus {
         FakeNode::node_status()
+    }
+
+    fn add_learner(&self, region: u64, node: u64) -> ServiceFuture<u64> {
+        let result = fake_membership(region, &[(node, false)]).map(|()| {
+            self.learners.lock().push((region, node));
+            LEARNER_PEER
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn remove_replica(&self, region: u64, node: u64) -> ServiceFuture<()> {
+        let result = fake_membership(region, &[(node, true)])
+            .map(|()| self.removals.lock().push((region, node)));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn move_replica(&self, region: u64, from: u64, to: u64) -> ServiceFuture<()> {
+        assert_ne!(from, to, "the route refuses a move to the same node");
+        let result = fake_membership(region, &[(from, true), (to, false)])
+            .map(|()| self.moves.lock().push((region, from, to)));
+        Box::pin(std::future::ready(result))
     }
 
     fn transfer_leader(&self, region: u64, node: u64) -> ServiceFuture<()> {
@@ -248,10 +315,10 @@ async fn ctl_prints_tables_and_json() {
     let regions = run_ctl(addr, CtlCommand::Regions, false).await.unwrap();
     assert_eq!(
         regions,
-        "REGION  START    END      CONF_VER  VERSION  ROLE       TERM  COMMIT  APPLIED  LEADER\n\
-         1       \"\"       \"g\"      1         2        leader     7     101     100      2\n\
-         2       \"g\"      \"t\\xff\"  1         3        follower   7     102     101      3\n\
-         3       \"t\\xff\"  +inf     1         4        candidate  7     103     102      -\n"
+        "REGION  START    END      CONF_VER  VERSION  ROLE       TERM  COMMIT  APPLIED  LEADER  PEERS\n\
+         1       \"\"       \"g\"      1         2        leader     7     101     100      2       1,2,3\n\
+         2       \"g\"      \"t\\xff\"  1         3        follower   7     102     101      3       1,2,3,4(l)\n\
+         3       \"t\\xff\"  +inf     1         4        candidate  7     103     102      -       1,2,3\n"
     );
     let status = run_ctl(addr, CtlCommand::Status, false).await.unwrap();
     assert!(
@@ -316,6 +383,44 @@ async fn flotilla_ctl_binary() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("REGION  START"), "{stdout}");
     assert_eq!(stdout.lines().count(), 4);
+
+    // The membership subcommands' names and arguments, as an operator types them.
+    for (args, expected) in [
+        (
+            vec!["move-replica", "3", "2", "4"],
+            "moved region 3's replica from node 2 to node 4",
+        ),
+        (
+            vec!["add-learner", "3", "5"],
+            "added a learner of region 3 on node 5",
+        ),
+        (
+            vec!["remove-replica", "3", "1"],
+            "removed region 3's replica on node 1",
+        ),
+    ] {
+        let mut all = vec!["ctl".to_string(), "--addr".into(), addr.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = run(all).await.unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with(expected), "{args:?}: {stdout}");
+    }
+    let out = run(vec![
+        "ctl".into(),
+        "--addr".into(),
+        addr.to_string(),
+        "move-replica".into(),
+        "3".into(),
+        "2".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap refuses a missing TO: {out:?}"
+    );
 
     // Nothing listens on port 9 of localhost here; the error names the address.
     let out = run(vec![
@@ -410,4 +515,239 @@ async fn merge_reaches_the_node_and_ctl_sends_it() {
     .unwrap();
     assert!(out.contains("merged region 9 into region 4"), "{out}");
     assert_eq!(*node.merges.lock(), vec![(7, 3), (9, 4)]);
+}
+
+#[tokio::test]
+async fn status_lists_every_region_s_peers_with_their_roles() {
+    let addr = start(Arc::default()).await;
+    let resp = client(addr).request(Method::GET, "/status").await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    let peers = &body["regions"][1]["peers"];
+    assert_eq!(
+        peers[0],
+        serde_json::json!({ "node": 1, "peer": 131_073, "role": "voter" })
+    );
+    assert_eq!(
+        peers[3],
+        serde_json::json!({ "node": 4, "peer": LEARNER_PEER, "role": "learner" })
+    );
+    assert_eq!(peers.as_array().unwrap().len(), 4);
+    // An older server's answer, without `peers`, still reads.
+    let mut old = body.clone();
+    for r in old["regions"].as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("peers");
+    }
+    let parsed: NodeStatus = serde_json::from_value(old).unwrap();
+    assert!(parsed.regions.iter().all(|r| r.peers.is_empty()));
+}
+
+/// Sends every path, checks the status and that the error names the problem.
+async fn expect_errors(c: &StatusClient, cases: &[(&str, StatusCode, &str)]) {
+    for &(path, status, message) in cases {
+        let resp = c.request(Method::POST, path).await.unwrap();
+        assert_eq!(resp.status, status, "{path}");
+        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(message), "{path}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn membership_routes_parse_their_parameters_and_answer_refusals() {
+    let node = Arc::new(FakeNode::default());
+    let addr = start(node.clone()).await;
+    let c = client(addr);
+
+    let ok = c
+        .request(Method::POST, "/admin/move-replica?region=3&from=2&to=4")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({ "ok": true, "region": 3, "from": 2, "to": 4 })
+    );
+    let ok = c
+        .request(Method::POST, "/admin/add-learner?node=5&region=3")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({ "ok": true, "region": 3, "node": 5, "peer": LEARNER_PEER })
+    );
+    let ok = c
+        .request(Method::POST, "/admin/remove-replica?region=3&node=1")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+
+    let bad = StatusCode::BAD_REQUEST;
+    expect_errors(
+        &c,
+        &[
+            // Missing and malformed parameters never reach the node.
+            ("/admin/move-replica", bad, "missing query parameter region"),
+            (
+                "/admin/move-replica?region=3&to=4",
+                bad,
+                "missing query parameter from",
+            ),
+            (
+                "/admin/move-replica?region=3&from=2",
+                bad,
+                "missing query parameter to",
+            ),
+            (
+                "/admin/move-replica?region=3&from=2&to=x",
+                bad,
+                "unsigned integer",
+            ),
+            (
+                "/admin/move-replica?region=3&from=-2&to=4",
+                bad,
+                "unsigned integer",
+            ),
+            ("/admin/move-replica?region=3&from=2&to=2", bad, "to itself"),
+            (
+                "/admin/add-learner?region=3",
+                bad,
+                "missing query parameter node",
+            ),
+            (
+                "/admin/add-learner?node=4",
+                bad,
+                "missing query parameter region",
+            ),
+            ("/admin/add-learner?region=3&node=", bad, "unsigned integer"),
+            (
+                "/admin/remove-replica?region=3",
+                bad,
+                "missing query parameter node",
+            ),
+            (
+                "/admin/remove-replica?region=18446744073709551616&node=1",
+                bad,
+                "unsigned integer",
+            ),
+            // The node's refusals, its unknown regions and its "retry".
+            (
+                "/admin/move-replica?region=3&from=5&to=4",
+                bad,
+                "has no replica on node 5",
+            ),
+            (
+                "/admin/move-replica?region=3&from=1&to=2",
+                bad,
+                "already has a replica on node 2",
+            ),
+            (
+                "/admin/add-learner?region=3&node=2",
+                bad,
+                "already has a replica on node 2",
+            ),
+            (
+                "/admin/remove-replica?region=3&node=4",
+                bad,
+                "has no replica on node 4",
+            ),
+            (
+                "/admin/move-replica?region=99&from=1&to=4",
+                StatusCode::NOT_FOUND,
+                "region 99 not found",
+            ),
+            (
+                "/admin/add-learner?region=99&node=4",
+                StatusCode::NOT_FOUND,
+                "region 99 not found",
+            ),
+            (
+                "/admin/remove-replica?region=99&node=1",
+                StatusCode::NOT_FOUND,
+                "region 99 not found",
+            ),
+            (
+                "/admin/add-learner?region=3&node=0",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+            ),
+            (
+                "/admin/remove-replica?region=3&node=0",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+            ),
+        ],
+    )
+    .await;
+    for path in [
+        "/admin/move-replica?region=3&from=2&to=4",
+        "/admin/add-learner?region=3&node=5",
+        "/admin/remove-replica?region=3&node=1",
+    ] {
+        let get = c.request(Method::GET, path).await.unwrap();
+        assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+    }
+    assert_eq!(*node.moves.lock(), vec![(3, 2, 4)], "only the good move");
+    assert_eq!(*node.learners.lock(), vec![(3, 5)], "only the good learner");
+    assert_eq!(*node.removals.lock(), vec![(3, 1)], "only the good removal");
+}
+
+#[tokio::test]
+async fn ctl_moves_adds_and_removes_replicas() {
+    let node = Arc::new(FakeNode::default());
+    let addr = start(node.clone()).await;
+
+    let out = run_ctl(
+        addr,
+        CtlCommand::MoveReplica {
+            region: 3,
+            from: 2,
+            to: 4,
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "moved region 3's replica from node 2 to node 4\n");
+    let out = run_ctl(addr, CtlCommand::AddLearner { region: 3, node: 5 }, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        format!("added a learner of region 3 on node 5: peer {LEARNER_PEER}\n")
+    );
+    let out = run_ctl(addr, CtlCommand::RemoveReplica { region: 3, node: 1 }, true)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({ "ok": true, "region": 3, "node": 1 })
+    );
+    assert_eq!(*node.moves.lock(), vec![(3, 2, 4)]);
+    assert_eq!(*node.learners.lock(), vec![(3, 5)]);
+    assert_eq!(*node.removals.lock(), vec![(3, 1)]);
+
+    let err = run_ctl(addr, CtlCommand::AddLearner { region: 3, node: 2 }, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "400 Bad Request: region 3 already has a replica on node 2"
+    );
+    let err = run_ctl(
+        addr,
+        CtlCommand::MoveReplica {
+            region: 99,
+            from: 1,
+            to: 4,
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.to_string(), "404 Not Found: region 99 not found");
 }

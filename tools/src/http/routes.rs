@@ -38,6 +38,9 @@ pub async fn route(
         "/admin/transfer-leader" => ("transfer_leader", Method::POST),
         "/admin/split" => ("split", Method::POST),
         "/admin/merge" => ("merge", Method::POST),
+        "/admin/add-learner" => ("add_learner", Method::POST),
+        "/admin/remove-replica" => ("remove_replica", Method::POST),
+        "/admin/move-replica" => ("move_replica", Method::POST),
         _ => {
             metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => "other").increment(1);
             return error(StatusCode::NOT_FOUND, &format!("no route {path}"));
@@ -64,6 +67,9 @@ pub async fn route(
         "status" => json(StatusCode::OK, &state.status.status()),
         "split" => split(state, query).await,
         "merge" => merge(state, query).await,
+        "add_learner" => add_learner(state, query).await,
+        "remove_replica" => remove_replica(state, query).await,
+        "move_replica" => move_replica(state, query).await,
         _ => transfer_leader(state, query).await,
     }
 }
@@ -101,6 +107,63 @@ async fn merge(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
         Ok(()) => json(
             StatusCode::OK,
             &serde_json::json!({ "ok": true, "source": source, "target": target }),
+        ),
+        Err(e) => error(status_of(&e), &e.to_string()),
+    }
+}
+
+/// `POST /admin/add-learner?region=R&node=N`: answers the new replica's peer id.
+async fn add_learner(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    let (region, node) = match (query_u64(query, "region"), query_u64(query, "node")) {
+        (Ok(r), Ok(n)) => (r, n),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match state.status.add_learner(region, node).await {
+        Ok(peer) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "region": region, "node": node, "peer": peer }),
+        ),
+        Err(e) => error(status_of(&e), &e.to_string()),
+    }
+}
+
+/// `POST /admin/remove-replica?region=R&node=N`.
+async fn remove_replica(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    let (region, node) = match (query_u64(query, "region"), query_u64(query, "node")) {
+        (Ok(r), Ok(n)) => (r, n),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match state.status.remove_replica(region, node).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "region": region, "node": node }),
+        ),
+        Err(e) => error(status_of(&e), &e.to_string()),
+    }
+}
+
+/// `POST /admin/move-replica?region=R&from=A&to=B`: answers once the move is done.
+async fn move_replica(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    let (region, from, to) = match (
+        query_u64(query, "region"),
+        query_u64(query, "from"),
+        query_u64(query, "to"),
+    ) {
+        (Ok(r), Ok(f), Ok(t)) => (r, f, t),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return error(StatusCode::BAD_REQUEST, &e)
+        }
+    };
+    if from == to {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("a replica cannot move from node {from} to itself"),
+        );
+    }
+    match state.status.move_replica(region, from, to).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "region": region, "from": from, "to": to }),
         ),
         Err(e) => error(status_of(&e), &e.to_string()),
     }
