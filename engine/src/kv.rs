@@ -8,15 +8,17 @@
 //! the sessions of every region it touches, so data, sessions and applied index can never
 //! disagree after a crash.
 //!
-//! Every round rewrites the applied index of every region it applies, and as a new entry
-//! of a skip list holding hundreds of thousands of older versions that cost about as much
-//! as a data write (docs/benchmarks.md). `applied` is updated in place instead
-//! (`inplace_update_support`: a fixed-size value overwrites the latest version in the
-//! memtable), so its memtable holds one entry per region. The price: a read of `applied`
-//! at a RocksDB snapshot may see a newer value, so a region snapshot takes its applied
-//! index from memory, under the same lock as the apply rounds (see
-//! [`KvStore::snapshot_region`]). Stores written before this kept the index under `a` +
-//! region id in `meta`; it is still read, and deleted at the region's next round.
+//! Every round rewrites the applied index of every region it applies. Keeping those
+//! records out of `meta` keeps that column family's memtable (sessions, descriptors) small.
+//! A region snapshot takes its applied index from memory, under the same lock as the apply
+//! rounds (see [`KvStore::snapshot_region`]). Stores written before this kept the index
+//! under `a` + region id in `meta`; it is still read, and deleted at the region's next
+//! round.
+//!
+//! (`inplace_update_support` on `applied`, which would keep one memtable entry per region,
+//! was tried and dropped: RocksDB then let a snapshot of the data column family see writes
+//! made after it — `a_snapshot_under_concurrent_writes_installs_an_identical_copy` caught
+//! it.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -37,7 +39,7 @@ use crate::sessions::SessionLogs;
 pub(crate) const CF_DEFAULT: &str = "default";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_APPLIED: &str = "applied";
-/// The memtable of `applied`: one small entry per region (updated in place).
+/// The memtable of `applied`: small records, many versions of few keys.
 const APPLIED_WRITE_BUFFER_BYTES: u64 = 1 << 20;
 
 const DATA_PREFIX: u8 = b'z';
@@ -105,7 +107,7 @@ pub(crate) fn applied_key(region_id: u64) -> [u8; 8] {
     region_id.to_be_bytes()
 }
 
-/// An applied index as `applied` stores it: fixed size, so that it is updated in place.
+/// An applied index as `applied` stores it (8 bytes, big-endian).
 pub(crate) fn applied_value(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -244,23 +246,16 @@ pub struct KvStore {
 impl KvStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: impl AsRef<Path>, config: &RocksConfig) -> Result<KvStore> {
-        let mut opts = config.options()?;
-        // Required by `applied`'s in-place updates; the store writes from one thread, so
-        // concurrent memtable inserts never happened anyway.
-        opts.set_allow_concurrent_memtable_write(false);
+        let opts = config.options()?;
         let meta = RocksConfig {
             write_buffer_bytes: config.meta_write_buffer_bytes,
             ..config.clone()
         };
-        let applied_cf = {
-            let mut o = RocksConfig {
-                write_buffer_bytes: APPLIED_WRITE_BUFFER_BYTES,
-                ..config.clone()
-            }
-            .options()?;
-            o.set_inplace_update_support(true);
-            o
-        };
+        let applied_cf = RocksConfig {
+            write_buffer_bytes: APPLIED_WRITE_BUFFER_BYTES,
+            ..config.clone()
+        }
+        .options()?;
         let cfs = [(CF_DEFAULT, config), (CF_META, &meta)]
             .map(|(name, c)| Ok(ColumnFamilyDescriptor::new(name, c.options()?)));
         let mut cfs: Vec<ColumnFamilyDescriptor> = cfs.into_iter().collect::<Result<_>>()?;
@@ -647,10 +642,8 @@ impl KvStore {
         applied.legacy.remove(&region_id);
     }
 
-    /// A RocksDB snapshot and the region's applied index as of it. The index comes from
-    /// memory, not from the snapshot: `applied` is updated in place, so a snapshot read of
-    /// it may see a later round's value. Taken under the lock the apply rounds hold while
-    /// they write, the two agree.
+    /// A RocksDB snapshot and the region's applied index as of it, from memory: taken under
+    /// the lock the apply rounds hold while they write, the two agree.
     pub(crate) fn snapshot_with_applied(&self, region_id: u64) -> (rocksdb::Snapshot<'_>, u64) {
         let applied = self.applied.lock();
         let snapshot = self.db.snapshot();
@@ -708,7 +701,7 @@ mod tests {
     }
 
     /// A region snapshot carries the applied index its data is at, and rounds applied
-    /// after it (updating `applied` in place) change neither.
+    /// after it change neither.
     #[test]
     fn a_region_snapshot_carries_the_applied_index_of_its_data() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -732,29 +725,5 @@ mod tests {
         drop(kv);
         let kv = open(dir.path());
         assert_eq!(kv.applied_index(3), 20);
-    }
-
-    /// The reason for `applied`: a region's index is overwritten in place, so its
-    /// memtable keeps one entry per region however many rounds write it (a variable-size
-    /// value would grow past the old one and insert again).
-    #[test]
-    fn applied_indexes_are_updated_in_place() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let kv = open(dir.path());
-        for i in 1..=1000u64 {
-            let mut r = round(3, i);
-            r.set_applied(4, i * 1000);
-            kv.apply(r).expect("apply");
-        }
-        let cf = kv.cf(CF_APPLIED).expect("cf");
-        let entries = kv
-            .db
-            .property_int_value_cf(cf, "rocksdb.num-entries-active-mem-table")
-            .expect("property");
-        assert_eq!(entries, Some(2));
-        assert_eq!(
-            (kv.applied_index(3), kv.applied_index(4)),
-            (1000, 1_000_000)
-        );
     }
 }

@@ -115,10 +115,26 @@ fn a_snapshot_under_concurrent_writes_installs_an_identical_copy() {
         .unwrap()
         .into_iter()
         .collect();
-    assert_eq!(
-        installed,
-        expected(n),
-        "installed copy differs from the source at index {n}"
+    let want = expected(n);
+    let differing: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| installed.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let show = |b: &Bytes| String::from_utf8_lossy(&b[..b.len().min(8)]).into_owned();
+            format!(
+                "{}: want {} got {:?}",
+                show(k),
+                show(v),
+                installed.get(k).map(show)
+            )
+        })
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty() && installed.len() == want.len(),
+        "installed copy differs from the source at index {n} ({} keys, want {}): {differing:?}",
+        installed.len(),
+        want.len()
     );
     assert_eq!(
         follower.get(b"aaa").unwrap().as_deref(),
