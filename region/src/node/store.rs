@@ -1743,6 +1743,14 @@ impl Store {
             if let Some(ss) = rd.soft_state {
                 // Commands forwarded to a former leader may never be appended.
                 p.fail_forwarded(&NodeError::Dropped("the region's leader changed".into()));
+                if ss.role == Role::Leader {
+                    // A new leader measures the region at its next split check: the check
+                    // the old leader started (resetting its own count) may have been
+                    // discarded when leadership moved, and a region left over its limit
+                    // with no more writes would then never be measured again.
+                    let trigger = self.cfg.region_max_bytes / SPLIT_CHECK_WRITTEN_FRACTION;
+                    p.written_since_check = p.written_since_check.max(trigger);
+                }
                 if ss.role != Role::Leader {
                     // Entries of these proposals may still commit under the new leader, so
                     // their outcome is unknown: `Dropped`, never `NotLeader`, which tells a
