@@ -155,76 +155,71 @@ pub async fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                     .map_err(|e| CtlError::BadKey(format!("{k:?}: {e}")))?;
                 path.push_str(&format!("&key={}", crate::http::encode_hex(&bytes)));
             }
-            let body = call(&client, Method::POST, &path).await?;
-            if args.json {
-                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
-            } else {
-                let v: serde_json::Value = serde_json::from_slice(&body)?;
-                writeln!(
-                    out,
-                    "split region {region}: new regions {}",
-                    v["new_regions"]
-                )?;
-            }
+            admin(&client, &path, args.json, out, |v| {
+                format!("split region {region}: new regions {}", v["new_regions"])
+            })
+            .await?;
         }
         CtlCommand::Merge { source, target } => {
             let path = format!("/admin/merge?source={source}&target={target}");
-            let body = call(&client, Method::POST, &path).await?;
-            if args.json {
-                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
-            } else {
-                writeln!(out, "merged region {source} into region {target}")?;
-            }
+            admin(&client, &path, args.json, out, |_| {
+                format!("merged region {source} into region {target}")
+            })
+            .await?;
         }
         CtlCommand::MoveReplica { region, from, to } => {
             let millis = args.timeout_ms.max(MOVE_TIMEOUT_MILLIS_MIN);
             let client = StatusClient::new(&args.addr, Duration::from_millis(millis));
             let path = format!("/admin/move-replica?region={region}&from={from}&to={to}");
-            let body = call(&client, Method::POST, &path).await?;
-            if args.json {
-                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
-            } else {
-                writeln!(
-                    out,
-                    "moved region {region}'s replica from node {from} to node {to}"
-                )?;
-            }
+            admin(&client, &path, args.json, out, |_| {
+                format!("moved region {region}'s replica from node {from} to node {to}")
+            })
+            .await?;
         }
         CtlCommand::AddLearner { region, node } => {
             let path = format!("/admin/add-learner?region={region}&node={node}");
-            let body = call(&client, Method::POST, &path).await?;
-            if args.json {
-                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
-            } else {
-                let v: serde_json::Value = serde_json::from_slice(&body)?;
-                writeln!(
-                    out,
+            admin(&client, &path, args.json, out, |v| {
+                format!(
                     "added a learner of region {region} on node {node}: peer {}",
                     v["peer"]
-                )?;
-            }
+                )
+            })
+            .await?;
         }
         CtlCommand::RemoveReplica { region, node } => {
             let path = format!("/admin/remove-replica?region={region}&node={node}");
-            let body = call(&client, Method::POST, &path).await?;
-            if args.json {
-                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
-            } else {
-                writeln!(out, "removed region {region}'s replica on node {node}")?;
-            }
+            admin(&client, &path, args.json, out, |_| {
+                format!("removed region {region}'s replica on node {node}")
+            })
+            .await?;
         }
         CtlCommand::TransferLeader { region, node } => {
             let path = format!("/admin/transfer-leader?region={region}&node={node}");
-            let body = call(&client, Method::POST, &path).await?;
-            if args.json {
-                writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
-            } else {
-                writeln!(
-                    out,
-                    "asked region {region} to transfer its leadership to node {node}"
-                )?;
-            }
+            admin(&client, &path, args.json, out, |_| {
+                format!("asked region {region} to transfer its leadership to node {node}")
+            })
+            .await?;
         }
+    }
+    Ok(())
+}
+
+/// POSTs an admin request and prints its answer: the JSON as it came with `--json`, else
+/// the line `human` makes of it.
+async fn admin(
+    client: &StatusClient,
+    path: &str,
+    json: bool,
+    out: &mut dyn Write,
+    human: impl FnOnce(&serde_json::Value) -> String,
+) -> Result<(), CtlError> {
+    let body = call(client, Method::POST, path).await?;
+    if json {
+        writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?;
+    } else {
+        // Answers are JSON objects; one that is not still gets its line.
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        writeln!(out, "{}", human(&v))?;
     }
     Ok(())
 }
