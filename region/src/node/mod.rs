@@ -12,6 +12,7 @@ mod merge;
 pub mod metrics;
 mod peer;
 mod peer_storage;
+mod placement;
 mod runner;
 mod split;
 mod store;
@@ -37,6 +38,9 @@ pub use membership::{
 pub use merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
 pub use peer::{Reply, ScanPage};
 pub use peer_storage::{PeerStorage, RegionSnapshotData, SNAPSHOT_DATA_BYTES_MAX};
+pub use placement::{
+    plan as plan_placement, NodeInfo, PlacementAction, PlacementConfig, PlacementReason, RegionInfo,
+};
 pub use runner::{Node, NodeConfig, BOOTSTRAP_RECORD};
 pub use split::{plan_split, split_region_id, SplitPlan, REGION_ID_MAX};
 pub use store::{
