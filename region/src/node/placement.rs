@@ -941,6 +941,8 @@ mod tests {
         /// Moves of a leader's replica (the leadership went along).
         leader_moves: usize,
         transfers: usize,
+        /// Actions applied, by reason.
+        reasons: BTreeMap<PlacementReason, usize>,
     }
 
     impl Cluster {
@@ -1023,6 +1025,10 @@ mod tests {
                 r.busy = false;
             }
             for a in actions {
+                let reason = match *a {
+                    MoveReplica { reason, .. } | TransferLeader { reason, .. } => reason,
+                };
+                *self.reasons.entry(reason).or_default() += 1;
                 let i = self
                     .regions
                     .iter()
@@ -1131,6 +1137,7 @@ mod tests {
             moves: 0,
             leader_moves: 0,
             transfers: 0,
+            reasons: BTreeMap::new(),
         };
         // A leader on the down node lost its leadership to a live voter.
         let down: Vec<u64> = c.nodes.iter().filter(|n| n.down).map(|n| n.id).collect();
@@ -1165,6 +1172,7 @@ mod tests {
     #[test]
     fn simulation_settles_every_random_cluster_balanced_and_safe() {
         let mut total_plans = 0;
+        let mut reasons: BTreeMap<PlacementReason, usize> = BTreeMap::new();
         for seed in 0..200 {
             let mut rng = Rng(seed);
             let mut c = random_cluster(&mut rng);
@@ -1174,7 +1182,12 @@ mod tests {
                 Ok(plans)
             });
             match outcome {
-                Ok(plans) => total_plans += plans,
+                Ok(plans) => {
+                    total_plans += plans;
+                    for (reason, n) in &c.reasons {
+                        *reasons.entry(*reason).or_default() += n;
+                    }
+                }
                 Err(e) => panic!(
                     "seed {seed}, {:?}, {cfg:?}: {e}\nregions: {:?}",
                     c.nodes, c.regions
@@ -1184,6 +1197,10 @@ mod tests {
             assert_eq!(plan(&c.nodes, &c.regions, 0, &cfg), vec![], "seed {seed}");
         }
         assert!(total_plans > 200, "the simulation did something");
+        // Every rule had work to do in some seeds.
+        for reason in [NodeDown, NodeDraining, ReplicaBalance, LeaderBalance] {
+            assert!(reasons.get(&reason).is_some_and(|&n| n > 0), "{reasons:?}");
+        }
     }
 
     #[test]
@@ -1201,6 +1218,7 @@ mod tests {
             moves: 0,
             leader_moves: 0,
             transfers: 0,
+            reasons: BTreeMap::new(),
         };
         let cfg = cfg(4, 4);
         let first = plan(&c.nodes, &c.regions, 0, &cfg);
