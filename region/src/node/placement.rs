@@ -23,14 +23,17 @@
 //! 3. **Replica balance**: while the replica counts (voters + learners) of the live,
 //!    non-draining nodes differ by more than one, a replica moves from the most loaded
 //!    node to the least loaded one that lacks the region, preferring a region whose leader
-//!    is elsewhere (no leadership transfer inside the move). Every move lowers the sum of
-//!    the squared counts, so the rule cannot undo itself, and moving from a most loaded
-//!    to a least loaded node reaches "within one of the mean" in the fewest moves.
+//!    is elsewhere (no leadership transfer inside the move). A move is only ever taken
+//!    from a node above the share it will end with to one below it (`helps`), so no
+//!    replica moves twice and "within one of the mean" is reached in the fewest moves;
+//!    every move also lowers the sum of the squared counts, so the rule cannot undo
+//!    itself from one plan to the next.
 //! 4. **Leader balance**: while the leader counts of those nodes differ by more than one,
 //!    leaderships are transferred towards the node with the fewest, only to nodes that hold
 //!    a voter of the region. When no region of the most loaded node has a voter on the
 //!    least loaded one, the transfer goes along a chain (A leads a region with a voter on
-//!    B, B one with a voter on C): the shortest chain that helps is taken.
+//!    B, B one with a voter on C): the shortest chain that helps is taken, only its last
+//!    links when the plan has fewer transfers left than the chain is long.
 //!
 //! In every rule the target of a move is the live, non-draining node without a replica of
 //! the region that has the fewest replicas (ties: the lowest id); with none, the region is
@@ -436,9 +439,10 @@ impl<'a> Planner<'a> {
             let Some(path) = self.shortest_leader_path(&nodes, &edges) else {
                 return;
             };
-            // A chain longer than the transfers left: its last links only. Every node
-            // inside a shortest chain leads one more than its end, so this swaps one
-            // leadership for another and shortens the chain the next plan finds.
+            // A chain longer than the transfers left: its last links only. A node inside
+            // a shortest chain leads more than its end (or the chain would be shorter)
+            // without being above its share (or the chain would stop there), so this
+            // loses nothing, and the next plan finds a shorter chain.
             let links = path.len() - 1;
             let skip = links.saturating_sub(self.transfers_left);
             for w in path[skip..].windows(2) {
