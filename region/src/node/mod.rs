@@ -39,7 +39,8 @@ pub use merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
 pub use peer::{Reply, ScanPage};
 pub use peer_storage::{PeerStorage, RegionSnapshotData, SNAPSHOT_DATA_BYTES_MAX};
 pub use placement::{
-    plan as plan_placement, NodeInfo, PlacementAction, PlacementConfig, PlacementReason, RegionInfo,
+    plan as plan_placement, PlacementAction, PlacementConfig, PlacementNode, PlacementReason,
+    PlacementRegion,
 };
 pub use runner::{Node, NodeConfig, BOOTSTRAP_RECORD};
 pub use split::{plan_split, split_region_id, SplitPlan, REGION_ID_MAX};

@@ -59,7 +59,7 @@ pub struct PlacementConfig {
 
 /// A node as the gossip shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeInfo {
+pub struct PlacementNode {
     /// The node's id.
     pub id: u64,
     /// Being removed: every replica and leadership moves off, none moves on.
@@ -70,7 +70,7 @@ pub struct NodeInfo {
 
 /// A region as the gossip shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegionInfo {
+pub struct PlacementRegion {
     /// The region's id.
     pub id: u64,
     /// The nodes holding its voters.
@@ -83,7 +83,7 @@ pub struct RegionInfo {
     pub busy: bool,
 }
 
-impl RegionInfo {
+impl PlacementRegion {
     /// Whether `node` holds a replica (voter or learner) of the region.
     pub fn holds(&self, node: u64) -> bool {
         self.voters.contains(&node) || self.learners.contains(&node)
@@ -147,8 +147,8 @@ impl PlacementAction {
 /// rules. Nodes a region names but `nodes` does not are never a source, a target or
 /// counted live: no action ever names one.
 pub fn plan(
-    nodes: &[NodeInfo],
-    regions: &[RegionInfo],
+    nodes: &[PlacementNode],
+    regions: &[PlacementRegion],
     moves_in_flight: usize,
     cfg: &PlacementConfig,
 ) -> Vec<PlacementAction> {
@@ -163,15 +163,15 @@ pub fn plan(
 /// One plan under construction: the counts as the actions chosen so far leave them.
 struct Planner<'a> {
     /// Known nodes by id.
-    nodes: BTreeMap<u64, NodeInfo>,
+    nodes: BTreeMap<u64, PlacementNode>,
     /// Regions by id (the first of a duplicated id).
-    regions: Vec<&'a RegionInfo>,
+    regions: Vec<&'a PlacementRegion>,
     /// Replicas (voters + learners) per known node.
     replicas: BTreeMap<u64, usize>,
     /// Leaderships per known node.
     leaders: BTreeMap<u64, usize>,
     /// The regions with a replica on each known node, by id.
-    by_node: BTreeMap<u64, Vec<&'a RegionInfo>>,
+    by_node: BTreeMap<u64, Vec<&'a PlacementRegion>>,
     /// Regions this plan acted on.
     acted: BTreeSet<u64>,
     /// Moves this plan may still start.
@@ -184,8 +184,8 @@ struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     fn new(
-        nodes: &[NodeInfo],
-        regions: &'a [RegionInfo],
+        nodes: &[PlacementNode],
+        regions: &'a [PlacementRegion],
         moves_in_flight: usize,
         cfg: &PlacementConfig,
     ) -> Self {
@@ -193,12 +193,12 @@ impl<'a> Planner<'a> {
         for n in nodes {
             by_id.entry(n.id).or_insert(*n);
         }
-        let mut sorted: Vec<&RegionInfo> = regions.iter().collect();
+        let mut sorted: Vec<&PlacementRegion> = regions.iter().collect();
         sorted.sort_by_key(|r| r.id);
         sorted.dedup_by_key(|r| r.id);
         let mut replicas: BTreeMap<u64, usize> = by_id.keys().map(|&id| (id, 0)).collect();
         let mut leaders = replicas.clone();
-        let mut by_node: BTreeMap<u64, Vec<&RegionInfo>> = BTreeMap::new();
+        let mut by_node: BTreeMap<u64, Vec<&PlacementRegion>> = BTreeMap::new();
         for &r in &sorted {
             for n in r.voters.iter().chain(&r.learners) {
                 if let Some(c) = replicas.get_mut(n) {
@@ -251,7 +251,7 @@ impl<'a> Planner<'a> {
 
     /// Whether the plan may act on `r`: not busy, not acted on yet, and with a quorum of
     /// its voters on known, live nodes (otherwise it can commit no change).
-    fn actionable(&self, r: &RegionInfo) -> bool {
+    fn actionable(&self, r: &PlacementRegion) -> bool {
         let live = r
             .voters
             .iter()
@@ -262,14 +262,14 @@ impl<'a> Planner<'a> {
 
     /// The node a replica of `r` moves to: the live, non-draining node without one with the
     /// fewest replicas, the lowest id among equals.
-    fn move_target(&self, r: &RegionInfo) -> Option<u64> {
+    fn move_target(&self, r: &PlacementRegion) -> Option<u64> {
         self.targets()
             .into_iter()
             .filter(|&n| !r.holds(n))
             .min_by_key(|&n| (self.replicas[&n], n))
     }
 
-    fn push_move(&mut self, r: &RegionInfo, from: u64, to: u64, reason: PlacementReason) {
+    fn push_move(&mut self, r: &PlacementRegion, from: u64, to: u64, reason: PlacementReason) {
         debug_assert!(self.moves_left > 0 && r.holds(from) && !r.holds(to));
         self.moves_left -= 1;
         self.acted.insert(r.id);
@@ -288,7 +288,7 @@ impl<'a> Planner<'a> {
         });
     }
 
-    fn push_transfer(&mut self, r: &RegionInfo, from: u64, to: u64, reason: PlacementReason) {
+    fn push_transfer(&mut self, r: &PlacementRegion, from: u64, to: u64, reason: PlacementReason) {
         debug_assert!(self.transfers_left > 0 && r.leader == Some(from));
         debug_assert!(r.voters.contains(&to) && from != to);
         self.transfers_left -= 1;
@@ -305,7 +305,7 @@ impl<'a> Planner<'a> {
 
     /// Rule 1: replicas on down nodes, regions with the most down voters first.
     fn re_replicate(&mut self) {
-        let mut todo: Vec<(usize, &'a RegionInfo)> = self
+        let mut todo: Vec<(usize, &'a PlacementRegion)> = self
             .regions
             .iter()
             .copied()
@@ -407,7 +407,7 @@ impl<'a> Planner<'a> {
 
     /// The region whose replica on `src` moves to `dst`: one the plan may act on that
     /// `dst` lacks, led elsewhere if possible, the lowest id among equals.
-    fn region_to_move(&self, src: u64, dst: u64) -> Option<&'a RegionInfo> {
+    fn region_to_move(&self, src: u64, dst: u64) -> Option<&'a PlacementRegion> {
         self.by_node
             .get(&src)?
             .iter()
@@ -422,7 +422,7 @@ impl<'a> Planner<'a> {
         while self.transfers_left > 0 {
             let nodes = self.targets();
             // edges[u][v]: the lowest region led by u with a voter on v that may move.
-            let mut edges: BTreeMap<u64, BTreeMap<u64, &'a RegionInfo>> = BTreeMap::new();
+            let mut edges: BTreeMap<u64, BTreeMap<u64, &'a PlacementRegion>> = BTreeMap::new();
             for &r in &self.regions {
                 let Some(u) = r.leader.filter(|&l| self.is_target(l)) else {
                     continue;
@@ -457,7 +457,7 @@ impl<'a> Planner<'a> {
     fn shortest_leader_path(
         &self,
         nodes: &[u64],
-        edges: &BTreeMap<u64, BTreeMap<u64, &'a RegionInfo>>,
+        edges: &BTreeMap<u64, BTreeMap<u64, &'a PlacementRegion>>,
     ) -> Option<Vec<u64>> {
         let total = nodes.iter().map(|n| self.leaders[n]).sum();
         // ((length, busiest u, idlest v, u, v), the chain).
@@ -526,8 +526,8 @@ mod tests {
     use PlacementAction::{MoveReplica, TransferLeader};
     use PlacementReason::{LeaderBalance, NodeDown, NodeDraining, ReplicaBalance};
 
-    fn nodes(ids: std::ops::RangeInclusive<u64>) -> Vec<NodeInfo> {
-        ids.map(|id| NodeInfo {
+    fn nodes(ids: std::ops::RangeInclusive<u64>) -> Vec<PlacementNode> {
+        ids.map(|id| PlacementNode {
             id,
             draining: false,
             down: false,
@@ -535,14 +535,14 @@ mod tests {
         .collect()
     }
 
-    fn set(nodes: &mut [NodeInfo], id: u64, draining: bool, down: bool) {
+    fn set(nodes: &mut [PlacementNode], id: u64, draining: bool, down: bool) {
         let n = nodes.iter_mut().find(|n| n.id == id).unwrap();
         n.draining = draining;
         n.down = down;
     }
 
-    fn region(id: u64, voters: &[u64], leader: Option<u64>) -> RegionInfo {
-        RegionInfo {
+    fn region(id: u64, voters: &[u64], leader: Option<u64>) -> PlacementRegion {
+        PlacementRegion {
             id,
             voters: voters.to_vec(),
             learners: Vec::new(),
@@ -938,8 +938,8 @@ mod tests {
     /// A cluster the simulation applies plans to: a move starts as a learner on its
     /// target (the region busy) and completes before the next plan's actions start.
     struct Cluster {
-        nodes: Vec<NodeInfo>,
-        regions: Vec<RegionInfo>,
+        nodes: Vec<PlacementNode>,
+        regions: Vec<PlacementRegion>,
         in_flight: Vec<(usize, u64, u64)>,
         moves: usize,
         /// Moves of a leader's replica (the leadership went along).
