@@ -454,6 +454,32 @@ impl KvService for NodeService {
             })
             .collect()
     }
+
+    fn cluster_routes(&self) -> Vec<RouteEntry> {
+        self.cluster_route_entries()
+    }
+}
+
+impl NodeService {
+    /// The cluster's regions as routes (for [`KvService::cluster_routes`]).
+    fn cluster_route_entries(&self) -> Vec<RouteEntry> {
+        self.inner
+            .node
+            .cluster()
+            .regions()
+            .into_iter()
+            .map(|r| RouteEntry {
+                id: r.id,
+                start_key: r.start_key,
+                end_key: r.end_key,
+                epoch: EpochStatus {
+                    conf_ver: r.epoch.conf_ver,
+                    version: r.epoch.version,
+                },
+                leader: r.leader_node,
+            })
+            .collect()
+    }
 }
 
 impl StatusSource for NodeService {

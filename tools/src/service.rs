@@ -190,6 +190,13 @@ pub trait KvService: Send + Sync + 'static {
     /// send each request to its region's leader. It is this node's view, so its leaders may
     /// lag behind an election.
     fn routes(&self) -> Vec<RouteEntry>;
+
+    /// Every region of the cluster the service knows of, in key order
+    /// (`FLOTILLA.REGIONS ALL`), including those with no replica here: where to send a
+    /// request this node cannot serve. A service of one node answers its own table.
+    fn cluster_routes(&self) -> Vec<RouteEntry> {
+        self.routes()
+    }
 }
 
 /// One region as a client routes to it.

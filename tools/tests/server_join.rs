@@ -172,13 +172,27 @@ fn a_fourth_server_joins_and_serves_a_moved_replica() {
         },
     );
 
+    // Over RESP too: its own table is empty, the cluster's has every region and leader.
+    let mut c4 = connect(servers[3].client);
+    let own: Vec<redis::Value> = redis::cmd("FLOTILLA.REGIONS").query(&mut c4).unwrap();
+    assert!(own.is_empty());
+    let all: Vec<(u64, Vec<u8>, Vec<u8>, u64, u64, Option<u64>)> = redis::cmd("FLOTILLA.REGIONS")
+        .arg("ALL")
+        .query(&mut c4)
+        .unwrap();
+    assert_eq!(all.len(), REGIONS, "{all:?}");
+    assert!(
+        all.iter().all(|r| r.5.is_some()),
+        "every leader known: {all:?}"
+    );
+    assert_eq!((all[0].0, all[0].1.as_slice()), (1, &b""[..]));
+
     let out = ctl(servers[0].status, &["move-replica", "1", "3", "4"]);
     assert!(
         out.status.success(),
         "ctl move-replica: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut c4 = connect(servers[3].client);
     let got: Option<Vec<u8>> = redis::cmd("GET")
         .arg(KEY)
         .query(&mut c4)
