@@ -101,6 +101,9 @@ fn stop(mut c: Child) {
     let _ = c.wait();
 }
 
+/// One `FLOTILLA.REGIONS` row: id, start, end, version, conf_ver, leader.
+type RouteRow = (u64, Vec<u8>, Vec<u8>, u64, u64, Option<u64>);
+
 /// A key of region 1 (the first of four even regions).
 const KEY: &[u8] = b"\x01joined";
 
@@ -176,7 +179,7 @@ fn a_fourth_server_joins_and_serves_a_moved_replica() {
     let mut c4 = connect(servers[3].client);
     let own: Vec<redis::Value> = redis::cmd("FLOTILLA.REGIONS").query(&mut c4).unwrap();
     assert!(own.is_empty());
-    let all: Vec<(u64, Vec<u8>, Vec<u8>, u64, u64, Option<u64>)> = redis::cmd("FLOTILLA.REGIONS")
+    let all: Vec<RouteRow> = redis::cmd("FLOTILLA.REGIONS")
         .arg("ALL")
         .query(&mut c4)
         .unwrap();
