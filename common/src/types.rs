@@ -236,6 +236,11 @@ pub enum MessageKind {
     /// the receiver can check that it is newer than its own before it destroys itself.
     /// Handled by the node, never by the raft core.
     PeerRemoved,
+    /// Node → node: a message of the cluster layer (gossip, later a balancer's orders),
+    /// not of any region. Travels with `region_id == 0`; `context` carries the encoded
+    /// node message. Handled by the node's cluster component, never by a region or the
+    /// raft core.
+    Node,
 }
 
 /// A raft message between two peers of one group.

@@ -87,6 +87,7 @@ async fn main() -> Result<(), String> {
             initial_nodes: (1..=NODES).collect(),
             initial_regions: 1,
             request_timeout: Duration::from_secs(10),
+            cluster: Default::default(),
         };
         nodes.push(Node::start(cfg, Arc::new(transport), inbound).map_err(|e| e.to_string())?);
     }

@@ -61,6 +61,7 @@ fn start_cluster_with(dirs: Vec<tempfile::TempDir>, store: impl Fn(u64) -> Store
             initial_nodes: (1..=NODES).collect(),
             initial_regions: REGIONS,
             request_timeout: Duration::from_secs(5),
+            cluster: Default::default(),
         };
         nodes.push(Node::start(cfg, Arc::new(transport), inbound).expect("node starts"));
     }

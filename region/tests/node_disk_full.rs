@@ -73,6 +73,7 @@ async fn a_node_whose_disk_fills_answers_a_clear_error_and_recovers_by_itself() 
             initial_nodes: (1..=NODES).collect(),
             initial_regions: REGIONS,
             request_timeout: Duration::from_secs(5),
+            cluster: Default::default(),
         };
         let node = if i == FULL {
             let fs = Arc::new(FaultyFileSystem::new(disk.clone()));

@@ -60,6 +60,7 @@ fn node_config(
         initial_nodes: (1..=INITIAL_NODES).collect(),
         initial_regions: REGIONS,
         request_timeout: Duration::from_secs(5),
+        cluster: Default::default(),
     }
 }
 

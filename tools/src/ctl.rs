@@ -9,6 +9,9 @@
 //! flotilla ctl --addr 127.0.0.1:7001 move-replica 3 2 4
 //! flotilla ctl --addr 127.0.0.1:7001 add-learner 3 4
 //! flotilla ctl --addr 127.0.0.1:7001 remove-replica 3 4
+//! flotilla ctl --addr 127.0.0.1:7001 regions --all
+//! flotilla ctl --addr 127.0.0.1:7001 add-node --id 4 --raft-addr 10.0.0.4:9000
+//! flotilla ctl --addr 127.0.0.1:7001 remove-node 4
 //! ```
 //!
 //! Tables are for people; `--json` prints what the server sent, for scripts.
@@ -21,7 +24,11 @@ use hyper::{Method, StatusCode};
 
 use crate::escape::escape;
 use crate::http::{HttpClientError, StatusClient};
-use crate::service::{MemberRole, NodeStatus, PeerStatus, RegionStatus, ReplicaRole};
+use crate::service::{
+    ClusterNodeStatus, ClusterRegionStatus, MemberRole, NodeStatus, PeerStatus, RegionStatus,
+    ReplicaRole,
+};
+use flotilla_region::node::NodeAddresses;
 
 /// Default of `--timeout-ms`: a status server answers in milliseconds; a node that takes
 /// longer is in trouble, and the operator should hear so rather than wait.
@@ -53,10 +60,38 @@ pub struct CtlArgs {
 /// `flotilla ctl` subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum CtlCommand {
-    /// The node: id, number of regions, how many it leads, by role.
+    /// The node: id, number of regions, how many it leads, by role; then the cluster's
+    /// nodes: addresses, state, alive, replicas and leaders (from gossip).
     Status,
-    /// Every region with a replica on the node: range, epoch, role, term, commit, applied, leader.
-    Regions,
+    /// Every region with a replica on the node: range, epoch, role, term, commit, applied,
+    /// leader. With `--all`: every region of the cluster the node knows of (from gossip).
+    Regions {
+        /// List the whole cluster's regions, not only the node's replicas.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Add a node to the cluster's directory (it starts with `--join`, or is added here
+    /// first and started with `--join` later); gossip spreads it.
+    AddNode {
+        /// The new node's id (1 ..= 65535, never used before).
+        #[arg(long)]
+        id: u64,
+        /// Its raft address, IP:PORT.
+        #[arg(long)]
+        raft_addr: String,
+        /// Its RESP address, IP:PORT.
+        #[arg(long)]
+        client_addr: Option<String>,
+        /// Its status (HTTP) address, IP:PORT.
+        #[arg(long)]
+        status_addr: Option<String>,
+    },
+    /// Mark NODE removing: it takes no new replicas (refused when fewer than three up
+    /// nodes would remain).
+    RemoveNode {
+        /// The node id.
+        node: u64,
+    },
     /// Ask REGION's leader to hand leadership to its replica on NODE.
     TransferLeader {
         /// The region id.
@@ -127,6 +162,9 @@ pub enum CtlError {
     /// A key given on the command line could not be read.
     #[error("bad key {0}")]
     BadKey(String),
+    /// An address given on the command line could not be read.
+    #[error("bad address: {0}")]
+    BadAddress(String),
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -136,17 +174,67 @@ pub enum CtlError {
 pub async fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let client = StatusClient::new(&args.addr, Duration::from_millis(args.timeout_ms));
     match &args.command {
-        CtlCommand::Status | CtlCommand::Regions => {
+        CtlCommand::Status | CtlCommand::Regions { .. } => {
             let body = call(&client, Method::GET, "/status").await?;
             let status: NodeStatus = serde_json::from_slice(&body)?;
+            let all = matches!(args.command, CtlCommand::Regions { all: true });
             match (&args.command, args.json) {
                 (CtlCommand::Status, true) => {
                     writeln!(out, "{}", String::from_utf8_lossy(&body).trim_end())?
                 }
+                (_, true) if all => writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&status.cluster_regions)?
+                )?,
                 (_, true) => writeln!(out, "{}", serde_json::to_string_pretty(&status.regions)?)?,
-                (CtlCommand::Status, false) => out.write_all(status_table(&status).as_bytes())?,
+                (CtlCommand::Status, false) => {
+                    out.write_all(status_table(&status).as_bytes())?;
+                    if !status.nodes.is_empty() {
+                        writeln!(out)?;
+                        out.write_all(nodes_table(&status.nodes).as_bytes())?;
+                    }
+                }
+                (_, false) if all => {
+                    out.write_all(cluster_regions_table(&status.cluster_regions).as_bytes())?
+                }
                 (_, false) => out.write_all(regions_table(&status.regions).as_bytes())?,
             }
+        }
+        CtlCommand::AddNode {
+            id,
+            raft_addr,
+            client_addr,
+            status_addr,
+        } => {
+            let parse = |name: &str, a: &str| -> Result<std::net::SocketAddr, CtlError> {
+                a.parse()
+                    .map_err(|_| CtlError::BadAddress(format!("--{name} {a:?} is not IP:PORT")))
+            };
+            let addresses = NodeAddresses {
+                raft_addr: Some(parse("raft-addr", raft_addr)?),
+                client_addr: client_addr
+                    .as_deref()
+                    .map(|a| parse("client-addr", a))
+                    .transpose()?,
+                status_addr: status_addr
+                    .as_deref()
+                    .map(|a| parse("status-addr", a))
+                    .transpose()?,
+            };
+            let path = crate::join::add_node_path(*id, &addresses, None);
+            admin(&client, &path, args.json, out, |v| {
+                let n = v["nodes"].as_array().map_or(0, Vec::len);
+                format!("added node {id} at {raft_addr}; the cluster lists {n} node(s)")
+            })
+            .await?;
+        }
+        CtlCommand::RemoveNode { node } => {
+            let path = format!("/admin/remove-node?id={node}");
+            admin(&client, &path, args.json, out, |_| {
+                format!("node {node} is removing: it takes no new replicas")
+            })
+            .await?;
         }
         CtlCommand::Split { region, key } => {
             let mut path = format!("/admin/split?region={region}");
@@ -290,6 +378,63 @@ pub fn regions_table(regions: &[RegionStatus]) -> String {
         &[
             "REGION", "START", "END", "CONF_VER", "VERSION", "ROLE", "TERM", "COMMIT", "APPLIED",
             "LEADER", "PEERS",
+        ],
+        &rows,
+    )
+}
+
+/// The nodes table of `status`: one row per node of the directory.
+pub fn nodes_table(nodes: &[ClusterNodeStatus]) -> String {
+    let opt = |a: &Option<String>| a.clone().unwrap_or_else(|| "-".to_string());
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                n.state.clone(),
+                if n.alive { "yes" } else { "no" }.to_string(),
+                n.last_heard_ms
+                    .map_or_else(|| "never".to_string(), |ms| format!("{ms}ms")),
+                n.replicas.to_string(),
+                n.leaders.to_string(),
+                opt(&n.raft_addr),
+                opt(&n.client_addr),
+                opt(&n.status_addr),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE", "STATE", "ALIVE", "HEARD", "REPLICAS", "LEADERS", "RAFT", "CLIENT", "STATUS",
+        ],
+        &rows,
+    )
+}
+
+/// The `regions --all` table: every region of the cluster the node knows of.
+pub fn cluster_regions_table(regions: &[ClusterRegionStatus]) -> String {
+    let rows: Vec<Vec<String>> = regions
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                format!("\"{}\"", escape(&r.start_key)),
+                if r.end_key.is_empty() {
+                    "+inf".to_string()
+                } else {
+                    format!("\"{}\"", escape(&r.end_key))
+                },
+                r.epoch.conf_ver.to_string(),
+                r.epoch.version.to_string(),
+                r.leader.map_or_else(|| "-".to_string(), |n| n.to_string()),
+                r.term.to_string(),
+                peers_cell(&r.peers),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "REGION", "START", "END", "CONF_VER", "VERSION", "LEADER", "TERM", "PEERS",
         ],
         &rows,
     )

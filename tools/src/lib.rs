@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod ctl;
 pub mod escape;
 pub mod http;
+pub mod join;
 mod memory;
 pub mod node_service;
 pub mod resp;
@@ -24,7 +25,7 @@ pub use memory::{MemoryKvService, MEMORY_BYTES_MAX_DEFAULT, MEMORY_NODE_ID, MEMO
 pub use node_service::NodeService;
 pub use resp::{RespLimits, RespServer};
 pub use service::{
-    ClientRoute, ClientSession, EpochNotMatch, EpochStatus, ExpectedRoute, KvService, MemberRole,
-    NodeStatus, PeerStatus, PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError,
-    ServiceFuture, StatusSource,
+    AddNodeRequest, ClientRoute, ClientSession, ClusterNodeStatus, ClusterRegionStatus,
+    EpochNotMatch, EpochStatus, ExpectedRoute, KvService, MemberRole, NodeStatus, PeerStatus,
+    PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError, ServiceFuture, StatusSource,
 };

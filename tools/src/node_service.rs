@@ -19,10 +19,13 @@ use flotilla_common::session_pool::SessionPool;
 use flotilla_region::node::{self, final_error, KvCommand, KvResponse, NodeError, NodeHandle};
 use parking_lot::RwLock;
 
+use flotilla_region::node::NodeEntry;
+
 use crate::service::{
-    ClientRoute, ClientSession, EpochNotMatch, EpochStatus, KvService, MemberRole, NodeStatus,
-    PeerStatus, PutCondition, RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError,
-    ServiceFuture, StatusSource,
+    AddNodeRequest, ClientRoute, ClientSession, ClusterNodeStatus, ClusterRegionStatus,
+    EpochNotMatch, EpochStatus, KvService, MemberRole, NodeStatus, PeerStatus, PutCondition,
+    RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError, ServiceFuture,
+    StatusSource,
 };
 
 /// Retries of a write dropped by a leadership change, at most (same session each time).
@@ -114,7 +117,7 @@ impl NodeService {
     pub fn new(node: NodeHandle, client_id: u64) -> Self {
         let status = NodeStatus {
             node_id: node.node_id(),
-            regions: Vec::new(),
+            ..Default::default()
         };
         let inner = Arc::new(Inner {
             node,
@@ -130,7 +133,11 @@ impl NodeService {
                         .into_iter()
                         .map(|r| region_status(r, node_id))
                         .collect();
-                    *inner.status.write() = NodeStatus { node_id, regions };
+                    *inner.status.write() = NodeStatus {
+                        node_id,
+                        regions,
+                        ..Default::default()
+                    };
                 }
                 drop(inner);
                 tokio::time::sleep(STATUS_REFRESH_INTERVAL).await;
@@ -228,18 +235,51 @@ fn region_status(r: node::RegionStatus, node_id: u64) -> RegionStatus {
         commit: r.commit,
         applied: r.applied,
         leader: r.route.leader_node,
-        peers: r
-            .peers
-            .iter()
-            .map(|p| PeerStatus {
-                node: p.node_id,
-                peer: p.peer_id,
-                role: match p.role {
-                    node::PeerRole::Voter => MemberRole::Voter,
-                    node::PeerRole::Learner => MemberRole::Learner,
-                },
-            })
-            .collect(),
+        peers: r.peers.iter().map(peer_status).collect(),
+    }
+}
+
+/// The `/status` form of a directory entry.
+fn node_status(n: node::NodeInfo) -> ClusterNodeStatus {
+    let a = n.entry.addresses;
+    ClusterNodeStatus {
+        id: n.entry.node_id,
+        raft_addr: a.raft_addr.map(|a| a.to_string()),
+        client_addr: a.client_addr.map(|a| a.to_string()),
+        status_addr: a.status_addr.map(|a| a.to_string()),
+        state: n.entry.state.as_str().to_string(),
+        alive: n.alive,
+        last_heard_ms: n.last_heard.map(|d| d.as_millis() as u64),
+        replicas: n.replicas,
+        leaders: n.leaders,
+        generation: n.entry.generation,
+    }
+}
+
+/// The `/status` form of a region of the cluster table.
+fn cluster_region(r: node::RegionSummary) -> ClusterRegionStatus {
+    ClusterRegionStatus {
+        id: r.id,
+        start_key: r.start_key,
+        end_key: r.end_key,
+        epoch: EpochStatus {
+            conf_ver: r.epoch.conf_ver,
+            version: r.epoch.version,
+        },
+        leader: r.leader_node,
+        term: r.term,
+        peers: r.peers.iter().map(peer_status).collect(),
+    }
+}
+
+fn peer_status(p: &node::PeerMeta) -> PeerStatus {
+    PeerStatus {
+        node: p.node_id,
+        peer: p.peer_id,
+        role: match p.role {
+            node::PeerRole::Voter => MemberRole::Voter,
+            node::PeerRole::Learner => MemberRole::Learner,
+        },
     }
 }
 
@@ -414,6 +454,32 @@ impl KvService for NodeService {
             })
             .collect()
     }
+
+    fn cluster_routes(&self) -> Vec<RouteEntry> {
+        self.cluster_route_entries()
+    }
+}
+
+impl NodeService {
+    /// The cluster's regions as routes (for [`KvService::cluster_routes`]).
+    fn cluster_route_entries(&self) -> Vec<RouteEntry> {
+        self.inner
+            .node
+            .cluster()
+            .regions()
+            .into_iter()
+            .map(|r| RouteEntry {
+                id: r.id,
+                start_key: r.start_key,
+                end_key: r.end_key,
+                epoch: EpochStatus {
+                    conf_ver: r.epoch.conf_ver,
+                    version: r.epoch.version,
+                },
+                leader: r.leader_node,
+            })
+            .collect()
+    }
 }
 
 impl StatusSource for NodeService {
@@ -428,7 +494,34 @@ impl StatusSource for NodeService {
     }
 
     fn status(&self) -> NodeStatus {
-        self.inner.status.read().clone()
+        let mut status = self.inner.status.read().clone();
+        // The cluster view is cheap to read: always current.
+        let cluster = self.inner.node.cluster();
+        status.nodes = cluster.nodes().into_iter().map(node_status).collect();
+        status.cluster_regions = cluster.regions().into_iter().map(cluster_region).collect();
+        status
+    }
+
+    fn add_node(&self, req: AddNodeRequest) -> ServiceFuture<Vec<NodeEntry>> {
+        let cluster = self.inner.node.cluster().clone();
+        Box::pin(async move {
+            if let Some(id) = req.cluster_id {
+                if id != cluster.cluster_id() {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "cluster id mismatch: this cluster is {}, the joining node was configured with {id}",
+                        cluster.cluster_id()
+                    )));
+                }
+            }
+            cluster
+                .add_node(req.id, req.addresses, req.cluster_id.is_some())
+                .map_err(service_error)
+        })
+    }
+
+    fn remove_node(&self, node: u64) -> ServiceFuture<NodeEntry> {
+        let cluster = self.inner.node.cluster().clone();
+        Box::pin(async move { cluster.remove_node(node).map_err(service_error) })
     }
 
     fn add_learner(&self, region: u64, node: u64) -> ServiceFuture<u64> {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use flotilla_engine::EngineConfig;
-use flotilla_region::node::{Node, NodeConfig, NodeHandle, StoreConfig};
+use flotilla_region::node::{
+    ClusterConfig, Node, NodeAddresses, NodeConfig, NodeEntry, NodeHandle, StoreConfig,
+    DIRECTORY_FILE,
+};
 use flotilla_transport::{TcpTransport, TransportConfig};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -40,8 +43,13 @@ pub struct ServerArgs {
     #[arg(long)]
     pub status_addr: String,
     /// Every initial node's raft address: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+    #[arg(long, conflicts_with = "join", required_unless_present = "join")]
+    pub initial_cluster: Option<String>,
+    /// Join a running cluster through the status (HTTP) address of any of its nodes,
+    /// HOST:PORT, instead of bootstrapping one. Harmless on a restart: a data directory
+    /// that holds a node directory starts from it.
     #[arg(long)]
-    pub initial_cluster: String,
+    pub join: Option<String>,
     /// Regions a new cluster is pre-split into (ignored once the data directory exists).
     #[arg(long, default_value_t = 16)]
     pub initial_regions: usize,
@@ -79,6 +87,8 @@ pub struct ServerConfig {
     pub region_split_qps: u64,
     /// Merge adjacent regions automatically when both are under `region_merge_bytes`.
     pub auto_merge: bool,
+    /// How often a node gossips its directory and regions to the others, in milliseconds.
+    pub gossip_interval_ms: u64,
     /// The size under which neighbours are merged (with `auto_merge`).
     pub region_merge_bytes: u64,
     /// The storage engine.
@@ -101,6 +111,7 @@ impl Default for ServerConfig {
             region_max_bytes: store.region_max_bytes,
             region_split_qps: store.region_split_qps,
             auto_merge: store.auto_merge,
+            gossip_interval_ms: ClusterConfig::default().gossip_interval.as_millis() as u64,
             region_merge_bytes: store.region_merge_bytes,
             engine: EngineConfig::default(),
         }
@@ -146,13 +157,54 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
         }
     };
-    let cluster = parse_initial_cluster(&args.initial_cluster)?;
-    if !cluster.iter().any(|(id, _)| *id == args.id) {
-        return Err(format!("--id {} is not in --initial-cluster", args.id));
-    }
     let raft_addr = resolve(&args.raft_addr)?;
     let client_addr = resolve(&args.client_addr)?;
     let status_addr = resolve(&args.status_addr)?;
+    let own = NodeAddresses {
+        raft_addr: Some(raft_addr),
+        client_addr: Some(client_addr),
+        status_addr: Some(status_addr),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    // The initial cluster (bootstrap), or the directory a running cluster answers a join
+    // with; nothing to ask on a restart of a joined node (its directory is on disk).
+    let (cluster, seed, joined): (Vec<(u64, SocketAddr)>, Vec<NodeEntry>, bool) =
+        match (&args.initial_cluster, &args.join) {
+            (Some(initial), _) => {
+                let cluster = parse_initial_cluster(initial)?;
+                if !cluster.iter().any(|(id, _)| *id == args.id) {
+                    return Err(format!("--id {} is not in --initial-cluster", args.id));
+                }
+                let seed = cluster
+                    .iter()
+                    .map(|&(id, a)| {
+                        let addresses = if id == args.id {
+                            own
+                        } else {
+                            NodeAddresses {
+                                raft_addr: Some(a),
+                                ..Default::default()
+                            }
+                        };
+                        NodeEntry::new(id, addresses)
+                    })
+                    .collect();
+                (cluster, seed, false)
+            }
+            (None, Some(_)) if args.data_dir.join(DIRECTORY_FILE).exists() => {
+                (Vec::new(), Vec::new(), true)
+            }
+            (None, Some(via)) => {
+                let seed =
+                    runtime.block_on(crate::join::join(via, args.id, own, cfg.cluster_id))?;
+                (Vec::new(), seed, true)
+            }
+            (None, None) => return Err("give --initial-cluster or --join".into()),
+        };
 
     // Before the transport, the log and the store start: they register their metric
     // handles as they start, and a handle taken before the recorder exists records nothing.
@@ -185,18 +237,23 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
         },
         data_dir: args.data_dir.clone(),
         engine: cfg.engine.clone(),
-        initial_nodes: cluster.iter().map(|(id, _)| *id).collect(),
+        initial_nodes: if joined {
+            Vec::new()
+        } else {
+            cluster.iter().map(|(id, _)| *id).collect()
+        },
         initial_regions: args.initial_regions,
         request_timeout: Duration::from_millis(cfg.request_timeout_ms.max(1)),
+        cluster: ClusterConfig {
+            gossip_interval: Duration::from_millis(cfg.gossip_interval_ms.max(1)),
+            addresses: own,
+            seed,
+            joined,
+            cluster_id: cfg.cluster_id,
+        },
     };
     let node =
         Node::start(node_cfg, transport.clone(), inbound).map_err(|e| format!("node: {e}"))?;
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
     let handle = node.handle();
     let client_id = (args.id << 48)
         ^ std::time::SystemTime::now()

@@ -9,6 +9,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 pub use flotilla_common::epoch_not_match::{EpochNotMatch, RouteDescriptor};
+use flotilla_region::node::{NodeAddresses, NodeEntry};
 use serde::{Deserialize, Serialize};
 
 /// The future a service method returns: owned, `Send`, resolving to the outcome.
@@ -189,6 +190,13 @@ pub trait KvService: Send + Sync + 'static {
     /// send each request to its region's leader. It is this node's view, so its leaders may
     /// lag behind an election.
     fn routes(&self) -> Vec<RouteEntry>;
+
+    /// Every region of the cluster the service knows of, in key order
+    /// (`FLOTILLA.REGIONS ALL`), including those with no replica here: where to send a
+    /// request this node cannot serve. A service of one node answers its own table.
+    fn cluster_routes(&self) -> Vec<RouteEntry> {
+        self.routes()
+    }
 }
 
 /// One region as a client routes to it.
@@ -240,6 +248,89 @@ pub trait StatusSource: Send + Sync + 'static {
     /// each step may take up to the node's request timeout. An interrupted move can be
     /// asked again (a learner already on `to` is reused).
     fn move_replica(&self, region: u64, from: u64, to: u64) -> ServiceFuture<()>;
+
+    /// Adds a node to the cluster's directory (`add-node`, or a node joining): state up,
+    /// spread by gossip. `cluster_id` is given by a node joining by itself (`--join`): it
+    /// must match this cluster's, and such a node may change its own addresses. Answers the
+    /// directory. A service without a cluster layer refuses.
+    fn add_node(&self, req: AddNodeRequest) -> ServiceFuture<Vec<NodeEntry>> {
+        let _ = req;
+        Box::pin(async {
+            Err(ServiceError::InvalidArgument(
+                "this server has no cluster layer".into(),
+            ))
+        })
+    }
+
+    /// Marks a node removing (`remove-node`): it takes no new replicas; refused when fewer
+    /// than three up nodes would remain. Answers its entry.
+    fn remove_node(&self, node: u64) -> ServiceFuture<NodeEntry> {
+        let _ = node;
+        Box::pin(async {
+            Err(ServiceError::InvalidArgument(
+                "this server has no cluster layer".into(),
+            ))
+        })
+    }
+}
+
+/// What `POST /admin/add-node` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddNodeRequest {
+    /// The node's id.
+    pub id: u64,
+    /// Its addresses (the raft address is required).
+    pub addresses: NodeAddresses,
+    /// The cluster id a joining node was configured with (`None`: an operator's
+    /// `add-node`).
+    pub cluster_id: Option<u64>,
+}
+
+/// One node of the cluster's directory, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNodeStatus {
+    /// The node's id.
+    pub id: u64,
+    /// Its raft address, if known.
+    pub raft_addr: Option<String>,
+    /// Its RESP address, if known.
+    pub client_addr: Option<String>,
+    /// Its status (HTTP) address, if known.
+    pub status_addr: Option<String>,
+    /// `up`, `removing` or `removed`.
+    pub state: String,
+    /// Heard from recently (gossip); the answering node is always alive.
+    pub alive: bool,
+    /// Milliseconds since its last gossip arrived (`None`: never).
+    pub last_heard_ms: Option<u64>,
+    /// Replicas on it, from its gossip.
+    pub replicas: u64,
+    /// Regions it leads, from its gossip.
+    pub leaders: u64,
+    /// Its entry's generation.
+    pub generation: u64,
+}
+
+/// One region of the whole cluster (from gossip and this node's replicas), as `/status`
+/// shows it under `cluster_regions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRegionStatus {
+    /// The region's id.
+    pub id: u64,
+    /// First key of the range (inclusive), escaped.
+    #[serde(with = "crate::escape::serde_bytes")]
+    pub start_key: Bytes,
+    /// End of the range (exclusive); empty means the end of the key space.
+    #[serde(with = "crate::escape::serde_bytes")]
+    pub end_key: Bytes,
+    /// The region's epoch.
+    pub epoch: EpochStatus,
+    /// The node that leads it, if known.
+    pub leader: Option<u64>,
+    /// That leader's term.
+    pub term: u64,
+    /// Its replicas.
+    pub peers: Vec<PeerStatus>,
 }
 
 /// One node, as `/status` shows it.
@@ -249,6 +340,13 @@ pub struct NodeStatus {
     pub node_id: u64,
     /// The regions with a replica on this node, in the order the node lists them.
     pub regions: Vec<RegionStatus>,
+    /// The cluster's node directory, by node id (empty from a server without one).
+    #[serde(default)]
+    pub nodes: Vec<ClusterNodeStatus>,
+    /// Every region of the cluster this node knows of, in key order, wherever its
+    /// replicas are (empty from a server without a cluster layer).
+    #[serde(default)]
+    pub cluster_regions: Vec<ClusterRegionStatus>,
 }
 
 /// One replica of a region on this node, as `/status` shows it.

@@ -54,6 +54,7 @@ impl Cluster {
                 initial_nodes: (1..=n).collect(),
                 initial_regions: REGIONS,
                 request_timeout: Duration::from_secs(5),
+                cluster: Default::default(),
             };
             let node = Node::start(cfg, Arc::new(transport), inbound).expect("node starts");
             let service = NodeService::new(node.handle(), id << 48);

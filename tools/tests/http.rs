@@ -100,6 +100,7 @@ impl FakeNode {
                 region(2, b"g", b"t\xff", ReplicaRole::Follower, Some(3)),
                 region(3, b"t\xff", b"", ReplicaRole::Candidate, None),
             ],
+            ..Default::default()
         }
     }
 }
@@ -312,7 +313,9 @@ async fn ctl_prints_tables_and_json() {
     let node = Arc::new(FakeNode::default());
     let addr = start(node.clone()).await;
 
-    let regions = run_ctl(addr, CtlCommand::Regions, false).await.unwrap();
+    let regions = run_ctl(addr, CtlCommand::Regions { all: false }, false)
+        .await
+        .unwrap();
     assert_eq!(
         regions,
         "REGION  START    END      CONF_VER  VERSION  ROLE       TERM  COMMIT  APPLIED  LEADER  PEERS\n\
@@ -329,7 +332,9 @@ async fn ctl_prints_tables_and_json() {
     );
     assert!(status.contains("candidate      1\n"), "{status}");
 
-    let json = run_ctl(addr, CtlCommand::Regions, true).await.unwrap();
+    let json = run_ctl(addr, CtlCommand::Regions { all: false }, true)
+        .await
+        .unwrap();
     let parsed: Vec<RegionStatus> = serde_json::from_str(&json).unwrap();
     assert_eq!(parsed, FakeNode::node_status().regions);
 

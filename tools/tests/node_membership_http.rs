@@ -33,7 +33,9 @@ async fn run_ctl(addr: SocketAddr, command: CtlCommand, json: bool) -> Result<St
 
 /// Region 1 as node 1's `/status` shows it, read through `ctl regions --json`.
 async fn region_via_ctl(addr: SocketAddr) -> Option<RegionStatus> {
-    let json = run_ctl(addr, CtlCommand::Regions, true).await.ok()?;
+    let json = run_ctl(addr, CtlCommand::Regions { all: false }, true)
+        .await
+        .ok()?;
     let regions: Vec<RegionStatus> = serde_json::from_str(&json).unwrap();
     regions.into_iter().find(|r| r.id == REGION)
 }
@@ -89,6 +91,7 @@ async fn ctl_moves_removes_and_adds_replicas_of_a_real_cluster() {
             initial_nodes: (1..=INITIAL_NODES).collect(),
             initial_regions: 1,
             request_timeout: Duration::from_secs(5),
+            cluster: Default::default(),
         };
         nodes.push(Node::start(cfg, Arc::new(transport), inbound).expect("node starts"));
     }

@@ -71,6 +71,7 @@ async fn node_region_and_log_metrics_after_writes() {
         initial_nodes: vec![1],
         initial_regions: REGIONS,
         request_timeout: Duration::from_secs(5),
+        cluster: Default::default(),
     };
     let disk = DiskFaults::new();
     let fs = Arc::new(FaultyFileSystem::new(disk.clone()));

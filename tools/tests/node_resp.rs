@@ -38,6 +38,7 @@ fn redis_commands_through_a_real_node() {
         initial_nodes: vec![1],
         initial_regions: REGIONS,
         request_timeout: Duration::from_secs(5),
+        cluster: Default::default(),
     };
     let node = Node::start(cfg, Arc::new(transport), inbound).expect("node starts");
     let service = runtime.block_on(async { NodeService::new(node.handle(), 42) });

@@ -138,6 +138,7 @@ impl FlotillaCluster {
                 initial_nodes: ids.clone(),
                 initial_regions: regions,
                 request_timeout: Duration::from_secs(5),
+                cluster: Default::default(),
             };
             let node = Node::start(cfg, Arc::new(transport), inbound)
                 .map_err(|e| format!("in-process node {id}: {e}"))?;

@@ -53,7 +53,7 @@ const FLAG_REJECT: u8 = 1;
 const FLAG_REQUEST_SNAPSHOT: u8 = 2;
 
 /// Every `MessageKind`, by its byte on the wire (its declaration order).
-const MESSAGE_KINDS: [MessageKind; 15] = [
+const MESSAGE_KINDS: [MessageKind; 16] = [
     MessageKind::Append,
     MessageKind::AppendResponse,
     MessageKind::RequestVote,
@@ -69,6 +69,7 @@ const MESSAGE_KINDS: [MessageKind; 15] = [
     MessageKind::TransferLeader,
     MessageKind::Propose,
     MessageKind::PeerRemoved,
+    MessageKind::Node,
 ];
 
 fn message_kind_byte(kind: MessageKind) -> u8 {
@@ -89,6 +90,7 @@ fn message_kind_byte(kind: MessageKind) -> u8 {
         MessageKind::TransferLeader => 12,
         MessageKind::Propose => 13,
         MessageKind::PeerRemoved => 14,
+        MessageKind::Node => 15,
     }
 }
 

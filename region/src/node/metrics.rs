@@ -55,6 +55,9 @@ pub const STORAGE_FAILURES_TOTAL: &str = "flotilla_node_storage_failures_total";
 /// Counter: times the store reopened its engine and restored its replicas after a storage
 /// failure. Below [`STORAGE_FAILURES_TOTAL`] while the node is recovering.
 pub const STORE_RECOVERIES_TOTAL: &str = "flotilla_node_store_recoveries_total";
+/// Counter: node messages (of the cluster layer) dropped because their payload did not
+/// decode.
+pub const NODE_MESSAGES_MALFORMED_TOTAL: &str = "flotilla_node_messages_malformed_total";
 /// Gauge: regions this node leads (sampled every tick).
 pub const LEADERS: &str = "flotilla_node_leaders";
 /// Gauge: region replicas on this node (sampled every tick).

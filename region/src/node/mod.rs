@@ -4,15 +4,19 @@
 //! [`NodeHandle`] is how request handlers reach it: it routes a key to its region and
 //! waits for the answer with a timeout.
 
+mod cluster;
 mod command;
 mod descriptor;
+mod directory;
 mod error;
 mod membership;
 mod merge;
 pub mod metrics;
+mod node_message;
 mod peer;
 mod peer_storage;
 mod placement;
+mod region_table;
 mod runner;
 mod split;
 mod store;
@@ -26,9 +30,17 @@ use std::sync::mpsc::SyncSender as Sender;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub use cluster::{
+    ClusterConfig, ClusterView, NodeInfo, ALIVE_INTERVALS, MALFORMED_WARN_INTERVAL,
+    SUBSCRIBER_QUEUE_MAX,
+};
 pub use command::{KvCommand, KvResponse, PutCondition};
 pub use descriptor::{
     even_boundaries, MergeState, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch,
+};
+pub use directory::{
+    check_node_id, NodeAddresses, NodeDirectory, NodeEntry, NodeState, SharedDirectory,
+    DIRECTORY_FILE, UP_NODES_MIN,
 };
 pub use error::NodeError;
 pub use membership::{
@@ -36,12 +48,14 @@ pub use membership::{
     LEADER_ON_TARGET, MEMBER_PEER_COUNTER_MAX, MEMBER_PEER_ID_BIT, PROMOTE_LAG_MAX,
 };
 pub use merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
+pub use node_message::{is_node_message, Gossip, NodeMessage, RegionSummary, NODE_MESSAGE_REGION};
 pub use peer::{Reply, ScanPage};
 pub use peer_storage::{PeerStorage, RegionSnapshotData, SNAPSHOT_DATA_BYTES_MAX};
 pub use placement::{
     plan as plan_placement, PlacementAction, PlacementConfig, PlacementNode, PlacementReason,
     PlacementRegion,
 };
+pub use region_table::RegionTable;
 pub use runner::{Node, NodeConfig, BOOTSTRAP_RECORD};
 pub use split::{plan_split, split_region_id, SplitPlan, REGION_ID_MAX};
 pub use store::{
@@ -131,23 +145,32 @@ pub struct NodeHandle {
     node_id: u64,
     tx: Sender<StoreMsg>,
     regions: Arc<RegionMap>,
+    cluster: Arc<ClusterView>,
     timeout: Duration,
 }
 
 impl NodeHandle {
-    /// A handle on the store behind `tx`; every call gives up after `timeout`.
+    /// A handle on the store behind `tx` and the node's cluster view; every call gives up
+    /// after `timeout`.
     pub fn new(
         node_id: u64,
         tx: Sender<StoreMsg>,
         regions: Arc<RegionMap>,
+        cluster: Arc<ClusterView>,
         timeout: Duration,
     ) -> Self {
         NodeHandle {
             node_id,
             tx,
             regions,
+            cluster,
             timeout,
         }
+    }
+
+    /// The cluster as this node knows it: the node directory, liveness, every region.
+    pub fn cluster(&self) -> &Arc<ClusterView> {
+        &self.cluster
     }
 
     /// This node's id.

@@ -7,11 +7,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use flotilla_engine::{EngineConfig, FileSystem, RaftLog};
-use flotilla_transport::{InboundReceiver, Transport};
+use flotilla_transport::{Inbound, InboundReceiver, Transport};
 use std::sync::mpsc::SyncSender as Sender;
-use tracing::info;
+use tracing::{info, warn};
 
+use super::cluster::{self, ClusterConfig, ClusterInput, ClusterView};
 use super::error::NodeError;
+use super::node_message::is_node_message;
 use super::store::{bootstrap, EngineOpener, LogSlot, Store, StoreConfig, StoreMsg};
 use super::NodeHandle;
 
@@ -30,13 +32,22 @@ pub struct NodeConfig {
     pub initial_regions: usize,
     /// How long a request may wait for its answer.
     pub request_timeout: Duration,
+    /// The cluster layer: gossip interval, this node's addresses, the directory a new
+    /// data directory starts from, whether it joined a running cluster.
+    pub cluster: ClusterConfig,
 }
+
+/// Node messages waiting for the cluster thread, at most; more are dropped (gossip is
+/// sent again next interval).
+pub const CLUSTER_QUEUE_MAX: usize = 4096;
 
 /// A running node.
 pub struct Node {
     handle: NodeHandle,
     tx: Sender<StoreMsg>,
+    cluster_tx: Sender<ClusterInput>,
     store_thread: Option<JoinHandle<()>>,
+    cluster_thread: Option<JoinHandle<()>>,
     inbound_thread: Option<JoinHandle<()>>,
     log: LogSlot,
 }
@@ -73,6 +84,15 @@ impl Node {
         // The same opening a recovery after a storage failure goes through.
         let (log, kv) = opener.open()?;
         check_bootstrap_record(&cfg)?;
+        let node_id = cfg.store.node_id;
+        if cfg.cluster.joined && !cfg.initial_nodes.is_empty() {
+            return Err(NodeError::Refused(
+                "a node that joins a running cluster bootstraps nothing: give it no initial nodes"
+                    .into(),
+            ));
+        }
+        let directory =
+            cluster::open_directory(node_id, &cfg.cluster, &cfg.initial_nodes, &cfg.data_dir)?;
         if log.regions().is_empty() && cfg.initial_nodes.contains(&cfg.store.node_id) {
             bootstrap(&*log, &kv, &cfg.initial_nodes, cfg.initial_regions)?;
             info!(
@@ -81,28 +101,70 @@ impl Node {
                 "bootstrapped a new cluster"
             );
         }
-        let node_id = cfg.store.node_id;
-        let (store, tx, regions, log) = Store::open(cfg.store.clone(), opener, log, kv, transport)?;
+        let view = Arc::new(ClusterView::new(
+            node_id,
+            &cfg.cluster,
+            cfg.data_dir.clone(),
+            directory.clone(),
+            transport.clone(),
+        ));
+        let (store, tx, regions, log) =
+            Store::open(cfg.store.clone(), opener, log, kv, transport, directory)?;
         let store_thread = std::thread::Builder::new()
             .name(format!("store-{node_id}"))
             .spawn(move || store.run())
             .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let (cluster_tx, cluster_rx) = std::sync::mpsc::sync_channel(CLUSTER_QUEUE_MAX);
+        let cluster_thread = cluster::start(view.clone(), cluster_rx, tx.clone())
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
         let fwd = tx.clone();
+        let to_cluster = cluster_tx.clone();
         let inbound_thread = std::thread::Builder::new()
             .name(format!("inbound-{node_id}"))
             .spawn(move || {
                 while let Some(m) = inbound.blocking_recv() {
+                    let m = match m {
+                        Inbound::Messages {
+                            from_node,
+                            mut envelopes,
+                        } if envelopes.iter().any(is_node_message) => {
+                            // Node messages go to the cluster thread, the rest to the store.
+                            envelopes.retain(|e| {
+                                if !is_node_message(e) {
+                                    return true;
+                                }
+                                let input = ClusterInput::Message(from_node, e.clone());
+                                if to_cluster.try_send(input).is_err() {
+                                    warn!(
+                                        node = node_id,
+                                        from_node, "cluster queue full: node message dropped"
+                                    );
+                                }
+                                false
+                            });
+                            if envelopes.is_empty() {
+                                continue;
+                            }
+                            Inbound::Messages {
+                                from_node,
+                                envelopes,
+                            }
+                        }
+                        m => m,
+                    };
                     if fwd.send(StoreMsg::Inbound(m)).is_err() {
                         break;
                     }
                 }
             })
             .map_err(|e| NodeError::Storage(e.to_string()))?;
-        let handle = NodeHandle::new(node_id, tx.clone(), regions, cfg.request_timeout);
+        let handle = NodeHandle::new(node_id, tx.clone(), regions, view, cfg.request_timeout);
         Ok(Node {
             handle,
             tx,
+            cluster_tx,
             store_thread: Some(store_thread),
+            cluster_thread: Some(cluster_thread),
             inbound_thread: Some(inbound_thread),
             log,
         })
@@ -123,6 +185,10 @@ impl Node {
     /// Stops the store loop and waits for it. The inbound thread ends when the transport
     /// drops its sender.
     pub fn stop(mut self) {
+        let _ = self.cluster_tx.send(ClusterInput::Stop);
+        if let Some(t) = self.cluster_thread.take() {
+            let _ = t.join();
+        }
         let _ = self.tx.send(StoreMsg::Stop);
         if let Some(t) = self.store_thread.take() {
             let _ = t.join();
@@ -134,6 +200,17 @@ impl Node {
 
 /// The file in a data directory that records the flags it was bootstrapped with.
 pub const BOOTSTRAP_RECORD: &str = "bootstrap.txt";
+
+/// The record of a data directory that joined a running cluster (`--join`).
+const JOINED_RECORD: &str = "joined=true\n";
+
+fn record_of(cfg: &NodeConfig) -> String {
+    if cfg.cluster.joined {
+        JOINED_RECORD.to_string()
+    } else {
+        bootstrap_record(&cfg.initial_nodes, cfg.initial_regions)
+    }
+}
 
 fn bootstrap_record(nodes: &[u64], regions: usize) -> String {
     let mut sorted = nodes.to_vec();
@@ -153,9 +230,21 @@ fn bootstrap_record(nodes: &[u64], regions: usize) -> String {
 fn check_bootstrap_record(cfg: &NodeConfig) -> Result<(), NodeError> {
     let io = |e: std::io::Error| NodeError::Storage(format!("{BOOTSTRAP_RECORD}: {e}"));
     let path = cfg.data_dir.join(BOOTSTRAP_RECORD);
-    let wanted = bootstrap_record(&cfg.initial_nodes, cfg.initial_regions);
+    let wanted = record_of(cfg);
     match std::fs::read_to_string(&path) {
         Ok(found) if found == wanted => Ok(()),
+        Ok(found) if found == JOINED_RECORD => Err(NodeError::Storage(format!(
+            "{} joined a running cluster (--join), but this start bootstraps one with {:?}; \
+             start it with --join (its node directory is kept in the data directory)",
+            cfg.data_dir.display(),
+            wanted.trim().replace('\n', " "),
+        ))),
+        Ok(found) if wanted == JOINED_RECORD => Err(NodeError::Storage(format!(
+            "{} was bootstrapped with {:?}, but this start joins a running cluster (--join); \
+             start it with its original --initial-cluster and --initial-regions",
+            cfg.data_dir.display(),
+            found.trim().replace('\n', " "),
+        ))),
         Ok(found) => Err(NodeError::Storage(format!(
             "{} was bootstrapped with {:?}, but this start asks for {:?}; start it with the \
              original --initial-cluster and --initial-regions, or use a new data directory",
@@ -193,6 +282,7 @@ mod tests {
             initial_nodes: nodes,
             initial_regions: regions,
             request_timeout: Duration::from_secs(1),
+            cluster: ClusterConfig::default(),
         }
     }
 
@@ -206,5 +296,27 @@ mod tests {
         assert!(e.to_string().contains("initial_regions=16"), "{e}");
         let e = check_bootstrap_record(&cfg(dir.path(), vec![1, 2, 4], 16)).unwrap_err();
         assert!(e.to_string().contains("initial_nodes=1,2,3"), "{e}");
+        // Joining, a bootstrapped directory is refused.
+        let mut joined = cfg(dir.path(), vec![], 16);
+        joined.cluster.joined = true;
+        let e = check_bootstrap_record(&joined).unwrap_err();
+        assert!(
+            e.to_string().contains("this start joins a running cluster"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_joined_data_dir_stays_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut joined = cfg(dir.path(), vec![], 16);
+        joined.cluster.joined = true;
+        check_bootstrap_record(&joined).unwrap();
+        check_bootstrap_record(&joined).unwrap();
+        let e = check_bootstrap_record(&cfg(dir.path(), vec![1, 2, 3], 16)).unwrap_err();
+        assert!(
+            e.to_string().contains("joined a running cluster (--join)"),
+            "{e}"
+        );
     }
 }

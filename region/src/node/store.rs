@@ -36,6 +36,7 @@ use tracing::{error, info, warn};
 use super::command::{KvCommand, KvResponse, PutCondition};
 use super::descriptor::MergeState;
 use super::descriptor::{even_boundaries, PeerMeta, PeerRole, RegionDescriptor, RegionEpoch};
+use super::directory::SharedDirectory;
 use super::error::{storage_error, NodeError};
 use super::membership::{is_member_peer_id, ChangeOutcome, PeerChange};
 use super::merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
@@ -371,6 +372,8 @@ pub struct Store {
     log: Arc<dyn RaftLog>,
     kv: Arc<KvStore>,
     transport: Arc<dyn Transport>,
+    /// The node directory (its states: no new replica goes to a node that is not `Up`).
+    directory: SharedDirectory,
     rx: Receiver<StoreMsg>,
     regions: Arc<RegionMap>,
     next_read_ctx: u64,
@@ -569,6 +572,7 @@ impl Store {
         log: Arc<dyn RaftLog>,
         kv: Arc<KvStore>,
         transport: Arc<dyn Transport>,
+        directory: SharedDirectory,
     ) -> Result<(Store, Sender<StoreMsg>, Arc<RegionMap>, LogSlot), NodeError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(64 * 1024);
         let regions = Arc::new(RegionMap::default());
@@ -576,6 +580,7 @@ impl Store {
         let shell = StoreShell {
             cfg,
             transport,
+            directory,
             rx,
             self_tx: tx.clone(),
             regions: regions.clone(),
@@ -604,6 +609,7 @@ impl Store {
             log,
             kv,
             transport: shell.transport,
+            directory: shell.directory,
             rx: shell.rx,
             regions: shell.regions,
             next_read_ctx: shell.next_read_ctx,

@@ -10,7 +10,9 @@ use hyper::{Method, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::HTTP_REQUESTS_TOTAL;
-use crate::service::{ServiceError, StatusSource};
+use crate::service::{AddNodeRequest, ServiceError, StatusSource};
+use flotilla_region::node::NodeAddresses;
+use std::net::SocketAddr;
 
 /// What every request handler can see.
 pub struct State {
@@ -41,6 +43,8 @@ pub async fn route(
         "/admin/add-learner" => ("add_learner", Method::POST),
         "/admin/remove-replica" => ("remove_replica", Method::POST),
         "/admin/move-replica" => ("move_replica", Method::POST),
+        "/admin/add-node" => ("add_node", Method::POST),
+        "/admin/remove-node" => ("remove_node", Method::POST),
         _ => {
             metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => "other").increment(1);
             return error(StatusCode::NOT_FOUND, &format!("no route {path}"));
@@ -70,6 +74,8 @@ pub async fn route(
         "add_learner" => add_learner(state, query).await,
         "remove_replica" => remove_replica(state, query).await,
         "move_replica" => move_replica(state, query).await,
+        "add_node" => add_node(state, query).await,
+        "remove_node" => remove_node(state, query).await,
         _ => transfer_leader(state, query).await,
     }
 }
@@ -164,6 +170,63 @@ async fn move_replica(state: &State, query: Option<&str>) -> Response<Full<Bytes
         Ok(()) => json(
             StatusCode::OK,
             &serde_json::json!({ "ok": true, "region": region, "from": from, "to": to }),
+        ),
+        Err(e) => error(status_of(&e), &e.to_string()),
+    }
+}
+
+/// `POST /admin/add-node?id=N&raft_addr=A[&client_addr=B][&status_addr=C][&cluster_id=K]`:
+/// answers the directory (`nodes`). `cluster_id` is sent by a node joining by itself.
+async fn add_node(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    let req = match add_node_request(query) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match state.status.add_node(req).await {
+        Ok(nodes) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "node": req.id, "nodes": nodes }),
+        ),
+        Err(e) => error(status_of(&e), &e.to_string()),
+    }
+}
+
+fn add_node_request(query: Option<&str>) -> Result<AddNodeRequest, String> {
+    let id = query_u64(query, "id")?;
+    let addr = |name: &str| -> Result<Option<SocketAddr>, String> {
+        query_param(query, name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("query parameter {name} must be IP:PORT, got {v:?}"))
+            })
+            .transpose()
+    };
+    let raft_addr = addr("raft_addr")?.ok_or("missing query parameter raft_addr")?;
+    let cluster_id = match query_param(query, "cluster_id") {
+        None => None,
+        Some(_) => Some(query_u64(query, "cluster_id")?),
+    };
+    Ok(AddNodeRequest {
+        id,
+        addresses: NodeAddresses {
+            raft_addr: Some(raft_addr),
+            client_addr: addr("client_addr")?,
+            status_addr: addr("status_addr")?,
+        },
+        cluster_id,
+    })
+}
+
+/// `POST /admin/remove-node?id=N`: marks the node removing; answers its entry.
+async fn remove_node(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    let id = match query_u64(query, "id") {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match state.status.remove_node(id).await {
+        Ok(entry) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "node": id, "state": entry.state.as_str() }),
         ),
         Err(e) => error(status_of(&e), &e.to_string()),
     }
@@ -281,6 +344,23 @@ mod tests {
             .contains("unsigned integer"));
         assert!(query_u64(None, "region").unwrap_err().contains("missing"));
         assert!(query_u64(Some("region=-1"), "region").is_err());
+    }
+
+    #[test]
+    fn add_node_queries() {
+        let r = add_node_request(Some("id=4&raft_addr=127.0.0.1:9004&cluster_id=7")).unwrap();
+        assert_eq!((r.id, r.cluster_id), (4, Some(7)));
+        assert_eq!(
+            r.addresses.raft_addr,
+            Some("127.0.0.1:9004".parse().unwrap())
+        );
+        assert_eq!(r.addresses.client_addr, None);
+        let e = add_node_request(Some("id=4")).unwrap_err();
+        assert!(e.contains("raft_addr"), "{e}");
+        let e = add_node_request(Some("id=4&raft_addr=nowhere")).unwrap_err();
+        assert!(e.contains("IP:PORT"), "{e}");
+        let e = add_node_request(Some("id=4&raft_addr=127.0.0.1:1&cluster_id=x")).unwrap_err();
+        assert!(e.contains("cluster_id"), "{e}");
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         NO_KEYS,
         Access::Local,
     ),
-    spec("flotilla.regions", 1, &["stale"], NO_KEYS, Access::Local),
+    spec("flotilla.regions", -1, &["stale"], NO_KEYS, Access::Local),
     // The wrapped write's keys move with it, hence no fixed key positions.
     spec(
         "flotilla.session",
@@ -213,6 +213,9 @@ pub enum Command {
     NodeId,
     /// `FLOTILLA.REGIONS`: the node's routing table.
     Regions,
+    /// `FLOTILLA.REGIONS ALL`: every region of the cluster the node knows of (gossip),
+    /// whether or not it holds a replica.
+    ClusterRegions,
     /// `FLOTILLA.SESSION client_id seq <write command…>`: the write, with the client's own
     /// session instead of one of the server's, so the client's retries apply once.
     Session {
@@ -419,7 +422,16 @@ fn parse_args(spec: &'static CommandSpec, request: Request) -> Result<Command, R
         },
         "quit" => Command::Quit,
         "flotilla.node" => Command::NodeId,
-        "flotilla.regions" => Command::Regions,
+        "flotilla.regions" => match args.as_slice() {
+            [] => Command::Regions,
+            [scope] if upper(scope).as_slice() == b"ALL" => Command::ClusterRegions,
+            [_] => return Err(Reply::err("FLOTILLA.REGIONS takes no argument or ALL")),
+            _ => {
+                return Err(Reply::err(
+                    "wrong number of arguments for 'flotilla.regions' command",
+                ))
+            }
+        },
         "flotilla.session" => parse_session(args)?,
         // Parsed before the table's parsers (its spec is the wrapped command's).
         "flotilla.route" => return Err(Reply::err("FLOTILLA.ROUTE cannot be wrapped")),
@@ -732,6 +744,12 @@ mod tests {
     fn flotilla_commands() {
         assert_eq!(parse(&["FLOTILLA.NODE"]), Ok(Command::NodeId));
         assert_eq!(parse(&["flotilla.regions"]), Ok(Command::Regions));
+        assert_eq!(
+            parse(&["flotilla.regions", "all"]),
+            Ok(Command::ClusterRegions)
+        );
+        assert!(parse(&["flotilla.regions", "some"]).is_err());
+        assert!(parse(&["flotilla.regions", "all", "x"]).is_err());
         assert_eq!(
             parse(&["flotilla.session", "7", "3", "incrby", "k", "5"]),
             Ok(Command::Session {

@@ -75,6 +75,7 @@ pub fn execute(cmd: Command, session: &mut Session, shared: &Shared) -> Outcome 
         Command::Quit => Outcome::Close(Reply::Simple("OK")),
         Command::NodeId => Outcome::Ready(Reply::unsigned(service.node_id())),
         Command::Regions => Outcome::Ready(regions_reply(service.routes())),
+        Command::ClusterRegions => Outcome::Ready(regions_reply(service.cluster_routes())),
     }
 }
 

@@ -15,6 +15,7 @@
 //! | `RANGE start end [LIMIT n]` | `[k1, v1, k2, v2, …]` with `start <= key < end`, in key order; an empty `end` means no end; `LIMIT` 1..=10000, default 100 |
 //! | `FLOTILLA.NODE` | the node's id |
 //! | `FLOTILLA.REGIONS` | the node's routing table: `[id, start, end, epoch version, epoch conf_ver, leader or nil]` per region, in key order |
+//! | `FLOTILLA.REGIONS ALL` | the same for every region of the cluster the node knows of (from gossip), held here or not |
 //! | `FLOTILLA.SESSION client_id seq <write…>` | the wrapped write's answer; the write runs with the client's session, so the same pair sent again (to any node) applies once |
 //! | `FLOTILLA.ROUTE region_id version conf_ver <command…>` | the wrapped command's answer if its keys are in region `region_id` at that epoch on this node; else `-TRYAGAIN EPOCHNOTMATCH …` with the regions as they are now (below). Wraps `GET`, `EXISTS`, `MGET`, `RANGE` (the region where it starts), `SET`, `DEL`, `MSET`, `INCR`/`INCRBY`/`DECR`/`DECRBY`, and `FLOTILLA.SESSION`, in this order only: `FLOTILLA.ROUTE 7 3 1 FLOTILLA.SESSION id seq SET k v`. Counted and pipelined as the wrapped command |
 //! | `COMMAND [COUNT\|LIST\|INFO…\|DOCS]`, `CONFIG GET …` (always empty), `SELECT 0`, `CLIENT SETNAME/GETNAME/SETINFO`, `QUIT` | what Redis clients and tools ask on connect |

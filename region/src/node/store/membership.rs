@@ -7,6 +7,7 @@ use flotilla_engine::{KeyRange, LogBatch, RegionBatch, SnapshotMark};
 use tracing::{debug, info, warn};
 
 use super::super::descriptor::{PeerMeta, PeerRole, RegionDescriptor};
+use super::super::directory::{NodeState, SharedDirectory};
 use super::super::error::{storage_error, NodeError};
 use super::super::membership::{
     change_done, check_change, plan_change, ChangeOutcome, LeaderView, PeerChange,
@@ -14,6 +15,7 @@ use super::super::membership::{
 use super::super::peer::Peer;
 use super::Store;
 use crate::raft;
+use flotilla_transport::Transport;
 
 /// Election timeouts without a word from a leader after which a replica asks whether it
 /// is still a member (`Store::probe_membership`): longer than an election takes, so a
@@ -93,19 +95,39 @@ fn in_configuration(p: &Peer, peer_id: u64) -> bool {
         .any(|&id| id == peer_id)
 }
 
-/// Proposes `change` on `p`, its region's leader, after the leader's checks; `knows`:
-/// whether the transport can reach a node.
+/// Whether a new replica may be placed on `target`: the transport must reach it, and the
+/// node directory must not list it in a state other than `Up` (a node being removed gets
+/// no new replicas).
+fn placeable(
+    transport: &dyn Transport,
+    directory: &SharedDirectory,
+    target: u64,
+) -> Result<(), NodeError> {
+    if !transport.knows(target) {
+        return Err(NodeError::Refused(format!("unknown node {target}")));
+    }
+    match directory.read().state_of(target) {
+        Some(state) if state != NodeState::Up => Err(NodeError::Refused(format!(
+            "node {target} is in state {}; only an up node takes new replicas",
+            state.as_str()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Proposes `change` on `p`, its region's leader, after the leader's checks; `placeable`:
+/// whether a new replica may go to a node.
 fn propose_change(
     p: &mut Peer,
     change: &PeerChange,
-    knows: impl Fn(u64) -> bool,
+    placeable: impl Fn(u64) -> Result<(), NodeError>,
 ) -> Result<ChangeOutcome, NodeError> {
     if change_done(&p.desc, change) {
         return Ok(ChangeOutcome::Done);
     }
     let target = change.node_id();
-    if matches!(change, PeerChange::AddLearner { .. }) && !knows(target) {
-        return Err(NodeError::Refused(format!("unknown node {target}")));
+    if matches!(change, PeerChange::AddLearner { .. }) {
+        placeable(target)?;
     }
     let r = p.raw.raft();
     // One change at a time, counted to its apply here: the descriptor the next one is
@@ -175,14 +197,15 @@ impl Store {
         if check {
             check_change(&p.desc, &change)?;
             let target = change.node_id();
-            if matches!(change, PeerChange::AddLearner { .. }) && !self.transport.knows(target) {
-                return Err(NodeError::Refused(format!("unknown node {target}")));
+            if matches!(change, PeerChange::AddLearner { .. }) {
+                placeable(&*self.transport, &self.directory, target)?;
             }
         } else if change_done(&p.desc, &change) {
             return Ok(ChangeOutcome::Done);
         }
         if p.is_leader() {
-            return propose_change(p, &change, |n| self.transport.knows(n));
+            let (transport, directory) = (&*self.transport, &self.directory);
+            return propose_change(p, &change, |n| placeable(transport, directory, n));
         }
         if matches!(change, PeerChange::Remove { node_id } if p.leader_node() == Some(node_id)) {
             // Answered here, not left to the leader: it would drop the request silently.
@@ -235,7 +258,8 @@ impl Store {
                 if !p.is_leader() || !in_configuration(p, env.message.from) {
                     return None; // the asker tries again
                 }
-                let outcome = propose_change(p, &change, |n| self.transport.knows(n));
+                let (transport, directory) = (&*self.transport, &self.directory);
+                let outcome = propose_change(p, &change, |n| placeable(transport, directory, n));
                 debug!(
                     region = env.region_id,
                     ?change,

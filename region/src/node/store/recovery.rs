@@ -103,6 +103,7 @@ impl EngineOpener {
 pub(super) struct StoreShell {
     pub cfg: StoreConfig,
     pub transport: Arc<dyn Transport>,
+    pub directory: super::super::directory::SharedDirectory,
     pub rx: Receiver<StoreMsg>,
     pub self_tx: Sender<StoreMsg>,
     pub regions: Arc<RegionMap>,
@@ -162,6 +163,7 @@ impl Store {
         let Store {
             cfg,
             transport,
+            directory,
             rx,
             self_tx,
             regions,
@@ -183,6 +185,7 @@ impl Store {
         StoreShell {
             cfg,
             transport,
+            directory,
             rx,
             self_tx,
             regions,
