@@ -55,6 +55,7 @@ fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
             seed,
             joined,
             cluster_id: 1,
+            ..Default::default()
         },
     }
 }

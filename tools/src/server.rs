@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use flotilla_engine::EngineConfig;
 use flotilla_region::node::{
-    ClusterConfig, Node, NodeAddresses, NodeConfig, NodeEntry, NodeHandle, StoreConfig,
+    BalancerConfig, ClusterConfig, Node, NodeAddresses, NodeConfig, NodeEntry, NodeHandle, StoreConfig,
     DIRECTORY_FILE,
 };
 use flotilla_transport::{TcpTransport, TransportConfig};
@@ -89,6 +89,14 @@ pub struct ServerConfig {
     pub auto_merge: bool,
     /// How often a node gossips its directory and regions to the others, in milliseconds.
     pub gossip_interval_ms: u64,
+    /// Run the balancer (replica and leader placement, draining removed nodes,
+    /// re-replicating the replicas of a node that stays down).
+    pub balance: bool,
+    /// A node not heard from for this long, in seconds, is down: its replicas are rebuilt
+    /// on the other nodes.
+    pub node_down_timeout_secs: u64,
+    /// Replica moves the balancer keeps under way at once, in the whole cluster.
+    pub max_concurrent_moves: usize,
     /// The size under which neighbours are merged (with `auto_merge`).
     pub region_merge_bytes: u64,
     /// The storage engine.
@@ -112,6 +120,9 @@ impl Default for ServerConfig {
             region_split_qps: store.region_split_qps,
             auto_merge: store.auto_merge,
             gossip_interval_ms: ClusterConfig::default().gossip_interval.as_millis() as u64,
+            balance: true,
+            node_down_timeout_secs: BalancerConfig::default().node_down_timeout.as_secs(),
+            max_concurrent_moves: BalancerConfig::default().max_concurrent_moves,
             region_merge_bytes: store.region_merge_bytes,
             engine: EngineConfig::default(),
         }
@@ -234,6 +245,7 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             region_split_qps: cfg.region_split_qps,
             auto_merge: cfg.auto_merge,
             region_merge_bytes: cfg.region_merge_bytes,
+            balance_leaders: !cfg.balance,
         },
         data_dir: args.data_dir.clone(),
         engine: cfg.engine.clone(),
@@ -250,6 +262,12 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             seed,
             joined,
             cluster_id: cfg.cluster_id,
+            balancer: BalancerConfig {
+                enabled: cfg.balance,
+                node_down_timeout: Duration::from_secs(cfg.node_down_timeout_secs.max(1)),
+                max_concurrent_moves: cfg.max_concurrent_moves.max(1),
+                ..BalancerConfig::default()
+            },
         },
     };
     let node =

@@ -20,6 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use super::balancer::{ActiveMoves, BalancerConfig};
 use super::directory::{NodeAddresses, NodeDirectory, NodeEntry, NodeState, SharedDirectory};
 use super::error::NodeError;
 use super::metrics::NODE_MESSAGES_MALFORMED_TOTAL;
@@ -48,6 +49,9 @@ pub struct ClusterConfig {
     pub joined: bool,
     /// The cluster's id (a joining node must name the same).
     pub cluster_id: u64,
+    /// The balancer (replica placement, draining, re-replication); off by default, so a
+    /// node embedded in a test moves nothing by itself. `flotilla server` turns it on.
+    pub balancer: BalancerConfig,
 }
 
 impl Default for ClusterConfig {
@@ -58,6 +62,7 @@ impl Default for ClusterConfig {
             seed: Vec::new(),
             joined: false,
             cluster_id: 1,
+            balancer: BalancerConfig::default(),
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct NodeInfo {
     pub replicas: u64,
     /// Regions it leads, as its last gossip said.
     pub leaders: u64,
+    /// Replica moves it is carrying out for the balancer, as its last gossip said.
+    pub moves: u64,
 }
 
 /// What was last heard from a node.
@@ -83,6 +90,7 @@ struct Heard {
     at: Instant,
     replicas: u64,
     leaders: u64,
+    moves: u64,
 }
 
 /// The cluster as this node knows it; shared (`Arc`) between the cluster thread, the
@@ -97,6 +105,7 @@ pub struct ClusterView {
     transport: Arc<dyn Transport>,
     heard: RwLock<HashMap<u64, Heard>>,
     own_counts: RwLock<(u64, u64)>,
+    active_moves: ActiveMoves,
     table: RwLock<RegionTable>,
     subscribers: Mutex<Vec<SyncSender<(u64, NodeMessage)>>>,
     last_malformed_warn: Mutex<Option<Instant>>,
@@ -123,6 +132,7 @@ impl ClusterView {
             transport,
             heard: RwLock::new(HashMap::new()),
             own_counts: RwLock::new((0, 0)),
+            active_moves: ActiveMoves::default(),
             table: RwLock::new(RegionTable::default()),
             subscribers: Mutex::new(Vec::new()),
             last_malformed_warn: Mutex::new(None),
@@ -131,6 +141,12 @@ impl ClusterView {
         let all = view.directory.read().entries();
         view.reach(&all);
         view
+    }
+
+    /// The replica moves this node is carrying out for the balancer (gossiped, shown by
+    /// `ctl status`).
+    pub fn active_moves(&self) -> &ActiveMoves {
+        &self.active_moves
     }
 
     /// This node's id.
@@ -173,6 +189,7 @@ impl ClusterView {
                         alive: true,
                         replicas: own.0,
                         leaders: own.1,
+                        moves: self.active_moves.lock().len() as u64,
                     };
                 }
                 let h = heard.get(&entry.node_id);
@@ -182,6 +199,7 @@ impl ClusterView {
                     last_heard: age,
                     replicas: h.map_or(0, |h| h.replicas),
                     leaders: h.map_or(0, |h| h.leaders),
+                    moves: h.map_or(0, |h| h.moves),
                     entry,
                 }
             })
@@ -308,6 +326,11 @@ impl ClusterView {
         };
         match &msg {
             NodeMessage::Gossip(g) => self.take_gossip(from_node, g),
+            // The balancer's orders and reports: for the balancer thread, a subscriber.
+            NodeMessage::MoveReplica { .. }
+            | NodeMessage::TransferLeader { .. }
+            | NodeMessage::RemoveReplica { .. }
+            | NodeMessage::MoveDone { .. } => {}
         }
         self.subscribers.lock().retain(|s| {
             !matches!(
@@ -324,6 +347,7 @@ impl ClusterView {
                 at: Instant::now(),
                 replicas: g.replicas,
                 leaders: g.leaders,
+                moves: g.moves,
             },
         );
         let changed = {
@@ -384,6 +408,7 @@ impl ClusterView {
             regions,
             replicas,
             leaders,
+            moves: self.active_moves.lock().len() as u64,
         });
         for e in directory {
             if e.node_id == self.node_id
@@ -527,6 +552,7 @@ mod tests {
             regions: vec![],
             replicas: 5,
             leaders: 2,
+            moves: 0,
         });
         v.receive(2, &g.to_envelope(2, 1).unwrap());
         assert_eq!(sub.try_recv().unwrap(), (2, g));

@@ -4,6 +4,7 @@
 //! [`NodeHandle`] is how request handlers reach it: it routes a key to its region and
 //! waits for the answer with a timeout.
 
+mod balancer;
 mod cluster;
 mod command;
 mod descriptor;
@@ -30,6 +31,7 @@ use std::sync::mpsc::SyncSender as Sender;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub use balancer::{ActiveMove, ActiveMoves, BalancerConfig};
 pub use cluster::{
     ClusterConfig, ClusterView, NodeInfo, ALIVE_INTERVALS, MALFORMED_WARN_INTERVAL,
     SUBSCRIBER_QUEUE_MAX,

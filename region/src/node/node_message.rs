@@ -18,6 +18,43 @@ pub const NODE_MESSAGE_REGION: u64 = 0;
 pub enum NodeMessage {
     /// What a node knows of the cluster, sent to every other node each gossip interval.
     Gossip(Gossip),
+    /// Balancer → the node leading `region_id`: move its replica on node `from` to node
+    /// `to` (`NodeHandle::move_replica`), then answer [`NodeMessage::MoveDone`].
+    MoveReplica {
+        /// The region.
+        region_id: u64,
+        /// The node whose replica goes away.
+        from: u64,
+        /// The node that gets one.
+        to: u64,
+    },
+    /// Balancer → the node leading `region_id`: hand the leadership to the replica on `to`.
+    TransferLeader {
+        /// The region.
+        region_id: u64,
+        /// The node to lead it.
+        to: u64,
+    },
+    /// Balancer → the node leading `region_id`: remove its replica on `node` (a learner
+    /// left behind by a move that died).
+    RemoveReplica {
+        /// The region.
+        region_id: u64,
+        /// The node whose replica goes away.
+        node: u64,
+    },
+    /// The node that carried out a [`NodeMessage::MoveReplica`] → the balancer that
+    /// ordered it: the move ended, with `error` if it failed.
+    MoveDone {
+        /// The region.
+        region_id: u64,
+        /// As ordered.
+        from: u64,
+        /// As ordered.
+        to: u64,
+        /// Why it failed (`None`: it succeeded).
+        error: Option<String>,
+    },
 }
 
 /// One node's view, gossiped.
@@ -31,6 +68,8 @@ pub struct Gossip {
     pub replicas: u64,
     /// Regions the sender leads.
     pub leaders: u64,
+    /// Replica moves the sender is carrying out for the balancer.
+    pub moves: u64,
 }
 
 /// A region as the cluster layer knows it (from its leader).
@@ -121,6 +160,7 @@ mod tests {
             }],
             replicas: 4,
             leaders: 1,
+            moves: 0,
         });
         let env = g.to_envelope(3, 1).unwrap();
         assert!(is_node_message(&env));

@@ -2,6 +2,7 @@
 //! new, start the store loop and the thread that feeds it the transport's traffic.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use flotilla_transport::{Inbound, InboundReceiver, Transport};
 use std::sync::mpsc::SyncSender as Sender;
 use tracing::{info, warn};
 
+use super::balancer;
 use super::cluster::{self, ClusterConfig, ClusterInput, ClusterView};
 use super::error::NodeError;
 use super::node_message::is_node_message;
@@ -48,6 +50,8 @@ pub struct Node {
     cluster_tx: Sender<ClusterInput>,
     store_thread: Option<JoinHandle<()>>,
     cluster_thread: Option<JoinHandle<()>>,
+    balancer_thread: Option<JoinHandle<()>>,
+    balancer_stop: Arc<AtomicBool>,
     inbound_thread: Option<JoinHandle<()>>,
     log: LogSlot,
 }
@@ -159,12 +163,21 @@ impl Node {
             })
             .map_err(|e| NodeError::Storage(e.to_string()))?;
         let handle = NodeHandle::new(node_id, tx.clone(), regions, view, cfg.request_timeout);
+        let balancer_stop = Arc::new(AtomicBool::new(false));
+        let balancer_thread = balancer::start(
+            cfg.cluster.balancer.clone(),
+            handle.clone(),
+            balancer_stop.clone(),
+        )
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
         Ok(Node {
             handle,
             tx,
             cluster_tx,
             store_thread: Some(store_thread),
             cluster_thread: Some(cluster_thread),
+            balancer_thread: Some(balancer_thread),
+            balancer_stop,
             inbound_thread: Some(inbound_thread),
             log,
         })
@@ -185,6 +198,10 @@ impl Node {
     /// Stops the store loop and waits for it. The inbound thread ends when the transport
     /// drops its sender.
     pub fn stop(mut self) {
+        self.balancer_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.balancer_thread.take() {
+            let _ = t.join();
+        }
         let _ = self.cluster_tx.send(ClusterInput::Stop);
         if let Some(t) = self.cluster_thread.take() {
             let _ = t.join();

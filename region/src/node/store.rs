@@ -132,6 +132,15 @@ pub struct StoreConfig {
     pub auto_merge: bool,
     /// The size under which two neighbours are merged (with `auto_merge`).
     pub region_merge_bytes: u64,
+    /// Each node moves leaderships off itself when it leads more than its share of the
+    /// regions it holds. Off when the cluster's balancer runs (it balances leaders over
+    /// the whole cluster, and two balancers would undo each other's moves).
+    #[serde(default = "default_true")]
+    pub balance_leaders: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for StoreConfig {
@@ -148,6 +157,7 @@ impl Default for StoreConfig {
             region_split_qps: 0,
             auto_merge: false,
             region_merge_bytes: 16 << 20,
+            balance_leaders: true,
         }
     }
 }
@@ -798,7 +808,7 @@ impl Store {
                         return Some(e);
                     }
                 }
-                if self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
+                if self.cfg.balance_leaders && self.ticks.is_multiple_of(BALANCE_INTERVAL_TICKS) {
                     self.balance_leaders();
                 }
                 if self
