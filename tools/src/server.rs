@@ -182,6 +182,7 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             region_split_qps: cfg.region_split_qps,
             auto_merge: cfg.auto_merge,
             region_merge_bytes: cfg.region_merge_bytes,
+            ..Default::default()
         },
         data_dir: args.data_dir.clone(),
         engine: cfg.engine.clone(),

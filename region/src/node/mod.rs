@@ -13,6 +13,7 @@ pub mod metrics;
 mod peer;
 mod peer_storage;
 mod runner;
+mod snapshot_builder;
 mod split;
 mod store;
 
@@ -38,6 +39,10 @@ pub use merge::{merge_client_id, plan_merge, MergeCommandKind, MergePlan};
 pub use peer::{Reply, ScanPage};
 pub use peer_storage::{PeerStorage, RegionSnapshotData, SNAPSHOT_DATA_BYTES_MAX};
 pub use runner::{Node, NodeConfig, BOOTSTRAP_RECORD};
+pub use snapshot_builder::{
+    SnapshotBuildHook, SnapshotBuildStats, SnapshotBuilds, SnapshotProgress, SNAPSHOT_BUILDS_MAX,
+    SNAPSHOT_QUEUE_MAX, SNAPSHOT_READY_TTL, SNAPSHOT_RETRY_PAUSE,
+};
 pub use split::{plan_split, split_region_id, SplitPlan, REGION_ID_MAX};
 pub use store::{
     bootstrap, bootstrap_peer_id, EngineOpener, LogSlot, RegionMap, RegionRoute, RegionStatus,
@@ -554,6 +559,18 @@ impl NodeHandle {
             reply,
         })
         .await
+    }
+
+    /// The node's snapshots under way: builds, and streams sent and received.
+    pub async fn snapshot_progress(&self) -> Result<SnapshotProgress, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(StoreMsg::SnapshotProgress { reply })
+            .map_err(|_| NodeError::Stopped)?;
+        tokio::time::timeout(self.timeout, rx)
+            .await
+            .map_err(|_| NodeError::Timeout)?
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// Every replica's state on this node.
