@@ -1379,6 +1379,7 @@ mod tests {
                 region(2, b"h", b"i", Some(3)),
                 region(3, b"i", b"", None),
             ],
+            ..Default::default()
         };
         assert!(!serving(&status));
         let plan = ClusterPlan::new(&args(3, 7100, Path::new("/d"))).unwrap();

@@ -26,5 +26,5 @@ pub use resp::{RespLimits, RespServer};
 pub use service::{
     ClientRoute, ClientSession, EpochNotMatch, EpochStatus, ExpectedRoute, KvService, MemberRole,
     NodeStatus, PeerStatus, PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError,
-    ServiceFuture, StatusSource,
+    ServiceFuture, SnapshotsStatus, StatusSource,
 };

@@ -22,7 +22,7 @@ use parking_lot::RwLock;
 use crate::service::{
     ClientRoute, ClientSession, EpochNotMatch, EpochStatus, KvService, MemberRole, NodeStatus,
     PeerStatus, PutCondition, RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError,
-    ServiceFuture, StatusSource,
+    ServiceFuture, SnapshotsStatus, StatusSource,
 };
 
 /// Retries of a write dropped by a leadership change, at most (same session each time).
@@ -114,7 +114,7 @@ impl NodeService {
     pub fn new(node: NodeHandle, client_id: u64) -> Self {
         let status = NodeStatus {
             node_id: node.node_id(),
-            regions: Vec::new(),
+            ..Default::default()
         };
         let inner = Arc::new(Inner {
             node,
@@ -130,7 +130,15 @@ impl NodeService {
                         .into_iter()
                         .map(|r| region_status(r, node_id))
                         .collect();
-                    *inner.status.write() = NodeStatus { node_id, regions };
+                    let snapshots = match inner.node.snapshot_progress().await {
+                        Ok(p) => snapshots_status(&p),
+                        Err(_) => SnapshotsStatus::default(),
+                    };
+                    *inner.status.write() = NodeStatus {
+                        node_id,
+                        regions,
+                        snapshots,
+                    };
                 }
                 drop(inner);
                 tokio::time::sleep(STATUS_REFRESH_INTERVAL).await;
@@ -201,6 +209,20 @@ impl NodeService {
             groups.entry(route.id).or_default().push(item);
         }
         Ok(groups.into_values().collect())
+    }
+}
+
+/// The `/status` form of the node's snapshots under way.
+fn snapshots_status(p: &node::SnapshotProgress) -> SnapshotsStatus {
+    SnapshotsStatus {
+        building: p.builds.building,
+        building_bytes_read: p.builds.bytes_read,
+        sending: p.streams.sending,
+        sending_bytes_done: p.streams.send_bytes_done,
+        sending_bytes_total: p.streams.send_bytes_total,
+        receiving: p.streams.receiving,
+        receiving_bytes_done: p.streams.receive_bytes_done,
+        receiving_bytes_total: p.streams.receive_bytes_total,
     }
 }
 
