@@ -362,3 +362,111 @@ fn build_snapshot(inner: &Inner, job: &Job, read: &mut u64) -> Result<Snapshot, 
         data: Bytes::from(data),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::store::bootstrap;
+    use flotilla_engine::{open_log, ApplyRound, EngineConfig};
+
+    struct Engine {
+        _dir: tempfile::TempDir,
+        log: Arc<dyn RaftLog>,
+        kv: Arc<KvStore>,
+    }
+
+    /// One region (id 1, the whole key space) holding `pairs` pairs, applied index 0.
+    fn engine(pairs: u64) -> Engine {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = EngineConfig::default();
+        let log: Arc<dyn RaftLog> =
+            Arc::from(open_log(dir.path().join("raft"), &cfg).expect("log"));
+        let kv = Arc::new(KvStore::open(dir.path().join("kv"), &cfg.rocksdb).expect("kv"));
+        bootstrap(&*log, &kv, &[1], 1).expect("bootstrap");
+        let mut round = ApplyRound::new();
+        for i in 0..pairs {
+            round.put(1, format!("k{i:04}").into_bytes(), vec![i as u8; 100]);
+        }
+        round.set_applied(1, 0);
+        kv.apply(round).expect("apply");
+        Engine { _dir: dir, log, kv }
+    }
+
+    /// Waits until `n` builds ended (built or failed).
+    fn wait_for_builds(b: &SnapshotBuilds, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = b.stats();
+            if s.built + s.failed >= n && s.building == 0 && s.queued == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "builds never ended: {s:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn not_yet<T: fmt::Debug>(r: Result<T, StorageError>) {
+        assert!(
+            matches!(r, Err(StorageError::SnapshotTemporarilyUnavailable)),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_is_built_in_the_background_and_handed_out_once() {
+        let e = engine(300);
+        let b = SnapshotBuilds::default();
+        not_yet(b.take(1, 0, &e.log, &e.kv));
+        wait_for_builds(&b, 1);
+        let snap = b.take(1, 0, &e.log, &e.kv).expect("built");
+        assert_eq!((snap.metadata.index, snap.metadata.term), (0, 0));
+        assert_eq!(
+            snap.metadata.conf_state.voters,
+            vec![crate::node::bootstrap_peer_id(1, 1)]
+        );
+        let data: RegionSnapshotData = codec::decode(&snap.data).expect("decodes");
+        let pairs: Vec<_> = data.chunks.iter().flat_map(|c| c.pairs.clone()).collect();
+        assert_eq!(pairs.len(), 300);
+        assert_eq!(pairs[7].0.as_ref(), b"k0007");
+        assert!(data.header.descriptor.is_some());
+        // Taken: the next ask builds again.
+        not_yet(b.take(1, 0, &e.log, &e.kv));
+        wait_for_builds(&b, 2);
+        assert_eq!(b.stats().built, 2);
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_ask_is_never_handed_out() {
+        let e = engine(10);
+        let b = SnapshotBuilds::default();
+        not_yet(b.take(1, 5, &e.log, &e.kv));
+        wait_for_builds(&b, 1);
+        // Built at applied index 0 < 5: dropped, and built again.
+        not_yet(b.take(1, 5, &e.log, &e.kv));
+        wait_for_builds(&b, 2);
+        assert_eq!(b.stats().built, 2);
+        // An ask the snapshot does satisfy takes it.
+        assert_eq!(
+            b.take(1, 0, &e.log, &e.kv).expect("built").metadata.index,
+            0
+        );
+    }
+
+    #[test]
+    fn a_failed_build_is_counted_and_retried_after_a_pause() {
+        let e = engine(0);
+        let b = SnapshotBuilds::default();
+        // Region 9 has no descriptor: the build fails, nothing panics.
+        not_yet(b.take(9, 0, &e.log, &e.kv));
+        wait_for_builds(&b, 1);
+        assert_eq!(b.stats().failed, 1);
+        // Within the pause: no new build.
+        not_yet(b.take(9, 0, &e.log, &e.kv));
+        let s = b.stats();
+        assert_eq!((s.building, s.queued, s.failed), (0, 0, 1), "{s:?}");
+        std::thread::sleep(SNAPSHOT_RETRY_PAUSE);
+        not_yet(b.take(9, 0, &e.log, &e.kv));
+        wait_for_builds(&b, 2);
+        assert_eq!(b.stats().failed, 2);
+    }
+}
