@@ -124,11 +124,28 @@ impl KvStore {
     /// Starts a snapshot of the region's data in `range`, with its applied index,
     /// descriptor and sessions, all as of this moment.
     pub fn snapshot_region(&self, region_id: u64, range: KeyRange) -> Result<SnapshotStream<'_>> {
+        let stream = self.snapshot_region_described(region_id, |_| Some(range))?;
+        Ok(stream.expect("the range is given"))
+    }
+
+    /// [`KvStore::snapshot_region`] over the range that `range_of` reads from the region's
+    /// descriptor as of the same RocksDB snapshot (given `None` if the region has none):
+    /// the descriptor, applied index, sessions and data all come from one point in time,
+    /// even when the call runs on another thread than the one applying the region's
+    /// writes. `Ok(None)` if `range_of` answers `None` (no usable descriptor).
+    pub fn snapshot_region_described(
+        &self,
+        region_id: u64,
+        range_of: impl FnOnce(Option<&[u8]>) -> Option<KeyRange>,
+    ) -> Result<Option<SnapshotStream<'_>>> {
         let (snapshot, applied_index) = self.snapshot_with_applied(region_id);
         let meta = self.cf(CF_META)?;
         let descriptor = snapshot
             .get_cf(meta, kv::descriptor_key(region_id))?
             .map(Bytes::from);
+        let Some(range) = range_of(descriptor.as_deref()) else {
+            return Ok(None);
+        };
         let sessions: Vec<(u64, Bytes)> = self
             .sessions_at(region_id, Some(&snapshot))?
             .into_iter()
@@ -152,12 +169,12 @@ impl KvStore {
             descriptor,
             sessions,
         };
-        Ok(SnapshotStream {
+        Ok(Some(SnapshotStream {
             iter,
             _snapshot: snapshot,
             header,
             done: false,
-        })
+        }))
     }
 
     /// Installs a region snapshot: replaces the data in its range, its sessions, descriptor

@@ -345,6 +345,7 @@ pub fn status_table(status: &NodeStatus) -> String {
     for role in roles {
         rows.push(vec![role.as_str().to_string(), count(role).to_string()]);
     }
+    rows.push(vec!["snapshots".to_string(), status.snapshots.summary()]);
     table(&["FIELD", "VALUE"], &rows)
 }
 

@@ -27,5 +27,5 @@ pub use resp::{RespLimits, RespServer};
 pub use service::{
     AddNodeRequest, ClientRoute, ClientSession, ClusterNodeStatus, ClusterRegionStatus,
     EpochNotMatch, EpochStatus, ExpectedRoute, KvService, MemberRole, NodeStatus, PeerStatus,
-    PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError, ServiceFuture, StatusSource,
+    PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError, ServiceFuture, SnapshotsStatus, StatusSource,
 };

@@ -24,7 +24,7 @@ use flotilla_region::node::NodeEntry;
 use crate::service::{
     AddNodeRequest, ClientRoute, ClientSession, ClusterNodeStatus, ClusterRegionStatus,
     EpochNotMatch, EpochStatus, KvService, MemberRole, NodeStatus, PeerStatus, PutCondition,
-    RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError, ServiceFuture,
+    RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError, ServiceFuture, SnapshotsStatus,
     StatusSource,
 };
 
@@ -133,9 +133,14 @@ impl NodeService {
                         .into_iter()
                         .map(|r| region_status(r, node_id))
                         .collect();
+                    let snapshots = match inner.node.snapshot_progress().await {
+                        Ok(p) => snapshots_status(&p),
+                        Err(_) => SnapshotsStatus::default(),
+                    };
                     *inner.status.write() = NodeStatus {
                         node_id,
                         regions,
+                        snapshots,
                         ..Default::default()
                     };
                 }
@@ -208,6 +213,20 @@ impl NodeService {
             groups.entry(route.id).or_default().push(item);
         }
         Ok(groups.into_values().collect())
+    }
+}
+
+/// The `/status` form of the node's snapshots under way.
+fn snapshots_status(p: &node::SnapshotProgress) -> SnapshotsStatus {
+    SnapshotsStatus {
+        building: p.builds.building,
+        building_bytes_read: p.builds.bytes_read,
+        sending: p.streams.sending,
+        sending_bytes_done: p.streams.send_bytes_done,
+        sending_bytes_total: p.streams.send_bytes_total,
+        receiving: p.streams.receiving,
+        receiving_bytes_done: p.streams.receive_bytes_done,
+        receiving_bytes_total: p.streams.receive_bytes_total,
     }
 }
 

@@ -24,6 +24,12 @@ use crate::{install_prometheus_recorder, NodeService, RespServer, StatusServer};
 /// How long shutdown waits for this node's leaderships to move away, at most.
 pub const SHUTDOWN_TRANSFER_WAIT: Duration = Duration::from_secs(3);
 
+/// Default of `snapshot_max_bytes_per_sec`: 100 MiB/s, a little under what a 1 Gbit/s
+/// link carries (~119 MiB/s), so one snapshot stream leaves room for raft traffic on the
+/// smallest link a cluster is likely to run on, while a region at the snapshot size limit
+/// (128 MiB) still goes in about 1.3 s. Set 0 on faster links to send at full speed.
+pub const SNAPSHOT_MAX_BYTES_PER_SEC_DEFAULT: u64 = 100 << 20;
+
 /// `flotilla server` flags.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -99,6 +105,8 @@ pub struct ServerConfig {
     pub max_concurrent_moves: usize,
     /// The size under which neighbours are merged (with `auto_merge`).
     pub region_merge_bytes: u64,
+    /// Sending rate of each snapshot stream, in bytes per second (0: unlimited).
+    pub snapshot_max_bytes_per_sec: u64,
     /// The storage engine.
     pub engine: EngineConfig,
 }
@@ -124,6 +132,7 @@ impl Default for ServerConfig {
             node_down_timeout_secs: BalancerConfig::default().node_down_timeout.as_secs(),
             max_concurrent_moves: BalancerConfig::default().max_concurrent_moves,
             region_merge_bytes: store.region_merge_bytes,
+            snapshot_max_bytes_per_sec: SNAPSHOT_MAX_BYTES_PER_SEC_DEFAULT,
             engine: EngineConfig::default(),
         }
     }
@@ -156,6 +165,18 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<(u64, SocketAddr)>, String> 
         return Err("--initial-cluster names no node".into());
     }
     Ok(out)
+}
+
+/// The transport's settings from the server's.
+pub fn transport_config(
+    cfg: &ServerConfig,
+    node_id: u64,
+    raft_addr: SocketAddr,
+) -> TransportConfig {
+    let mut tcfg = TransportConfig::new(cfg.cluster_id, node_id, raft_addr);
+    tcfg.secret = cfg.secret.clone().into_bytes();
+    tcfg.snapshot_bytes_per_sec_max = cfg.snapshot_max_bytes_per_sec;
+    tcfg
 }
 
 /// Runs a node until SIGTERM/SIGINT.
@@ -221,8 +242,7 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
     // handles as they start, and a handle taken before the recorder exists records nothing.
     let metrics = install_prometheus_recorder().map_err(|e| format!("metrics: {e}"))?;
 
-    let mut tcfg = TransportConfig::new(cfg.cluster_id, args.id, raft_addr);
-    tcfg.secret = cfg.secret.clone().into_bytes();
+    let tcfg = transport_config(&cfg, args.id, raft_addr);
     let peers: Vec<(u64, SocketAddr)> = cluster
         .iter()
         .copied()
@@ -246,6 +266,7 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             auto_merge: cfg.auto_merge,
             region_merge_bytes: cfg.region_merge_bytes,
             balance_leaders: !cfg.balance,
+            ..Default::default()
         },
         data_dir: args.data_dir.clone(),
         engine: cfg.engine.clone(),
@@ -366,4 +387,31 @@ fn peers_of(handle: &NodeHandle, region_id: u64, me: u64) -> Vec<u64> {
         .find(|r| r.id == region_id)
         .map(|r| r.voter_nodes.into_iter().filter(|&n| n != me).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_rate_reaches_the_transport() {
+        let addr: SocketAddr = "127.0.0.1:7101".parse().expect("address");
+        let default = ServerConfig::default();
+        assert_eq!(
+            transport_config(&default, 1, addr).snapshot_bytes_per_sec_max,
+            SNAPSHOT_MAX_BYTES_PER_SEC_DEFAULT
+        );
+        let unlimited: ServerConfig =
+            toml::from_str("snapshot_max_bytes_per_sec = 0").expect("parses");
+        assert_eq!(
+            transport_config(&unlimited, 1, addr).snapshot_bytes_per_sec_max,
+            0
+        );
+        let slow: ServerConfig =
+            toml::from_str("snapshot_max_bytes_per_sec = 1048576").expect("parses");
+        assert_eq!(
+            transport_config(&slow, 1, addr).snapshot_bytes_per_sec_max,
+            1 << 20
+        );
+    }
 }

@@ -347,6 +347,60 @@ pub struct NodeStatus {
     /// replicas are (empty from a server without a cluster layer).
     #[serde(default)]
     pub cluster_regions: Vec<ClusterRegionStatus>,
+    /// The node's snapshots under way. All zero in the answers of servers older than
+    /// this field.
+    #[serde(default)]
+    pub snapshots: SnapshotsStatus,
+}
+
+/// A node's snapshots under way, as `/status` shows them under `snapshots`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SnapshotsStatus {
+    /// Snapshots being built (read from the node's engine).
+    pub building: u64,
+    /// Bytes those builds have read so far.
+    pub building_bytes_read: u64,
+    /// Snapshots being sent.
+    pub sending: u64,
+    /// Bytes of them sent so far.
+    pub sending_bytes_done: u64,
+    /// Bytes of them in all.
+    pub sending_bytes_total: u64,
+    /// Snapshots being received.
+    pub receiving: u64,
+    /// Bytes of them received so far.
+    pub receiving_bytes_done: u64,
+    /// Bytes of them in all.
+    pub receiving_bytes_total: u64,
+}
+
+impl SnapshotsStatus {
+    /// One line for `flotilla ctl status`:
+    /// `building 0, sending 1 (12.3/64.0 MiB), receiving 0`.
+    pub fn summary(&self) -> String {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let part = |what: &str, n: u64, done: u64, total: Option<u64>| match (n, total) {
+            (0, _) => format!("{what} 0"),
+            (n, Some(total)) => format!("{what} {n} ({:.1}/{:.1} MiB)", mib(done), mib(total)),
+            (n, None) => format!("{what} {n} ({:.1} MiB read)", mib(done)),
+        };
+        [
+            part("building", self.building, self.building_bytes_read, None),
+            part(
+                "sending",
+                self.sending,
+                self.sending_bytes_done,
+                Some(self.sending_bytes_total),
+            ),
+            part(
+                "receiving",
+                self.receiving,
+                self.receiving_bytes_done,
+                Some(self.receiving_bytes_total),
+            ),
+        ]
+        .join(", ")
+    }
 }
 
 /// One replica of a region on this node, as `/status` shows it.
@@ -444,5 +498,32 @@ impl ReplicaRole {
             ReplicaRole::Candidate => "candidate",
             ReplicaRole::Learner => "learner",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_summary_shows_counts_and_mebibytes() {
+        assert_eq!(
+            SnapshotsStatus::default().summary(),
+            "building 0, sending 0, receiving 0"
+        );
+        let s = SnapshotsStatus {
+            building: 1,
+            building_bytes_read: 3 << 19,
+            sending: 1,
+            sending_bytes_done: (123 << 20) / 10,
+            sending_bytes_total: 64 << 20,
+            receiving: 2,
+            receiving_bytes_done: 1 << 20,
+            receiving_bytes_total: 4 << 20,
+        };
+        assert_eq!(
+            s.summary(),
+            "building 1 (1.5 MiB read), sending 1 (12.3/64.0 MiB), receiving 2 (1.0/4.0 MiB)"
+        );
     }
 }

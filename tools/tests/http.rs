@@ -100,6 +100,12 @@ impl FakeNode {
                 region(2, b"g", b"t\xff", ReplicaRole::Follower, Some(3)),
                 region(3, b"t\xff", b"", ReplicaRole::Candidate, None),
             ],
+            snapshots: flotilla_tools::service::SnapshotsStatus {
+                sending: 1,
+                sending_bytes_done: (123 << 20) / 10,
+                sending_bytes_total: 64 << 20,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -331,6 +337,10 @@ async fn ctl_prints_tables_and_json() {
         "{status}"
     );
     assert!(status.contains("candidate      1\n"), "{status}");
+    assert!(
+        status.contains("snapshots      building 0, sending 1 (12.3/64.0 MiB), receiving 0\n"),
+        "{status}"
+    );
 
     let json = run_ctl(addr, CtlCommand::Regions { all: false }, true)
         .await

@@ -54,7 +54,7 @@ pub use error::{FrameError, HandshakeError, SendError, TransportError};
 pub use flotilla_common::RaftEnvelope;
 pub use handshake::{Handshake, HandshakeReply, StreamKind};
 pub use memory::{DropFilter, MemoryNetwork, MemoryStats, MemoryTransport};
-pub use metrics::TransportStats;
+pub use metrics::{SnapshotStreamStats, TransportStats};
 pub use snapshot::{SnapshotFrame, SnapshotReply};
 pub use tcp::TcpTransport;
 pub use transport::{Inbound, InboundReceiver, PeerEvent, SnapshotStatus, Transport};

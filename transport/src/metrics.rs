@@ -5,6 +5,7 @@
 //! the syscall that moved the frame.
 
 use metrics::{counter, gauge, Counter, Gauge};
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A point-in-time copy of a transport's totals.
@@ -42,6 +43,25 @@ pub struct TransportStats {
     pub snapshots_failed: u64,
     /// Snapshots received whole and handed to the node.
     pub snapshots_received: u64,
+    /// Snapshot streams under way now, both ways.
+    pub streams: SnapshotStreamStats,
+}
+
+/// Snapshot streams under way at one moment, with their bytes moved so far and in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStreamStats {
+    /// Snapshots being sent.
+    pub sending: u64,
+    /// Bytes of the snapshots being sent that were written so far.
+    pub send_bytes_done: u64,
+    /// Bytes of the snapshots being sent, in all.
+    pub send_bytes_total: u64,
+    /// Snapshots being received.
+    pub receiving: u64,
+    /// Bytes of the snapshots being received that arrived so far.
+    pub receive_bytes_done: u64,
+    /// Bytes of the snapshots being received, in all (as their headers announced).
+    pub receive_bytes_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +81,12 @@ pub(crate) struct Totals {
     pub snapshots_sent: AtomicU64,
     pub snapshots_failed: AtomicU64,
     pub snapshots_received: AtomicU64,
+    pub sending: AtomicU64,
+    pub send_bytes_done: AtomicU64,
+    pub send_bytes_total: AtomicU64,
+    pub receiving: AtomicU64,
+    pub receive_bytes_done: AtomicU64,
+    pub receive_bytes_total: AtomicU64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -86,7 +112,83 @@ impl Totals {
             snapshots_sent: g(&self.snapshots_sent),
             snapshots_failed: g(&self.snapshots_failed),
             snapshots_received: g(&self.snapshots_received),
+            streams: self.streams(),
         }
+    }
+
+    pub fn streams(&self) -> SnapshotStreamStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SnapshotStreamStats {
+            sending: g(&self.sending),
+            send_bytes_done: g(&self.send_bytes_done),
+            send_bytes_total: g(&self.send_bytes_total),
+            receiving: g(&self.receiving),
+            receive_bytes_done: g(&self.receive_bytes_done),
+            receive_bytes_total: g(&self.receive_bytes_total),
+        }
+    }
+}
+
+/// One snapshot stream's share of the in-progress counts: added when it starts, taken
+/// back whatever way it ends.
+pub(crate) struct StreamProgress<'a> {
+    count: &'a AtomicU64,
+    done: &'a AtomicU64,
+    total: &'a AtomicU64,
+    bytes_done: u64,
+    bytes_total: u64,
+}
+
+impl<'a> StreamProgress<'a> {
+    /// A send of `bytes_total` bytes.
+    pub fn sending(totals: &'a Totals, bytes_total: u64) -> Self {
+        Self::start(
+            &totals.sending,
+            &totals.send_bytes_done,
+            &totals.send_bytes_total,
+            bytes_total,
+        )
+    }
+
+    /// A receipt of `bytes_total` bytes.
+    pub fn receiving(totals: &'a Totals, bytes_total: u64) -> Self {
+        Self::start(
+            &totals.receiving,
+            &totals.receive_bytes_done,
+            &totals.receive_bytes_total,
+            bytes_total,
+        )
+    }
+
+    fn start(
+        count: &'a AtomicU64,
+        done: &'a AtomicU64,
+        total: &'a AtomicU64,
+        bytes_total: u64,
+    ) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        total.fetch_add(bytes_total, Ordering::Relaxed);
+        StreamProgress {
+            count,
+            done,
+            total,
+            bytes_done: 0,
+            bytes_total,
+        }
+    }
+
+    /// `n` more bytes moved.
+    pub fn moved(&mut self, n: u64) {
+        self.bytes_done += n;
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StreamProgress<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.done.fetch_sub(self.bytes_done, Ordering::Relaxed);
+        self.total.fetch_sub(self.bytes_total, Ordering::Relaxed);
     }
 }
 

@@ -18,7 +18,7 @@
 use crate::error::{FrameError, HandshakeError};
 use crate::frame::{decode_value, FrameWriter};
 use crate::handshake::{dial, Established, StreamKind};
-use crate::metrics::add;
+use crate::metrics::{add, StreamProgress};
 use crate::tcp::Shared;
 use crate::transport::{Inbound, PeerEvent, SnapshotStatus};
 use crate::wire::{write_all_timeout, ReadError};
@@ -161,6 +161,7 @@ async fn stream_out(
         total_bytes,
     })?;
     write_all_timeout(&mut writer, frames.bytes(), idle).await?;
+    let mut progress = StreamProgress::sending(&shared.totals, total_bytes);
     let started = Instant::now();
     let (mut sent_chunks, mut acked_chunks, mut offset) = (0u64, 0u64, 0usize);
     while offset < data.len() {
@@ -172,17 +173,18 @@ async fn stream_out(
         frames.clear();
         frames.push_value(&SnapshotFrame::Chunk(data.slice(offset..end)))?;
         write_all_timeout(&mut writer, frames.bytes(), idle).await?;
+        progress.moved((end - offset) as u64);
         offset = end;
         sent_chunks += 1;
         // A chunk is milliseconds of copying and checksumming: give the runtime back to
         // the raft connections between chunks, or heartbeats wait for the whole stream.
         tokio::task::yield_now().await;
-        if config.snapshot_bytes_per_sec_max > 0 {
-            let due =
-                Duration::from_secs_f64(offset as f64 / config.snapshot_bytes_per_sec_max as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
+        if let Some(wait) = pace(
+            offset as u64,
+            config.snapshot_bytes_per_sec_max,
+            started.elapsed(),
+        ) {
+            tokio::time::sleep(wait).await;
         }
     }
     frames.clear();
@@ -198,6 +200,17 @@ async fn stream_out(
             SnapshotReply::Failed(reason) => return Err(StreamError::Refused(reason)),
         }
     }
+}
+
+/// How long a stream that has sent `sent` bytes `elapsed` after its first chunk must wait
+/// to stay at `bytes_per_sec` (0: unlimited): the rate is kept over the whole stream, so a
+/// chunk that went out late is not made up for by a burst.
+pub(crate) fn pace(sent: u64, bytes_per_sec: u64, elapsed: Duration) -> Option<Duration> {
+    if bytes_per_sec == 0 {
+        return None;
+    }
+    let due = Duration::from_secs_f64(sent as f64 / bytes_per_sec as f64);
+    due.checked_sub(elapsed).filter(|w| !w.is_zero())
 }
 
 async fn expect_ack(
@@ -270,6 +283,7 @@ async fn stream_in(
             config.snapshot_bytes_max
         )));
     }
+    let mut progress = StreamProgress::receiving(&shared.totals, total_bytes);
     // Grow with what actually arrives rather than trusting the header for one allocation.
     let mut data = BytesMut::with_capacity(
         (total_bytes as usize).min(config.snapshot_chunk_bytes * config.snapshot_window_chunks),
@@ -283,6 +297,7 @@ async fn stream_in(
                     return Err(StreamError::Protocol("more data than announced".into()));
                 }
                 data.extend_from_slice(&chunk);
+                progress.moved(chunk.len() as u64);
                 chunks += 1;
                 frames.clear();
                 frames.push_value(&SnapshotReply::Ack(chunks))?;
@@ -319,4 +334,25 @@ async fn stream_in(
         })
         .await
         .map_err(|_| StreamError::Refused("node is shutting down".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pace;
+    use std::time::Duration;
+
+    #[test]
+    fn pacing_keeps_the_rate_over_the_whole_stream() {
+        // Unlimited: never waits.
+        assert_eq!(pace(64 << 20, 0, Duration::ZERO), None);
+        // 4 MiB at 4 MiB/s is due at 1 s.
+        let rate = 4 << 20;
+        assert_eq!(
+            pace(4 << 20, rate, Duration::from_millis(250)),
+            Some(Duration::from_millis(750))
+        );
+        // On time or late: no wait, and no burst owed either.
+        assert_eq!(pace(4 << 20, rate, Duration::from_secs(1)), None);
+        assert_eq!(pace(4 << 20, rate, Duration::from_secs(3)), None);
+    }
 }

@@ -144,6 +144,10 @@ impl Transport for TcpTransport {
         self.shared.config.node_id
     }
 
+    fn snapshot_streams(&self) -> crate::metrics::SnapshotStreamStats {
+        self.shared.totals.streams()
+    }
+
     fn add_peer(&self, node_id: u64, addr: SocketAddr) {
         let mut peers = self.shared.peers.write();
         if let Some(p) = peers.get(&node_id) {

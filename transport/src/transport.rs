@@ -1,6 +1,7 @@
 //! The interface the node programs against, shared by the TCP and in-process transports.
 
 use crate::error::SendError;
+use crate::metrics::SnapshotStreamStats;
 use flotilla_common::{MessageKind, RaftEnvelope};
 use std::net::SocketAddr;
 
@@ -47,6 +48,12 @@ pub trait Transport: Send + Sync {
                 }
             })
             .collect()
+    }
+
+    /// The snapshot streams under way now. An implementation that delivers a snapshot in
+    /// one step (the in-memory network) has none to report.
+    fn snapshot_streams(&self) -> SnapshotStreamStats {
+        SnapshotStreamStats::default()
     }
 }
 

@@ -223,3 +223,117 @@ fn snapshot_to_a_silent_node_fails_and_frees_its_slot() {
     }
     assert_eq!(a.stats().snapshots_failed, 3);
 }
+
+/// Waits for the sender's verdict on the snapshot of `region`.
+fn snapshot_status(inbox: &mut Inbox, region: u64) -> SnapshotStatus {
+    loop {
+        match inbox.next(Duration::from_secs(20)) {
+            Some(Inbound::Event(PeerEvent::SnapshotStatus {
+                region_id, status, ..
+            })) if region_id == region => return status,
+            Some(_) => {}
+            None => panic!("no status for the snapshot of region {region}"),
+        }
+    }
+}
+
+/// `snapshot_bytes_per_sec_max` holds a stream to its rate: 1 MiB at 2 MiB/s cannot take
+/// less than 0.5 s (sleeps never end early), where loopback moves it in milliseconds.
+/// Meanwhile both sides count the stream, with its bytes, as under way; after, nothing.
+#[test]
+fn a_paced_snapshot_keeps_its_rate_and_shows_its_progress() {
+    let size = 1 << 20;
+    let nodes = cluster(2, |c| {
+        c.snapshot_chunk_bytes = 64 << 10;
+        c.snapshot_bytes_per_sec_max = 2 << 20;
+    });
+    let mut it = nodes.into_iter();
+    let (a, a_rx) = it.next().unwrap();
+    let (b, b_rx) = it.next().unwrap();
+    let started = Instant::now();
+    a.send_snapshot(snapshot_message(6, size)).unwrap();
+    let deadline = started + Duration::from_secs(20);
+    loop {
+        let (out, inb) = (a.snapshot_streams(), b.snapshot_streams());
+        if out.sending == 1 && out.send_bytes_done > 0 && inb.receiving == 1 {
+            assert_eq!(out.send_bytes_total, size as u64, "{out:?}");
+            assert!(out.send_bytes_done <= size as u64, "{out:?}");
+            assert_eq!(inb.receive_bytes_total, size as u64, "{inb:?}");
+            assert!(inb.receive_bytes_done <= size as u64, "{inb:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream never seen under way: {out:?} {inb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut a_inbox = Inbox::new(a_rx);
+    assert_eq!(snapshot_status(&mut a_inbox, 6), SnapshotStatus::Finished);
+    let span = started.elapsed();
+    assert!(
+        span >= Duration::from_millis(500),
+        "1 MiB at 2 MiB/s in {span:?}"
+    );
+    assert_eq!(a.snapshot_streams(), Default::default());
+    let mut b_inbox = Inbox::new(b_rx);
+    while b.snapshot_streams() != Default::default() {
+        assert!(
+            Instant::now() < deadline,
+            "receiver still counts the stream"
+        );
+        let _ = b_inbox.next(Duration::from_millis(10));
+    }
+}
+
+/// A stream cut half-way (the receiving node goes away) is reported as failed; a later
+/// send to the node, back on a new address, delivers the whole snapshot.
+#[test]
+fn a_snapshot_stream_cut_half_way_fails_and_a_later_one_arrives() {
+    let size = 4 << 20;
+    let slow = |c: &mut flotilla_transport::TransportConfig| {
+        c.snapshot_chunk_bytes = 64 << 10;
+        c.snapshot_bytes_per_sec_max = 4 << 20;
+        c.snapshot_idle_timeout = Duration::from_secs(2);
+    };
+    let nodes = cluster(2, slow);
+    let mut it = nodes.into_iter();
+    let (a, a_rx) = it.next().unwrap();
+    let (b, b_rx) = it.next().unwrap();
+    let mut a_inbox = Inbox::new(a_rx);
+    a.send_snapshot(snapshot_message(7, size)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Half-way (or at least started): the receiver goes away.
+    while b.snapshot_streams().receive_bytes_done < (size as u64) / 4 {
+        assert!(Instant::now() < deadline, "stream never started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(b.snapshot_streams().receive_bytes_done < size as u64);
+    drop(b_rx);
+    b.shutdown(Duration::from_millis(100));
+    assert_eq!(snapshot_status(&mut a_inbox, 7), SnapshotStatus::Failure);
+    assert_eq!(a.snapshot_streams(), Default::default());
+
+    let mut c = support::config(2);
+    slow(&mut c);
+    let (b2, b2_rx) = flotilla_transport::TcpTransport::start(c, []).expect("start");
+    a.add_peer(2, b2.local_addr());
+    let snapshot = snapshot_message(7, size);
+    let expected = snapshot.clone();
+    a.send_snapshot(snapshot).unwrap();
+    assert_eq!(snapshot_status(&mut a_inbox, 7), SnapshotStatus::Finished);
+    let mut b2_inbox = Inbox::new(b2_rx);
+    loop {
+        match b2_inbox.next(Duration::from_secs(10)) {
+            Some(Inbound::Messages { mut envelopes, .. }) => {
+                let e = envelopes.pop().expect("one envelope");
+                assert_eq!(e, expected, "snapshot data differs");
+                break;
+            }
+            Some(Inbound::Event(_)) => {}
+            None => panic!("the second snapshot never arrived"),
+        }
+    }
+    assert_eq!(a.stats().snapshots_sent, 1);
+    assert_eq!(a.stats().snapshots_failed, 1);
+}

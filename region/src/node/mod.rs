@@ -19,6 +19,7 @@ mod peer_storage;
 mod placement;
 mod region_table;
 mod runner;
+mod snapshot_builder;
 mod split;
 mod store;
 
@@ -59,6 +60,10 @@ pub use placement::{
 };
 pub use region_table::RegionTable;
 pub use runner::{Node, NodeConfig, BOOTSTRAP_RECORD};
+pub use snapshot_builder::{
+    SnapshotBuildHook, SnapshotBuildStats, SnapshotBuilds, SnapshotProgress, SNAPSHOT_BUILDS_MAX,
+    SNAPSHOT_QUEUE_MAX, SNAPSHOT_READY_TTL, SNAPSHOT_RETRY_PAUSE,
+};
 pub use split::{plan_split, split_region_id, SplitPlan, REGION_ID_MAX};
 pub use store::{
     bootstrap, bootstrap_peer_id, EngineOpener, LogSlot, RegionMap, RegionRoute, RegionStatus,
@@ -584,6 +589,18 @@ impl NodeHandle {
             reply,
         })
         .await
+    }
+
+    /// The node's snapshots under way: builds, and streams sent and received.
+    pub async fn snapshot_progress(&self) -> Result<SnapshotProgress, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(StoreMsg::SnapshotProgress { reply })
+            .map_err(|_| NodeError::Stopped)?;
+        tokio::time::timeout(self.timeout, rx)
+            .await
+            .map_err(|_| NodeError::Timeout)?
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// Every replica's state on this node.

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use flotilla_common::{codec, ConfState, Entry, Snapshot, SnapshotMetadata};
-use flotilla_engine::{EngineError, KeyRange, KvStore, RaftLog, SnapshotChunk, SnapshotHeader};
+use flotilla_common::{ConfState, Entry, Snapshot};
+use flotilla_engine::{EngineError, KvStore, RaftLog, SnapshotChunk, SnapshotHeader};
 use serde::{Deserialize, Serialize};
 
 use super::descriptor::RegionDescriptor;
+use super::snapshot_builder::SnapshotBuilds;
 use crate::raft::{RaftState, Storage, StorageError};
 
 /// A region's state-machine image as carried in a raft snapshot's data.
@@ -24,7 +24,7 @@ pub struct RegionSnapshotData {
 /// must be split first (the transport streams snapshots in chunks under this bound).
 pub const SNAPSHOT_DATA_BYTES_MAX: usize = 128 << 20;
 
-fn storage_error(e: EngineError) -> StorageError {
+pub(crate) fn storage_error(e: EngineError) -> StorageError {
     match e {
         EngineError::Compacted { .. } => StorageError::Compacted,
         EngineError::Unavailable { .. } => StorageError::Unavailable,
@@ -38,12 +38,23 @@ pub struct PeerStorage {
     region_id: u64,
     log: Arc<dyn RaftLog>,
     kv: Arc<KvStore>,
+    builds: SnapshotBuilds,
 }
 
 impl PeerStorage {
-    /// The storage of `region_id`.
-    pub fn new(region_id: u64, log: Arc<dyn RaftLog>, kv: Arc<KvStore>) -> Self {
-        PeerStorage { region_id, log, kv }
+    /// The storage of `region_id`; its snapshots are built by `builds` (the node's).
+    pub fn new(
+        region_id: u64,
+        log: Arc<dyn RaftLog>,
+        kv: Arc<KvStore>,
+        builds: SnapshotBuilds,
+    ) -> Self {
+        PeerStorage {
+            region_id,
+            log,
+            kv,
+            builds,
+        }
     }
 
     /// The region's descriptor as of its applied index.
@@ -54,57 +65,6 @@ impl PeerStorage {
         RegionDescriptor::decode(&bytes)
             .map(Some)
             .map_err(|e| StorageError::Other(format!("region {} descriptor: {e}", self.region_id)))
-    }
-
-    /// Builds the region's snapshot from the key-value store at its applied index.
-    pub fn build_snapshot(&self) -> Result<Snapshot, StorageError> {
-        let desc = self.descriptor()?.ok_or_else(|| {
-            StorageError::Other(format!("region {} has no descriptor", self.region_id))
-        })?;
-        let range = KeyRange::new(desc.start_key.clone(), desc.end_key.clone());
-        let stream = self
-            .kv
-            .snapshot_region(self.region_id, range)
-            .map_err(storage_error)?;
-        let header = stream.header().clone();
-        let mut chunks = Vec::new();
-        let mut bytes = 0usize;
-        for chunk in stream {
-            let chunk = chunk.map_err(storage_error)?;
-            bytes += chunk
-                .pairs
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-            if bytes > SNAPSHOT_DATA_BYTES_MAX {
-                return Err(StorageError::Other(format!(
-                    "region {} is over {SNAPSHOT_DATA_BYTES_MAX} bytes: split it before snapshotting",
-                    self.region_id
-                )));
-            }
-            chunks.push(chunk);
-        }
-        let index = header.applied_index;
-        let term = self
-            .log
-            .term(self.region_id, index)
-            .map_err(storage_error)?;
-        let conf_state = match &header.descriptor {
-            Some(d) => RegionDescriptor::decode(d)
-                .map_err(|e| StorageError::Other(e.to_string()))?
-                .conf_state(),
-            None => desc.conf_state(),
-        };
-        let data = codec::encode(&RegionSnapshotData { header, chunks })
-            .map_err(|e| StorageError::Other(e.to_string()))?;
-        Ok(Snapshot {
-            metadata: SnapshotMetadata {
-                index,
-                term,
-                conf_state,
-            },
-            data: Bytes::from(data),
-        })
     }
 }
 
@@ -146,7 +106,9 @@ impl Storage for PeerStorage {
         Ok(self.log.last_index(self.region_id))
     }
 
-    fn snapshot(&self, _request_index: u64) -> Result<Snapshot, StorageError> {
-        self.build_snapshot()
+    /// Never builds on the caller's thread: see [`SnapshotBuilds::take`].
+    fn snapshot(&self, request_index: u64) -> Result<Snapshot, StorageError> {
+        self.builds
+            .take(self.region_id, request_index, &self.log, &self.kv)
     }
 }

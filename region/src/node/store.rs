@@ -46,6 +46,7 @@ use super::peer::{
     Reply, ScanPage,
 };
 use super::peer_storage::{PeerStorage, RegionSnapshotData};
+use super::snapshot_builder::{SnapshotBuildHook, SnapshotBuilds, SnapshotProgress};
 use super::split::{plan_split, split_region_id, SplitPlan};
 use crate::raft::{self, Command, ReadOnlyOption, Role, SessionOutcome};
 
@@ -137,6 +138,9 @@ pub struct StoreConfig {
     /// the whole cluster, and two balancers would undo each other's moves).
     #[serde(default = "default_true")]
     pub balance_leaders: bool,
+    /// Runs in every snapshot build (tests only; see [`SnapshotBuildHook`]).
+    #[serde(skip)]
+    pub snapshot_build_hook: SnapshotBuildHook,
 }
 
 fn default_true() -> bool {
@@ -158,6 +162,7 @@ impl Default for StoreConfig {
             auto_merge: false,
             region_merge_bytes: 16 << 20,
             balance_leaders: true,
+            snapshot_build_hook: SnapshotBuildHook::default(),
         }
     }
 }
@@ -349,6 +354,11 @@ pub enum StoreMsg {
         /// What was done.
         reply: Reply<ChangeOutcome>,
     },
+    /// Report the node's snapshot builds and streams under way.
+    SnapshotProgress {
+        /// Where the report goes.
+        reply: oneshot::Sender<SnapshotProgress>,
+    },
     /// Report every replica's state.
     Status {
         /// Where the report goes.
@@ -410,6 +420,8 @@ pub struct Store {
     round_started: Instant,
     /// Receive times of the writes answered in the current round.
     latencies: ProposalLatencies,
+    /// The node's snapshot builds, off this thread (every replica's storage shares them).
+    snapshot_builds: SnapshotBuilds,
 }
 
 /// Writes the first regions of a new cluster: `regions` regions evenly splitting the key
@@ -613,7 +625,9 @@ impl Store {
         log: Arc<dyn RaftLog>,
         kv: Arc<KvStore>,
     ) -> Result<Store, Box<(StoreShell, NodeError)>> {
+        let snapshot_builds = SnapshotBuilds::new(shell.cfg.snapshot_build_hook.clone());
         let mut store = Store {
+            snapshot_builds,
             cfg: shell.cfg,
             peers: BTreeMap::new(),
             log,
@@ -670,7 +684,12 @@ impl Store {
     /// Creates the replica of `region_id` from its stored descriptor. `campaign`: whether
     /// it starts an election at once (`None`: only a new cluster's preferred replica does).
     fn load_region(&mut self, region_id: u64, campaign: Option<bool>) -> Result<(), NodeError> {
-        let ps = PeerStorage::new(region_id, self.log.clone(), self.kv.clone());
+        let ps = PeerStorage::new(
+            region_id,
+            self.log.clone(),
+            self.kv.clone(),
+            self.snapshot_builds.clone(),
+        );
         let Some(desc) = ps
             .descriptor()
             .map_err(|e| NodeError::Storage(e.to_string()))?
@@ -803,6 +822,7 @@ impl Store {
                     self.check_splits();
                 }
                 if self.ticks.is_multiple_of(COMPACT_CHECK_TICKS) {
+                    self.snapshot_builds.expire();
                     if let Err(e) = self.compact_logs() {
                         error!(node = self.cfg.node_id, "log compaction failed: {e}");
                         return Some(e);
@@ -936,6 +956,12 @@ impl Store {
             StoreMsg::AllocateId { reply } => {
                 let r = self.kv.next_id().map_err(storage_error);
                 let _ = reply.send(r);
+            }
+            StoreMsg::SnapshotProgress { reply } => {
+                let _ = reply.send(SnapshotProgress {
+                    builds: self.snapshot_builds.stats(),
+                    streams: self.transport.snapshot_streams(),
+                });
             }
             StoreMsg::Status { reply } => {
                 let out = self

@@ -35,7 +35,7 @@ use parking_lot::RwLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender as Sender};
 use tracing::{debug, error, info, warn};
 
-use super::{RegionMap, Store, StoreConfig, StoreMsg};
+use super::{RegionMap, SnapshotProgress, Store, StoreConfig, StoreMsg};
 use crate::node::error::{storage_error, NodeError};
 use crate::node::metrics::{NodeMetrics, NodeSample};
 
@@ -289,6 +289,13 @@ impl StoreShell {
             // No replica here right now.
             StoreMsg::Status { reply } => {
                 let _ = reply.send(Vec::new());
+            }
+            // Builds of the dropped replicas finish on their own; streams go on.
+            StoreMsg::SnapshotProgress { reply } => {
+                let _ = reply.send(SnapshotProgress {
+                    builds: Default::default(),
+                    streams: self.transport.snapshot_streams(),
+                });
             }
             // Raft traffic and the results of measurements started before the failure:
             // the replicas they were for are gone (the senders retry; the measurements
