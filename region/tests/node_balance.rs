@@ -40,6 +40,13 @@ struct Cluster {
 impl Cluster {
     /// Nodes 1–3, bootstrapped with `regions` regions.
     fn start(regions: usize) -> Cluster {
+        // The nodes' logs, when asked for (`RUST_LOG=info cargo test … -- --nocapture`).
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let mut c = Cluster {
             nodes: BTreeMap::new(),
             dirs: BTreeMap::new(),
@@ -319,7 +326,11 @@ fn watch_quorums(
             for h in handles.read().iter() {
                 for r in h.cluster().regions() {
                     let voters = r.peers.iter().filter(|p| p.role == PeerRole::Voter).count();
-                    assert!(voters >= 3, "region {} down to {voters} voters: {r:?}", r.id);
+                    assert!(
+                        voters >= 3,
+                        "region {} down to {voters} voters: {r:?}",
+                        r.id
+                    );
                 }
             }
             looks += 1;
@@ -358,7 +369,10 @@ async fn grows_from_three_to_five_nodes_and_shrinks_back_under_load() {
 
     // Shrink: node 5, then node 4, drained and retired.
     for gone in [5, 4] {
-        c.handle(1).cluster().remove_node(gone).expect("remove-node");
+        c.handle(1)
+            .cluster()
+            .remove_node(gone)
+            .expect("remove-node");
         let deadline = Instant::now() + Duration::from_secs(90);
         while !c.handles().iter().filter(|h| h.node_id() != gone).all(|h| {
             h.cluster()
@@ -374,9 +388,11 @@ async fn grows_from_three_to_five_nodes_and_shrinks_back_under_load() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        wait_until(Duration::from_secs(10), "the removed node to drop its replicas", || {
-            c.handle(gone).regions().all().is_empty()
-        })
+        wait_until(
+            Duration::from_secs(10),
+            "the removed node to drop its replicas",
+            || c.handle(gone).regions().all().is_empty(),
+        )
         .await;
         // It is no longer gossiped to: stop it.
         c.nodes.remove(&gone).expect("running").stop();
@@ -421,7 +437,10 @@ async fn a_dead_nodes_replicas_are_rebuilt_and_a_fresh_node_takes_its_share() {
         "rebuilt only once the node was down for node_down_timeout"
     );
 
-    c.handle(1).cluster().remove_node(4).expect("remove-node of a dead node");
+    c.handle(1)
+        .cluster()
+        .remove_node(4)
+        .expect("remove-node of a dead node");
     wait_until(Duration::from_secs(10), "node 4 to be retired", || {
         c.handles().iter().all(|h| {
             h.cluster()

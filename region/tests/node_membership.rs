@@ -526,6 +526,59 @@ async fn a_replica_moves_back_to_a_node_it_left() {
 }
 
 /// Moving the leader's replica hands the leadership to the new voter first.
+/// A replica destroyed with entries committed but not applied leaves a hard state whose
+/// commit is past the log it kept (cut at the applied index). Moving the region back to
+/// that node creates a new replica over that log: it must load (a balancer moving
+/// replicas back and forth under load hit this), not fail and leave the learner behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_moves_back_over_a_commit_left_past_the_log() {
+    let mut cluster = start_cluster(store_config);
+    let h1 = cluster.handle(1);
+    wait_for_leaders(&h1).await;
+    write_keys(&h1, key1, 0, 20).await;
+    h1.move_replica(REGION, 3, 4).await.expect("move to node 4");
+    let h3 = cluster.handle(3);
+    wait_until(
+        Duration::from_secs(5),
+        "node 3 to drop region 1",
+        || async { !holds(&h3, REGION).await },
+    )
+    .await;
+    // What a destruction between commit and apply leaves: commit past the last index.
+    cluster.stop_node(3);
+    {
+        let opener = flotilla_region::node::EngineOpener::new(
+            cluster.dirs[2].path().to_path_buf(),
+            EngineConfig::default(),
+        );
+        let (log, _kv) = opener.open().expect("node 3's engine opens");
+        let hs = log.hard_state(REGION);
+        let last = log.last_index(REGION);
+        let mut batch = flotilla_engine::LogBatch::new();
+        batch.push(flotilla_engine::RegionBatch::new(REGION).with_hard_state(
+            flotilla_common::HardState {
+                commit: last + 3,
+                ..hs
+            },
+        ));
+        log.write(batch).expect("hard state written");
+    }
+    cluster.restart_node(3);
+    write_keys(&h1, key1, 20, 10).await;
+    h1.move_replica(REGION, 4, 3)
+        .await
+        .expect("move back to node 3");
+    let h3 = cluster.handle(3);
+    for i in 0..30 {
+        assert_eq!(
+            h3.get(key1(i)).await.expect("read on node 3"),
+            Some(Bytes::from(format!("v{i}"))),
+            "key {i}"
+        );
+    }
+    cluster.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_the_leaders_replica_hands_the_leadership_over_first() {
     let cluster = start_cluster(store_config);

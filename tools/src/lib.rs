@@ -27,5 +27,6 @@ pub use resp::{RespLimits, RespServer};
 pub use service::{
     AddNodeRequest, ClientRoute, ClientSession, ClusterNodeStatus, ClusterRegionStatus,
     EpochNotMatch, EpochStatus, ExpectedRoute, KvService, MemberRole, NodeStatus, PeerStatus,
-    PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError, ServiceFuture, SnapshotsStatus, StatusSource,
+    PutCondition, RegionStatus, ReplicaRole, RouteEntry, ServiceError, ServiceFuture,
+    SnapshotsStatus, StatusSource,
 };

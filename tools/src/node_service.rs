@@ -24,8 +24,8 @@ use flotilla_region::node::NodeEntry;
 use crate::service::{
     AddNodeRequest, ClientRoute, ClientSession, ClusterNodeStatus, ClusterRegionStatus,
     EpochNotMatch, EpochStatus, KvService, MemberRole, NodeStatus, PeerStatus, PutCondition,
-    RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError, ServiceFuture, SnapshotsStatus,
-    StatusSource,
+    RegionStatus, ReplicaRole, RouteDescriptor, RouteEntry, ServiceError, ServiceFuture,
+    SnapshotsStatus, StatusSource,
 };
 
 /// Retries of a write dropped by a leadership change, at most (same session each time).

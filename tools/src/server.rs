@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use flotilla_engine::EngineConfig;
 use flotilla_region::node::{
-    BalancerConfig, ClusterConfig, Node, NodeAddresses, NodeConfig, NodeEntry, NodeHandle, StoreConfig,
-    DIRECTORY_FILE,
+    BalancerConfig, ClusterConfig, Node, NodeAddresses, NodeConfig, NodeEntry, NodeHandle,
+    StoreConfig, DIRECTORY_FILE,
 };
 use flotilla_transport::{TcpTransport, TransportConfig};
 use serde::{Deserialize, Serialize};

@@ -210,20 +210,33 @@ fn take_order(
             {
                 let mut a = active.lock();
                 if a.contains_key(&region_id) {
-                    debug!(region = region_id, "a move of this region is already running here");
+                    debug!(
+                        region = region_id,
+                        "a move of this region is already running here"
+                    );
                     return;
                 }
                 a.insert(region_id, m);
             }
             let (handle, view, active) = (handle.clone(), view.clone(), active.clone());
             tokio::task::spawn_local(async move {
-                info!(region = region_id, from = from_node, to, "moving a replica (ordered)");
+                info!(
+                    region = region_id,
+                    from = from_node,
+                    to,
+                    "moving a replica (ordered)"
+                );
                 let r = handle.move_replica(region_id, from_node, to).await;
                 active.lock().remove(&region_id);
                 let error = match r {
                     Ok(()) => None,
                     Err(e) => {
-                        warn!(region = region_id, from = from_node, to, "ordered move failed: {e}");
+                        warn!(
+                            region = region_id,
+                            from = from_node,
+                            to,
+                            "ordered move failed: {e}"
+                        );
                         Some(e.to_string())
                     }
                 };
@@ -246,7 +259,10 @@ fn take_order(
             let handle = handle.clone();
             tokio::task::spawn_local(async move {
                 if let Err(e) = handle.transfer_leader(region_id, to).await {
-                    debug!(region = region_id, to, "ordered leader transfer failed: {e}");
+                    debug!(
+                        region = region_id,
+                        to, "ordered leader transfer failed: {e}"
+                    );
                 }
             });
         }
@@ -295,7 +311,10 @@ fn coordinate(
     let mut out = Vec::new();
     if !is_coordinator(handle) {
         if coord.since.take().is_some() {
-            info!(node = handle.node_id(), "no longer the balancer's coordinator");
+            info!(
+                node = handle.node_id(),
+                "no longer the balancer's coordinator"
+            );
         }
         coord.orders.clear();
         coord.learners_seen.clear();
@@ -365,7 +384,11 @@ fn coordinate(
     coord.learners_seen = seen;
     for (r, learner) in stray {
         if let Some(leader) = r.leader_node {
-            info!(region = r.id, node = learner, "removing a learner left behind");
+            info!(
+                region = r.id,
+                node = learner,
+                "removing a learner left behind"
+            );
             out.push((
                 leader,
                 NodeMessage::RemoveReplica {
@@ -388,7 +411,10 @@ fn coordinate(
         info!(node = handle.node_id(), ?action, "balancing");
         match action {
             PlacementAction::MoveReplica {
-                region_id, from, to, ..
+                region_id,
+                from,
+                to,
+                ..
             } => {
                 coord.orders.insert(
                     region_id,
@@ -456,8 +482,7 @@ fn retire_drained(handle: &NodeHandle, view: &ClusterView, regions: &[RegionSumm
         .collect();
     for n in view.nodes() {
         let id = n.entry.node_id;
-        if n.entry.state != NodeState::Removing || holding.contains(&id) || id == handle.node_id()
-        {
+        if n.entry.state != NodeState::Removing || holding.contains(&id) || id == handle.node_id() {
             continue;
         }
         if n.alive && n.replicas > 0 {

@@ -1577,6 +1577,12 @@ impl Store {
             );
             return;
         }
+        // What a replica of this region destroyed here before may have left (data dirs
+        // written before destruction did this itself).
+        if let Err(e) = self.forget_commit_past_log(region_id) {
+            error!(region = region_id, "cannot create a replica: {e}");
+            return;
+        }
         let mut round = ApplyRound::new();
         round.set_descriptor(region_id, desc.encode());
         round.set_applied(region_id, 0);

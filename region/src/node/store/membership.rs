@@ -495,6 +495,7 @@ impl Store {
             ));
             self.log.write(batch).map_err(storage)?;
         }
+        self.forget_commit_past_log(region_id)?;
         let overlaps = self.peers.values().any(|o| {
             let a = &o.desc;
             (desc.end_key.is_empty() || a.start_key < desc.end_key)
@@ -510,6 +511,25 @@ impl Store {
         self.kv
             .destroy_region(region_id, (!overlaps).then_some(&range))
             .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Lowers the stored commit index of a region with no replica here to the last index
+    /// of what is left of its log. A replica destroyed with entries committed but not yet
+    /// applied leaves a hard state whose commit is past the entries kept (the log is cut
+    /// at the applied index); a replica of the region created here later (a new raft peer,
+    /// from a snapshot) would refuse to load over it. The term and vote stay: terms only
+    /// grow, and a vote of the old peer binds nobody the new one could vote for.
+    pub(super) fn forget_commit_past_log(&mut self, region_id: u64) -> Result<(), NodeError> {
+        let hs = self.log.hard_state(region_id);
+        let last = self.log.last_index(region_id);
+        if hs.commit <= last {
+            return Ok(());
+        }
+        let hs = flotilla_common::HardState { commit: last, ..hs };
+        let mut batch = LogBatch::new();
+        batch.push(RegionBatch::new(region_id).with_hard_state(hs));
+        self.log.write(batch).map_err(storage_error)?;
         Ok(())
     }
 
