@@ -90,10 +90,11 @@ impl Cluster {
                     enabled: true,
                     interval: Duration::from_millis(200),
                     node_down_timeout: NODE_DOWN,
+                    replicas: 3,
                     max_concurrent_moves: 8,
                     leader_transfers_max: 8,
                     move_timeout: Duration::from_secs(30),
-                    stray_learner_timeout: Duration::from_secs(30),
+                    stray_learner_timeout: Duration::from_secs(5),
                 },
             },
         }

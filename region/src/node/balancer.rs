@@ -46,6 +46,7 @@ use tracing::{debug, info, warn};
 use super::cluster::ClusterView;
 use super::descriptor::PeerRole;
 use super::directory::NodeState;
+use super::error::NodeError;
 use super::node_message::{NodeMessage, RegionSummary};
 use super::placement::{
     plan as plan_placement, PlacementAction, PlacementConfig, PlacementNode, PlacementRegion,
@@ -55,6 +56,8 @@ use super::NodeHandle;
 /// The balancer's settings.
 #[derive(Debug, Clone)]
 pub struct BalancerConfig {
+    /// Voters every region should have.
+    pub replicas: usize,
     /// Whether this node balances (as coordinator) at all. Orders from another node's
     /// balancer are carried out either way.
     pub enabled: bool,
@@ -69,13 +72,15 @@ pub struct BalancerConfig {
     /// An ordered move not reported done after this long is forgotten (and may be
     /// planned again).
     pub move_timeout: Duration,
-    /// A learner with no move of the coordinator on its region for this long is removed.
+    /// A learner with no move of the coordinator on its region for this long is removed,
+    /// and a region with the wrong number of voters for this long is repaired.
     pub stray_learner_timeout: Duration,
 }
 
 impl Default for BalancerConfig {
     fn default() -> Self {
         BalancerConfig {
+            replicas: 3,
             enabled: false,
             interval: Duration::from_secs(2),
             node_down_timeout: Duration::from_secs(60),
@@ -92,8 +97,8 @@ impl Default for BalancerConfig {
 pub struct ActiveMove {
     /// The region.
     pub region_id: u64,
-    /// The node whose replica goes away.
-    pub from: u64,
+    /// The node whose replica goes away (`None`: a voter is only added).
+    pub from: Option<u64>,
     /// The node that gets one.
     pub to: u64,
 }
@@ -104,8 +109,10 @@ pub type ActiveMoves = Arc<Mutex<BTreeMap<u64, ActiveMove>>>;
 /// A move the coordinator ordered and has not seen end.
 #[derive(Debug, Clone, Copy)]
 struct Order {
-    from: u64,
-    to: u64,
+    /// The node whose replica goes (`None`: none).
+    from: Option<u64>,
+    /// The node that gets a voter (`None`: none).
+    to: Option<u64>,
     sent: Instant,
 }
 
@@ -121,15 +128,118 @@ struct Coordinator {
     orders: BTreeMap<u64, Order>,
     /// Since when each (region, learner node) has been seen a learner.
     learners_seen: BTreeMap<(u64, u64), Instant>,
+    /// Since when each region has been seen with the wrong number of voters.
+    miscounted_seen: BTreeMap<u64, Instant>,
     /// When the coordinator last planned.
     planned: Option<Instant>,
 }
 
-/// Whether the view shows the ordered move of `region` finished: `to` holds a voter (or
-/// the learner it was to become, when it replaced a learner) and `from` nothing.
+/// Whether the view shows the ordered change of `region` finished: `to` holds a voter and
+/// `from` nothing.
 fn move_shows_done(r: &RegionSummary, o: &Order) -> bool {
     let on = |n: u64| r.peers.iter().find(|p| p.node_id == n);
-    on(o.from).is_none() && on(o.to).is_some_and(|p| p.role == PeerRole::Voter)
+    o.from.is_none_or(|f| on(f).is_none())
+        && o.to
+            .is_none_or(|t| on(t).is_some_and(|p| p.role == PeerRole::Voter))
+}
+
+/// A fix for a region with the wrong number of voters (a move that died half-way, a
+/// replica on a node that left for good with no node to rebuild it on until now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Remove the voter on `node`: the region has more voters than it should.
+    RemoveVoter {
+        /// The region.
+        region_id: u64,
+        /// The node whose voter goes.
+        node: u64,
+    },
+    /// Add a voter on `node` (a learner, promoted once caught up): the region has fewer
+    /// voters than it should.
+    AddVoter {
+        /// The region.
+        region_id: u64,
+        /// The node that gets it.
+        node: u64,
+    },
+}
+
+/// What to fix in regions that are not busy and have the wrong number of voters:
+/// one too many loses the voter on a down node first, then on a draining one, then on the
+/// node holding the most replicas — never the leader's; one too few gets a voter on the
+/// live, non-draining node without a replica that holds the fewest. A region is fixed
+/// only while a quorum of its voters is on live nodes (else nothing can commit). At most
+/// `max` repairs.
+pub fn plan_repairs(
+    nodes: &[PlacementNode],
+    regions: &[PlacementRegion],
+    replicas: usize,
+    max: usize,
+) -> Vec<Repair> {
+    let node = |id: u64| nodes.iter().find(|n| n.id == id);
+    let live = |id: u64| node(id).is_some_and(|n| !n.down);
+    let mut load: BTreeMap<u64, usize> = nodes.iter().map(|n| (n.id, 0)).collect();
+    for r in regions {
+        for n in r.voters.iter().chain(&r.learners) {
+            *load.entry(*n).or_insert(0) += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for r in regions {
+        if out.len() >= max {
+            break;
+        }
+        if r.busy || !r.learners.is_empty() {
+            continue;
+        }
+        let live_voters = r.voters.iter().filter(|&&n| live(n)).count();
+        if live_voters * 2 <= r.voters.len() {
+            continue;
+        }
+        if r.voters.len() > replicas {
+            let rank = |n: u64| {
+                let info = node(n);
+                let class = match info {
+                    None => 0,
+                    Some(i) if i.down => 0,
+                    Some(i) if i.draining => 1,
+                    Some(_) => 2,
+                };
+                (
+                    class,
+                    std::cmp::Reverse(load.get(&n).copied().unwrap_or(0)),
+                    n,
+                )
+            };
+            if let Some(&n) = r
+                .voters
+                .iter()
+                .filter(|&&n| Some(n) != r.leader)
+                .min_by_key(|&&n| rank(n))
+            {
+                out.push(Repair::RemoveVoter {
+                    region_id: r.id,
+                    node: n,
+                });
+                if let Some(c) = load.get_mut(&n) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+        } else if r.voters.len() < replicas {
+            let target = nodes
+                .iter()
+                .filter(|n| !n.down && !n.draining && !r.voters.contains(&n.id))
+                .min_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id));
+            if let Some(t) = target {
+                out.push(Repair::AddVoter {
+                    region_id: r.id,
+                    node: t.id,
+                });
+                *load.entry(t.id).or_insert(0) += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Starts the balancer thread of a node: it carries out orders always, and coordinates
@@ -201,59 +311,9 @@ fn take_order(
             region_id,
             from: from_node,
             to,
-        } => {
-            let m = ActiveMove {
-                region_id,
-                from: from_node,
-                to,
-            };
-            {
-                let mut a = active.lock();
-                if a.contains_key(&region_id) {
-                    debug!(
-                        region = region_id,
-                        "a move of this region is already running here"
-                    );
-                    return;
-                }
-                a.insert(region_id, m);
-            }
-            let (handle, view, active) = (handle.clone(), view.clone(), active.clone());
-            tokio::task::spawn_local(async move {
-                info!(
-                    region = region_id,
-                    from = from_node,
-                    to,
-                    "moving a replica (ordered)"
-                );
-                let r = handle.move_replica(region_id, from_node, to).await;
-                active.lock().remove(&region_id);
-                let error = match r {
-                    Ok(()) => None,
-                    Err(e) => {
-                        warn!(
-                            region = region_id,
-                            from = from_node,
-                            to,
-                            "ordered move failed: {e}"
-                        );
-                        Some(e.to_string())
-                    }
-                };
-                let done = NodeMessage::MoveDone {
-                    region_id,
-                    from: from_node,
-                    to,
-                    error,
-                };
-                if from == handle.node_id() {
-                    // The coordinator ordered itself: it learns the outcome from its view.
-                    return;
-                }
-                if let Err(e) = view.send(from, &done) {
-                    debug!(region = region_id, "move report not sent: {e}");
-                }
-            });
+        } => run_move(handle, view, active, from, region_id, Some(from_node), to),
+        NodeMessage::AddReplica { region_id, to } => {
+            run_move(handle, view, active, from, region_id, None, to)
         }
         NodeMessage::TransferLeader { region_id, to } => {
             let handle = handle.clone();
@@ -274,22 +334,83 @@ fn take_order(
                 }
             });
         }
-        NodeMessage::MoveDone {
-            region_id,
-            from: from_node,
-            to,
-            error,
-        } => {
-            if let Some(o) = coord.orders.get(&region_id) {
-                if o.from == from_node && o.to == to && error.is_some() {
-                    // Failed: the next plan may try again (another way).
-                    coord.orders.remove(&region_id);
-                }
+        NodeMessage::MoveDone { region_id, error } => {
+            if let Some(e) = error {
+                // Failed: the next plan may try again (another way).
+                debug!(region = region_id, from, "ordered move failed: {e}");
+                coord.orders.remove(&region_id);
             }
-            let _ = from;
         }
         NodeMessage::Gossip(_) => {}
     }
+}
+
+/// Carries out a move (`from: None`: only adds a voter on `to`) ordered by node `by`, one
+/// per region at a time, and reports the outcome to `by`.
+fn run_move(
+    handle: &NodeHandle,
+    view: &Arc<ClusterView>,
+    active: &ActiveMoves,
+    by: u64,
+    region_id: u64,
+    from: Option<u64>,
+    to: u64,
+) {
+    {
+        let mut a = active.lock();
+        if a.contains_key(&region_id) {
+            debug!(
+                region = region_id,
+                "a move of this region is already running here"
+            );
+            return;
+        }
+        a.insert(
+            region_id,
+            ActiveMove {
+                region_id,
+                from,
+                to,
+            },
+        );
+    }
+    let (handle, view, active) = (handle.clone(), view.clone(), active.clone());
+    tokio::task::spawn_local(async move {
+        info!(region = region_id, ?from, to, "moving a replica (ordered)");
+        let r = match from {
+            Some(f) => handle.move_replica(region_id, f, to).await,
+            None => add_voter(&handle, region_id, to).await,
+        };
+        active.lock().remove(&region_id);
+        let error = match r {
+            Ok(()) => None,
+            Err(e) => {
+                warn!(region = region_id, ?from, to, "ordered move failed: {e}");
+                Some(e.to_string())
+            }
+        };
+        if by == handle.node_id() {
+            // The coordinator ordered itself: it learns the outcome from its view.
+            return;
+        }
+        let done = NodeMessage::MoveDone { region_id, error };
+        if let Err(e) = view.send(by, &done) {
+            debug!(region = region_id, "move report not sent: {e}");
+        }
+    });
+}
+
+/// Adds a voter of `region_id` on `to`: a learner (kept if one is there), promoted.
+async fn add_voter(handle: &NodeHandle, region_id: u64, to: u64) -> Result<(), NodeError> {
+    let desc = handle.descriptor(region_id).await?;
+    match desc.peer_on_node(to) {
+        Some(p) if p.role == PeerRole::Voter => return Ok(()),
+        Some(_) => {}
+        None => {
+            handle.add_learner(region_id, to).await?;
+        }
+    }
+    handle.promote_learner(region_id, to).await
 }
 
 /// Whether this node leads the first region (the one starting at the empty key).
@@ -399,7 +520,66 @@ fn coordinate(
             coord.learners_seen.remove(&(r.id, learner));
         }
     }
-    let in_flight = coord.orders.len() + busy_learners;
+    let mut in_flight = coord.orders.len() + busy_learners;
+    let mut placement_regions = placement_regions;
+    let room = cfg.max_concurrent_moves.saturating_sub(in_flight);
+    // A region with one voter too many or too few is normal for a moment (a move between
+    // its promotion and its removal, by this balancer or by hand): only one that stays so
+    // for `stray_learner_timeout` is repaired.
+    let mut miscounted = BTreeMap::new();
+    let due: Vec<PlacementRegion> = placement_regions
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if !r.busy && r.voters.len() != cfg.replicas {
+                let first = *coord.miscounted_seen.get(&r.id).unwrap_or(&now);
+                miscounted.insert(r.id, first);
+                r.busy |= now.duration_since(first) < cfg.stray_learner_timeout;
+            }
+            r
+        })
+        .collect();
+    coord.miscounted_seen = miscounted;
+    for repair in plan_repairs(&nodes, &due, cfg.replicas, room) {
+        let (region_id, order, msg) = match repair {
+            Repair::RemoveVoter { region_id, node } => (
+                region_id,
+                Order {
+                    from: Some(node),
+                    to: None,
+                    sent: now,
+                },
+                NodeMessage::RemoveReplica { region_id, node },
+            ),
+            Repair::AddVoter { region_id, node } => (
+                region_id,
+                Order {
+                    from: None,
+                    to: Some(node),
+                    sent: now,
+                },
+                NodeMessage::AddReplica {
+                    region_id,
+                    to: node,
+                },
+            ),
+        };
+        let Some(leader) = by_id.get(&region_id).and_then(|r| r.leader_node) else {
+            continue;
+        };
+        info!(
+            node = handle.node_id(),
+            ?repair,
+            "repairing a region's voters"
+        );
+        coord.miscounted_seen.remove(&region_id);
+        coord.orders.insert(region_id, order);
+        in_flight += 1;
+        if let Some(r) = placement_regions.iter_mut().find(|r| r.id == region_id) {
+            r.busy = true;
+        }
+        out.push((leader, msg));
+    }
     let pcfg = PlacementConfig {
         max_concurrent_moves: cfg.max_concurrent_moves,
         leader_transfers_max: cfg.leader_transfers_max,
@@ -419,8 +599,8 @@ fn coordinate(
                 coord.orders.insert(
                     region_id,
                     Order {
-                        from,
-                        to,
+                        from: Some(from),
+                        to: Some(to),
                         sent: now,
                     },
                 );
@@ -492,5 +672,121 @@ fn retire_drained(handle: &NodeHandle, view: &ClusterView, regions: &[RegionSumm
             Ok(()) => info!(node = id, "drained node marked removed"),
             Err(e) => warn!(node = id, "drained node not marked removed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, down: bool, draining: bool) -> PlacementNode {
+        PlacementNode { id, draining, down }
+    }
+
+    fn region(id: u64, voters: &[u64], leader: u64) -> PlacementRegion {
+        PlacementRegion {
+            id,
+            voters: voters.to_vec(),
+            learners: vec![],
+            leader: Some(leader),
+            busy: false,
+        }
+    }
+
+    #[test]
+    fn an_extra_voter_on_a_down_node_goes_first() {
+        let nodes = [
+            node(1, false, false),
+            node(2, false, false),
+            node(3, false, false),
+            node(4, true, false),
+        ];
+        let regions = [region(7, &[1, 2, 3, 4], 1)];
+        assert_eq!(
+            plan_repairs(&nodes, &regions, 3, 4),
+            vec![Repair::RemoveVoter {
+                region_id: 7,
+                node: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn an_extra_voter_goes_from_the_most_loaded_node_never_the_leaders() {
+        let nodes = [
+            node(1, false, false),
+            node(2, false, false),
+            node(3, false, false),
+            node(4, false, false),
+        ];
+        // Node 1 holds the most replicas but leads region 7: node 2 (next most) loses it.
+        let regions = [
+            region(7, &[1, 2, 3, 4], 1),
+            region(8, &[1, 2, 3], 3),
+            region(9, &[1, 2, 4], 4),
+        ];
+        assert_eq!(
+            plan_repairs(&nodes, &regions, 3, 4),
+            vec![Repair::RemoveVoter {
+                region_id: 7,
+                node: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn a_missing_voter_goes_to_the_least_loaded_live_node() {
+        let nodes = [
+            node(1, false, false),
+            node(2, false, false),
+            node(3, false, true),
+            node(4, true, false),
+            node(5, false, false),
+            node(6, false, false),
+        ];
+        let regions = [region(7, &[1, 2], 1), region(8, &[1, 5, 2], 1)];
+        assert_eq!(
+            plan_repairs(&nodes, &regions, 3, 4),
+            vec![Repair::AddVoter {
+                region_id: 7,
+                node: 6
+            }]
+        );
+    }
+
+    #[test]
+    fn busy_regions_without_a_quorum_and_the_limit_are_respected() {
+        let nodes = [
+            node(1, false, false),
+            node(2, true, false),
+            node(3, true, false),
+            node(4, false, false),
+        ];
+        let mut busy = region(7, &[1, 4], 1);
+        busy.busy = true;
+        let mut learning = region(8, &[1, 4], 1);
+        learning.learners = vec![2];
+        let lost = region(9, &[1, 2, 3, 4], 1); // 2 of 4 live: no quorum
+        assert!(plan_repairs(&nodes, &[busy, learning, lost], 3, 4).is_empty());
+        let a = region(10, &[1, 4, 2, 3], 1);
+        let b = region(11, &[1, 4, 2, 3], 4);
+        let fine = region(12, &[1, 4, 2], 1);
+        assert_eq!(plan_repairs(&nodes, &[a, b, fine], 4, 1).len(), 0);
+        let a = region(10, &[1, 4, 2], 1);
+        let b = region(11, &[1, 4, 2], 4);
+        assert_eq!(
+            plan_repairs(&nodes, &[a, b], 3, 1),
+            vec![],
+            "three voters, two live of three: right count, nothing to do"
+        );
+        let a = region(10, &[1, 4, 2, 5], 1);
+        let nodes5 = [
+            node(1, false, false),
+            node(2, false, false),
+            node(4, false, false),
+            node(5, false, false),
+        ];
+        let b = region(11, &[1, 4, 2, 5], 4);
+        assert_eq!(plan_repairs(&nodes5, &[a, b], 3, 1).len(), 1, "the limit");
     }
 }

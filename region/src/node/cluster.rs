@@ -330,6 +330,7 @@ impl ClusterView {
             NodeMessage::MoveReplica { .. }
             | NodeMessage::TransferLeader { .. }
             | NodeMessage::RemoveReplica { .. }
+            | NodeMessage::AddReplica { .. }
             | NodeMessage::MoveDone { .. } => {}
         }
         self.subscribers.lock().retain(|s| {

@@ -43,15 +43,21 @@ pub enum NodeMessage {
         /// The node whose replica goes away.
         node: u64,
     },
-    /// The node that carried out a [`NodeMessage::MoveReplica`] → the balancer that
-    /// ordered it: the move ended, with `error` if it failed.
+    /// Balancer → the node leading `region_id`: add a voter on `to` (a learner, promoted
+    /// once caught up), then answer [`NodeMessage::MoveDone`]. For a region left with
+    /// fewer voters than it should have.
+    AddReplica {
+        /// The region.
+        region_id: u64,
+        /// The node that gets a voter.
+        to: u64,
+    },
+    /// The node that carried out a [`NodeMessage::MoveReplica`] or
+    /// [`NodeMessage::AddReplica`] → the balancer that ordered it: it ended, with `error`
+    /// if it failed.
     MoveDone {
         /// The region.
         region_id: u64,
-        /// As ordered.
-        from: u64,
-        /// As ordered.
-        to: u64,
         /// Why it failed (`None`: it succeeded).
         error: Option<String>,
     },
