@@ -280,7 +280,8 @@ fn spread(m: &BTreeMap<u64, usize>) -> usize {
 fn balanced(view: &NodeHandle, nodes: &BTreeSet<u64>, regions: usize) -> bool {
     let all = view.cluster().regions();
     let (replicas, leaders, settled) = counts(&all, nodes);
-    all.len() == regions
+    (regions == ANY_COUNT || all.len() == regions)
+        && tiles(&all)
         && settled
         && replicas.len() == nodes.len()
         && leaders.len() == nodes.len()
@@ -295,6 +296,24 @@ fn describe(view: &NodeHandle, nodes: &BTreeSet<u64>) -> String {
         "{} regions, settled {settled}, replicas {replicas:?}, leaders {leaders:?}",
         all.len()
     )
+}
+
+/// A region count for [`balanced`] that accepts any.
+const ANY_COUNT: usize = usize::MAX;
+
+/// Whether `regions` (in key order) cover the key space without gap or overlap.
+fn tiles(regions: &[RegionSummary]) -> bool {
+    let mut expected_start: &[u8] = b"";
+    for (i, r) in regions.iter().enumerate() {
+        if r.start_key.as_ref() != expected_start {
+            return false;
+        }
+        if r.end_key.is_empty() {
+            return i + 1 == regions.len();
+        }
+        expected_start = r.end_key.as_ref();
+    }
+    false
 }
 
 /// Waits until every node of `nodes` sees the cluster balanced over them.
@@ -454,6 +473,90 @@ async fn a_dead_nodes_replicas_are_rebuilt_and_a_fresh_node_takes_its_share() {
     c.start_node(5);
     *handles.write() = c.handles();
     wait_balanced(&c, &set(&[1, 2, 3, 5]), REGIONS, Duration::from_secs(60)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.push(w.await.expect("writer"));
+    }
+    check_writes(&c.handles(), &acked).await;
+    c.stop();
+}
+
+/// Test 4 of issue 9: membership changes interleaved with splits and merges. Two nodes
+/// join a three-node cluster of eight regions under write load while regions are split
+/// (a split during a move copies the move's learner into the new region: the balancer
+/// removes it) and neighbours on the same nodes are merged (a merge freezes its regions:
+/// moves of them are refused and planned again later). In the end the regions tile the
+/// key space, replicas and leaders are spread over the five nodes, and every acknowledged
+/// write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_changes_interleave_with_splits_and_merges() {
+    const REGIONS: usize = 8;
+    let mut c = Cluster::start(REGIONS);
+    wait_balanced(&c, &set(&[1, 2, 3]), REGIONS, Duration::from_secs(30)).await;
+    let handles = Arc::new(parking_lot::RwLock::new(c.handles()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(4, handles.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    c.start_node(4);
+    c.start_node(5);
+    *handles.write() = c.handles();
+    let (mut splits, mut merges) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut round = 0u64;
+    while (splits < 6 || merges < 2) && Instant::now() < deadline {
+        round += 1;
+        let hs = c.handles();
+        let regions = hs[0].cluster().regions();
+        // Split the region holding a key that moves across the key space.
+        let probe = ((round * 0x9e37) as u16).to_be_bytes();
+        if splits < 6 {
+            if let Some(r) = regions.iter().find(|r| r.contains(&probe)) {
+                if let Some(h) = r
+                    .leader_node
+                    .and_then(|n| hs.iter().find(|h| h.node_id() == n))
+                {
+                    if h.split(r.id, None).await.is_ok() {
+                        splits += 1;
+                    }
+                }
+            }
+        }
+        // Merge two neighbours whose voters are on the same nodes, if any.
+        if merges < 2 {
+            let nodes_of = |r: &RegionSummary| -> BTreeSet<u64> {
+                r.peers.iter().map(|p| p.node_id).collect()
+            };
+            for pair in regions.windows(2) {
+                let (a, b) = (&pair[0], &pair[1]);
+                if nodes_of(a) != nodes_of(b) || a.peers.len() != 3 {
+                    continue;
+                }
+                let Some(h) = a
+                    .leader_node
+                    .and_then(|n| hs.iter().find(|h| h.node_id() == n))
+                else {
+                    continue;
+                };
+                if h.merge(a.id, b.id).await.is_ok() {
+                    merges += 1;
+                }
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(splits >= 6, "only {splits} splits went through");
+    assert!(merges >= 1, "no merge went through");
+    wait_balanced(
+        &c,
+        &set(&[1, 2, 3, 4, 5]),
+        ANY_COUNT,
+        Duration::from_secs(90),
+    )
+    .await;
 
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();

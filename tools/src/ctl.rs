@@ -398,6 +398,7 @@ pub fn nodes_table(nodes: &[ClusterNodeStatus]) -> String {
                     .map_or_else(|| "never".to_string(), |ms| format!("{ms}ms")),
                 n.replicas.to_string(),
                 n.leaders.to_string(),
+                n.moves.to_string(),
                 opt(&n.raft_addr),
                 opt(&n.client_addr),
                 opt(&n.status_addr),
@@ -406,7 +407,8 @@ pub fn nodes_table(nodes: &[ClusterNodeStatus]) -> String {
         .collect();
     table(
         &[
-            "NODE", "STATE", "ALIVE", "HEARD", "REPLICAS", "LEADERS", "RAFT", "CLIENT", "STATUS",
+            "NODE", "STATE", "ALIVE", "HEARD", "REPLICAS", "LEADERS", "MOVES", "RAFT", "CLIENT",
+            "STATUS",
         ],
         &rows,
     )

@@ -271,6 +271,7 @@ fn node_status(n: node::NodeInfo) -> ClusterNodeStatus {
         last_heard_ms: n.last_heard.map(|d| d.as_millis() as u64),
         replicas: n.replicas,
         leaders: n.leaders,
+        moves: n.moves,
         generation: n.entry.generation,
     }
 }

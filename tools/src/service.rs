@@ -307,6 +307,9 @@ pub struct ClusterNodeStatus {
     pub replicas: u64,
     /// Regions it leads, from its gossip.
     pub leaders: u64,
+    /// Replica moves it is carrying out for the balancer, from its gossip.
+    #[serde(default)]
+    pub moves: u64,
     /// Its entry's generation.
     pub generation: u64,
 }
