@@ -169,6 +169,52 @@ async fn a_node_joins_routes_takes_a_replica_and_a_removing_node_gets_none() {
     let r1 = hs[3].cluster().route(&key(0x10, 1)).unwrap();
     let r2 = hs[3].cluster().route(&key(0xC0, 1)).unwrap();
     assert_eq!((r1.id, r2.id), (1, 2));
+
+    // Without a replica, node 4 still serves every key: it forwards the request to a node
+    // with one. Reads, writes in both regions, a scan; a write sent twice with one session
+    // (a client retrying) applies once.
+    for i in 0..20 {
+        assert_eq!(hs[3].get(key(0x10, i)).await.unwrap(), Some(key(0x10, i)));
+    }
+    let put = |k: Bytes| KvCommand::Put {
+        key: k.clone(),
+        value: Bytes::from_static(b"via node 4"),
+        cond: PutCondition::Always,
+    };
+    for k in [key(0x20, 1), key(0xC0, 1)] {
+        assert_eq!(
+            hs[3].write(put(k.clone()), (44, 1 + k[0] as u64)).await,
+            Ok(KvResponse::Written(true))
+        );
+        assert_eq!(
+            hs[0].get(k).await.unwrap(),
+            Some(Bytes::from_static(b"via node 4"))
+        );
+    }
+    let incr = KvCommand::IncrBy {
+        key: key(0x30, 1),
+        delta: 5,
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            hs[3].write(incr.clone(), (45, 1)).await,
+            Ok(KvResponse::Value(5)),
+            "the retry gets the first answer"
+        );
+    }
+    assert_eq!(
+        hs[1].get(key(0x30, 1)).await.unwrap(),
+        Some(Bytes::from_static(b"5"))
+    );
+    let page = hs[3]
+        .scan_page(key(0x10, 0), key(0x10, 99), 100)
+        .await
+        .expect("a forwarded scan");
+    assert_eq!(page.pairs.len(), 20);
+    assert!(
+        hs[3].cluster().forwarder().pending() == 0,
+        "every forwarded request was answered"
+    );
     let ids: Vec<u64> = hs[3].cluster().regions().iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![1, 2]);
     // Leader counts and replica counts arrive with gossip.

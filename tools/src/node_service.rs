@@ -204,13 +204,16 @@ impl NodeService {
         }
         let mut groups: BTreeMap<u64, Vec<T>> = BTreeMap::new();
         for item in items {
-            let route = self
-                .inner
-                .node
+            // This node's replicas first; a region held elsewhere (the node forwards its
+            // requests) as the cluster view shows it.
+            let node = &self.inner.node;
+            let region_id = node
                 .regions()
                 .route(key(&item))
+                .map(|r| r.id)
+                .or_else(|| node.cluster().route(key(&item)).map(|r| r.id))
                 .ok_or_else(|| ServiceError::TryAgain("no region for the key here".into()))?;
-            groups.entry(route.id).or_default().push(item);
+            groups.entry(region_id).or_default().push(item);
         }
         Ok(groups.into_values().collect())
     }

@@ -191,6 +191,24 @@ fn a_fourth_server_joins_and_serves_a_moved_replica() {
     );
     assert_eq!((all[0].0, all[0].1.as_slice()), (1, &b""[..]));
 
+    // Holding nothing, node 4 serves any key: it forwards each request to a node with
+    // the key's region. A read, and an MSET over the first and the last region.
+    let got: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(KEY)
+        .query(&mut c4)
+        .expect("GET forwarded by node 4");
+    assert_eq!(got.as_deref(), Some(&b"before"[..]));
+    let far = &b"\xff-far"[..];
+    let _: () = redis::cmd("MSET")
+        .arg(KEY)
+        .arg("before")
+        .arg(far)
+        .arg("far")
+        .query(&mut c4)
+        .expect("MSET forwarded by node 4");
+    let got: Option<Vec<u8>> = redis::cmd("GET").arg(far).query(&mut c1).unwrap();
+    assert_eq!(got.as_deref(), Some(&b"far"[..]));
+
     let out = ctl(servers[0].status, &["move-replica", "1", "3", "4"]);
     assert!(
         out.status.success(),

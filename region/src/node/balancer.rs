@@ -43,10 +43,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
-use super::cluster::ClusterView;
+use super::cluster::{ClusterView, FORWARD_QUEUE_MAX};
 use super::descriptor::PeerRole;
 use super::directory::NodeState;
 use super::error::NodeError;
+use super::forward;
 use super::node_message::{NodeMessage, RegionSummary};
 use super::placement::{
     plan as plan_placement, PlacementAction, PlacementConfig, PlacementNode, PlacementRegion,
@@ -266,6 +267,10 @@ pub(crate) fn start(
                 }
             };
             let local = tokio::task::LocalSet::new();
+            // Requests other nodes forward to this one are served on this thread too.
+            let (tx, rx) = tokio::sync::mpsc::channel(FORWARD_QUEUE_MAX);
+            view.serve_forwards(tx);
+            local.spawn_local(forward::serve(handle.clone(), rx));
             local.block_on(&rt, run(cfg, handle, view, active, stop));
         })
 }
@@ -341,7 +346,8 @@ fn take_order(
                 coord.orders.remove(&region_id);
             }
         }
-        NodeMessage::Gossip(_) => {}
+        NodeMessage::Gossip(_) | NodeMessage::Forward { .. } | NodeMessage::ForwardReply { .. } => {
+        }
     }
 }
 

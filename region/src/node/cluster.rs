@@ -23,10 +23,18 @@ use tracing::{debug, info, warn};
 use super::balancer::{ActiveMoves, BalancerConfig};
 use super::directory::{NodeAddresses, NodeDirectory, NodeEntry, NodeState, SharedDirectory};
 use super::error::NodeError;
+use super::forward::{ForwardRequest, Forwarder};
 use super::metrics::NODE_MESSAGES_MALFORMED_TOTAL;
 use super::node_message::{Gossip, NodeMessage, RegionSummary};
 use super::region_table::RegionTable;
 use super::store::{RegionStatus, StoreMsg};
+
+/// Where the cluster thread hands requests forwarded to this node: (asking node, its id of
+/// the request, the request).
+pub(crate) type ForwardSender = tokio::sync::mpsc::Sender<(u64, u64, ForwardRequest)>;
+
+/// Forwarded requests queued for serving, at most; more are refused (`Dropped`).
+pub const FORWARD_QUEUE_MAX: usize = 4096;
 
 /// Gossip intervals without a word from a node after which it counts as not alive.
 pub const ALIVE_INTERVALS: u32 = 3;
@@ -106,6 +114,8 @@ pub struct ClusterView {
     heard: RwLock<HashMap<u64, Heard>>,
     own_counts: RwLock<(u64, u64)>,
     active_moves: ActiveMoves,
+    forwarder: Forwarder,
+    forward_server: Mutex<Option<ForwardSender>>,
     table: RwLock<RegionTable>,
     subscribers: Mutex<Vec<SyncSender<(u64, NodeMessage)>>>,
     last_malformed_warn: Mutex<Option<Instant>>,
@@ -133,6 +143,8 @@ impl ClusterView {
             heard: RwLock::new(HashMap::new()),
             own_counts: RwLock::new((0, 0)),
             active_moves: ActiveMoves::default(),
+            forwarder: Forwarder::default(),
+            forward_server: Mutex::new(None),
             table: RwLock::new(RegionTable::default()),
             subscribers: Mutex::new(Vec::new()),
             last_malformed_warn: Mutex::new(None),
@@ -324,8 +336,21 @@ impl ClusterView {
                 return;
             }
         };
+        let msg = match msg {
+            // Forwarded requests and their answers go straight where they are awaited.
+            NodeMessage::ForwardReply { id, answer } => {
+                self.forwarder.complete(id, answer);
+                return;
+            }
+            NodeMessage::Forward { id, request } => {
+                self.take_forward(from_node, id, request);
+                return;
+            }
+            m => m,
+        };
         match &msg {
             NodeMessage::Gossip(g) => self.take_gossip(from_node, g),
+            NodeMessage::Forward { .. } | NodeMessage::ForwardReply { .. } => {}
             // The balancer's orders and reports: for the balancer thread, a subscriber.
             NodeMessage::MoveReplica { .. }
             | NodeMessage::TransferLeader { .. }
@@ -339,6 +364,40 @@ impl ClusterView {
                 Err(std::sync::mpsc::TrySendError::Disconnected(_))
             )
         });
+    }
+
+    /// Hands a request forwarded by `from_node` to the node's server of forwarded requests
+    /// (started with the balancer); answers at once when there is none or it is full.
+    fn take_forward(&self, from_node: u64, id: u64, request: ForwardRequest) {
+        let refused = match &*self.forward_server.lock() {
+            None => Some(NodeError::Stopped),
+            Some(tx) => match tx.try_send((from_node, id, request)) {
+                Ok(()) => None,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Some(NodeError::Dropped(
+                    "node is overloaded (forwarded requests)".into(),
+                )),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Some(NodeError::Stopped),
+            },
+        };
+        if let Some(e) = refused {
+            let reply = NodeMessage::ForwardReply { id, answer: Err(e) };
+            if let Err(e) = self.send(from_node, &reply) {
+                debug!(
+                    node = self.node_id,
+                    from_node, "forward refusal not sent: {e}"
+                );
+            }
+        }
+    }
+
+    /// The requests this node forwarded and waits for.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
+    /// Registers where requests forwarded to this node go (replacing any before).
+    pub(crate) fn serve_forwards(&self, tx: ForwardSender) {
+        *self.forward_server.lock() = Some(tx);
     }
 
     fn take_gossip(&self, from_node: u64, g: &Gossip) {

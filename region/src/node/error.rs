@@ -1,9 +1,12 @@
 //! What a client request to a node can run into.
 
+use serde::{Deserialize, Serialize};
+
 use super::store::RegionRoute;
 
-/// Why a node could not serve a request. Each is something the client can act on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a node could not serve a request. Each is something the client can act on. It
+/// travels between nodes as the answer to a forwarded request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum NodeError {
     /// This node's replica is not the leader; `leader_node` is where it is, if known.
     #[error("region {region_id}: not leader (leader on node {leader_node:?})")]

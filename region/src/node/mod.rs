@@ -10,6 +10,7 @@ mod command;
 mod descriptor;
 mod directory;
 mod error;
+mod forward;
 mod membership;
 mod merge;
 pub mod metrics;
@@ -46,6 +47,7 @@ pub use directory::{
     DIRECTORY_FILE, UP_NODES_MIN,
 };
 pub use error::NodeError;
+pub use forward::{ForwardAnswer, ForwardRequest, Forwarder, FORWARDS_PENDING_MAX};
 pub use membership::{
     change_done, check_change, is_member_peer_id, member_peer_id, ChangeOutcome, PeerChange,
     LEADER_ON_TARGET, MEMBER_PEER_COUNTER_MAX, MEMBER_PEER_ID_BIT, PROMOTE_LAG_MAX,
@@ -143,6 +145,69 @@ pub fn final_error(last: NodeError, earlier_maybe_applied: bool) -> NodeError {
         NodeError::Timeout
     } else {
         last
+    }
+}
+
+/// Times a forwarded request is sent, at most (each answered by a node that routed it as
+/// well as it could; another try helps only when the cluster view was behind).
+pub const FORWARD_ATTEMPTS_MAX: u32 = 3;
+
+/// A forwarded request's answer to come.
+struct ForwardWait {
+    id: u64,
+    rx: oneshot::Receiver<Result<ForwardAnswer, NodeError>>,
+}
+
+/// How a request started: submitted here, or forwarded.
+enum AttemptFirst<F> {
+    Local(F),
+    Forwarded(Result<ForwardWait, NodeError>),
+}
+
+/// A request started by [`NodeHandle::local_or_forwarded`].
+struct Attempt<F> {
+    handle: NodeHandle,
+    key: Bytes,
+    forwardable: bool,
+    request: ForwardRequest,
+    first: AttemptFirst<F>,
+}
+
+impl<T, F> Attempt<F>
+where
+    F: Future<Output = Result<T, NodeError>> + Send + 'static,
+    T: Send + 'static,
+{
+    /// Its answer: the local one, or — when this node turned out to hold no replica of the
+    /// region (it moved away meanwhile) or the request was forwarded from the start — the
+    /// forwarded one, taken apart by `unpack` (an answer of the wrong kind is an error).
+    fn finish(
+        self,
+        unpack: impl FnOnce(ForwardAnswer) -> Option<T> + Send + 'static,
+    ) -> impl Future<Output = Result<T, NodeError>> + Send + 'static {
+        let Attempt {
+            handle,
+            key,
+            forwardable,
+            request,
+            first,
+        } = self;
+        async move {
+            let first = match first {
+                AttemptFirst::Local(f) => match f.await {
+                    Err(NodeError::RegionNotFound) if forwardable => None,
+                    r => return r,
+                },
+                AttemptFirst::Forwarded(sent) => Some(sent),
+            };
+            let answer = handle.forwarded(key, request, first).await?;
+            let kind = answer.kind();
+            unpack(answer).ok_or_else(|| {
+                NodeError::Storage(format!(
+                    "a forwarded request got an answer of another kind: {kind}"
+                ))
+            })
+        }
     }
 }
 
@@ -271,6 +336,108 @@ impl NodeHandle {
         }
     }
 
+    /// The node a request for `key` goes to when this node holds no replica of its
+    /// region: the one leading it as the cluster view shows it, or else one with a
+    /// replica; never this node. `None`: serve it here.
+    fn forward_target(&self, key: &[u8]) -> Option<u64> {
+        if self.regions.route(key).is_some() {
+            return None;
+        }
+        let r = self.cluster.route(key)?;
+        let me = self.node_id;
+        r.leader_node
+            .filter(|&n| n != me && r.peers.iter().any(|p| p.node_id == n))
+            .or_else(|| r.peers.iter().map(|p| p.node_id).find(|&n| n != me))
+    }
+
+    /// Sends `request` to node `to` now; answers where its answer will arrive.
+    fn forward_send(&self, to: u64, request: ForwardRequest) -> Result<ForwardWait, NodeError> {
+        let (id, rx) = self.cluster.forwarder().register()?;
+        if let Err(e) = self.cluster.send(to, &NodeMessage::Forward { id, request }) {
+            self.cluster.forwarder().forget(id);
+            return Err(e);
+        }
+        Ok(ForwardWait { id, rx })
+    }
+
+    /// Starts a request: here when this node holds the key's region (or the request names
+    /// its route), else forwarded now (see the `forward` module).
+    fn local_or_forwarded<T, F>(
+        &self,
+        key: &[u8],
+        expected: Option<ExpectedRoute>,
+        request: ForwardRequest,
+        local: impl FnOnce() -> F,
+    ) -> Attempt<F>
+    where
+        F: Future<Output = Result<T, NodeError>>,
+    {
+        let target = if expected.is_none() {
+            self.forward_target(key)
+        } else {
+            None
+        };
+        let first = match target {
+            None => AttemptFirst::Local(local()),
+            Some(to) => AttemptFirst::Forwarded(self.forward_send(to, request.clone())),
+        };
+        Attempt {
+            handle: self.clone(),
+            key: Bytes::copy_from_slice(key),
+            forwardable: expected.is_none(),
+            request,
+            first,
+        }
+    }
+
+    /// Waits for a forwarded request's answer, and sends it again (routed afresh) while it
+    /// may still succeed elsewhere — the region moved, its leader changed — until this
+    /// handle's time is up. A write carries the same session each time: it applies once.
+    async fn forwarded(
+        &self,
+        key: Bytes,
+        request: ForwardRequest,
+        first: Option<Result<ForwardWait, NodeError>>,
+    ) -> Result<ForwardAnswer, NodeError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut pending = first;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let sent = match pending.take() {
+                Some(s) => s,
+                None => match self.forward_target(&key) {
+                    Some(to) => self.forward_send(to, request.clone()),
+                    None => Err(NodeError::RegionNotFound),
+                },
+            };
+            let r = match sent {
+                Err(e) => Err(e),
+                Ok(wait) => match tokio::time::timeout_at(deadline, wait.rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(NodeError::Stopped),
+                    Err(_) => {
+                        self.cluster.forwarder().forget(wait.id);
+                        Err(NodeError::Timeout)
+                    }
+                },
+            };
+            match r {
+                Err(
+                    NodeError::RegionNotFound
+                    | NodeError::NotLeader { .. }
+                    | NodeError::Dropped(_)
+                    | NodeError::KeyNotInRegion(_),
+                ) if attempts < FORWARD_ATTEMPTS_MAX
+                    && Instant::now() + RETRY_PAUSE_MAX < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE_MAX).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn region_of(&self, key: &[u8]) -> Result<u64, NodeError> {
         self.regions
             .route(key)
@@ -376,7 +543,39 @@ impl NodeHandle {
     /// `expected`, every key of `cmd` must be in that region at that epoch here, else the
     /// answer is [`NodeError::EpochNotMatch`] (see [`ExpectedRoute`]); without, as
     /// `submit_write`.
+    ///
+    /// A write whose region has no replica on this node (and that names no route) is
+    /// forwarded to a node with one (see the `forward` module).
     pub fn submit_write_routed(
+        &self,
+        cmd: KvCommand,
+        session: (u64, u64),
+        expected: Option<ExpectedRoute>,
+    ) -> impl Future<Output = Result<KvResponse, NodeError>> + Send + 'static {
+        let key = Bytes::copy_from_slice(cmd.keys().first().copied().unwrap_or_default());
+        let request = ForwardRequest::Write {
+            cmd: cmd.clone(),
+            session,
+        };
+        let attempt = self.local_or_forwarded(&key, expected, request, || {
+            self.submit_write_local(cmd, session, expected)
+        });
+        attempt.finish(|a| match a {
+            ForwardAnswer::Written(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// [`NodeHandle::submit_write`] on this node's replicas only (a forwarded request).
+    pub(crate) fn submit_write_here(
+        &self,
+        cmd: KvCommand,
+        session: (u64, u64),
+    ) -> impl Future<Output = Result<KvResponse, NodeError>> + Send + 'static {
+        self.submit_write_local(cmd, session, None)
+    }
+
+    fn submit_write_local(
         &self,
         cmd: KvCommand,
         session: (u64, u64),
@@ -527,6 +726,30 @@ impl NodeHandle {
         key: Bytes,
         expected: Option<ExpectedRoute>,
     ) -> impl Future<Output = Result<Option<Bytes>, NodeError>> + Send + 'static {
+        let request = ForwardRequest::Get { key: key.clone() };
+        let k = key.clone();
+        let attempt = self.local_or_forwarded(&k, expected, request, || {
+            self.submit_get_local(key, expected)
+        });
+        attempt.finish(|a| match a {
+            ForwardAnswer::Value(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    /// A read on this node's replicas only (a forwarded request).
+    pub(crate) fn submit_get_here(
+        &self,
+        key: Bytes,
+    ) -> impl Future<Output = Result<Option<Bytes>, NodeError>> + Send + 'static {
+        self.submit_get_local(key, None)
+    }
+
+    fn submit_get_local(
+        &self,
+        key: Bytes,
+        expected: Option<ExpectedRoute>,
+    ) -> impl Future<Output = Result<Option<Bytes>, NodeError>> + Send + 'static {
         self.submit(move |h, reply| {
             Ok(StoreMsg::Get {
                 region_id: h.route_checked(&[&key], expected)?,
@@ -563,6 +786,41 @@ impl NodeHandle {
     /// `expected`, answered [`NodeError::EpochNotMatch`] when `start` is not in that region
     /// at that epoch here.
     pub async fn scan_page_routed(
+        &self,
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+        expected: Option<ExpectedRoute>,
+    ) -> Result<ScanPage, NodeError> {
+        let request = ForwardRequest::Scan {
+            start: start.clone(),
+            end: end.clone(),
+            limit,
+        };
+        let k = start.clone();
+        let attempt = self.local_or_forwarded(&k, expected, request, || {
+            let h = self.clone();
+            async move { h.scan_page_local(start, end, limit, expected).await }
+        });
+        attempt
+            .finish(|a| match a {
+                ForwardAnswer::Page { pairs, covered_end } => Some(ScanPage { pairs, covered_end }),
+                _ => None,
+            })
+            .await
+    }
+
+    /// A scan on this node's replicas only (a forwarded request).
+    pub(crate) async fn scan_page_here(
+        &self,
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+    ) -> Result<ScanPage, NodeError> {
+        self.scan_page_local(start, end, limit, None).await
+    }
+
+    async fn scan_page_local(
         &self,
         start: Bytes,
         end: Bytes,

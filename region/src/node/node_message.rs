@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::descriptor::{PeerMeta, RegionEpoch};
 use super::directory::NodeEntry;
+use super::error::NodeError;
+use super::forward::{ForwardAnswer, ForwardRequest};
 
 /// The region id node messages travel under (no region has it).
 pub const NODE_MESSAGE_REGION: u64 = 0;
@@ -51,6 +53,21 @@ pub enum NodeMessage {
         region_id: u64,
         /// The node that gets a voter.
         to: u64,
+    },
+    /// A node without a replica of a key's region → a node with one: serve this request
+    /// (never forwarding it again) and answer [`NodeMessage::ForwardReply`] with `id`.
+    Forward {
+        /// The asker's id of the request.
+        id: u64,
+        /// The request.
+        request: ForwardRequest,
+    },
+    /// The answer to a [`NodeMessage::Forward`].
+    ForwardReply {
+        /// The asker's id of the request.
+        id: u64,
+        /// Its outcome.
+        answer: Result<ForwardAnswer, NodeError>,
     },
     /// The node that carried out a [`NodeMessage::MoveReplica`] or
     /// [`NodeMessage::AddReplica`] → the balancer that ordered it: it ended, with `error`
