@@ -399,6 +399,7 @@ pub fn nodes_table(nodes: &[ClusterNodeStatus]) -> String {
                 n.replicas.to_string(),
                 n.leaders.to_string(),
                 n.moves.to_string(),
+                n.snapshots.to_string(),
                 opt(&n.raft_addr),
                 opt(&n.client_addr),
                 opt(&n.status_addr),
@@ -407,7 +408,16 @@ pub fn nodes_table(nodes: &[ClusterNodeStatus]) -> String {
         .collect();
     table(
         &[
-            "NODE", "STATE", "ALIVE", "HEARD", "REPLICAS", "LEADERS", "MOVES", "RAFT", "CLIENT",
+            "NODE",
+            "STATE",
+            "ALIVE",
+            "HEARD",
+            "REPLICAS",
+            "LEADERS",
+            "MOVES",
+            "SNAPSHOTS",
+            "RAFT",
+            "CLIENT",
             "STATUS",
         ],
         &rows,

@@ -275,6 +275,7 @@ fn node_status(n: node::NodeInfo) -> ClusterNodeStatus {
         replicas: n.replicas,
         leaders: n.leaders,
         moves: n.moves,
+        snapshots: n.snapshots,
         generation: n.entry.generation,
     }
 }

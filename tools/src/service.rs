@@ -310,6 +310,9 @@ pub struct ClusterNodeStatus {
     /// Replica moves it is carrying out for the balancer, from its gossip.
     #[serde(default)]
     pub moves: u64,
+    /// Snapshot streams it is sending or receiving, from its gossip.
+    #[serde(default)]
+    pub snapshots: u64,
     /// Its entry's generation.
     pub generation: u64,
 }

@@ -90,6 +90,8 @@ pub struct NodeInfo {
     pub leaders: u64,
     /// Replica moves it is carrying out for the balancer, as its last gossip said.
     pub moves: u64,
+    /// Snapshot streams it is sending or receiving, as its last gossip said.
+    pub snapshots: u64,
 }
 
 /// What was last heard from a node.
@@ -99,6 +101,7 @@ struct Heard {
     replicas: u64,
     leaders: u64,
     moves: u64,
+    snapshots: u64,
 }
 
 /// The cluster as this node knows it; shared (`Arc`) between the cluster thread, the
@@ -202,6 +205,7 @@ impl ClusterView {
                         replicas: own.0,
                         leaders: own.1,
                         moves: self.active_moves.lock().len() as u64,
+                        snapshots: self.own_snapshot_streams(),
                     };
                 }
                 let h = heard.get(&entry.node_id);
@@ -212,6 +216,7 @@ impl ClusterView {
                     replicas: h.map_or(0, |h| h.replicas),
                     leaders: h.map_or(0, |h| h.leaders),
                     moves: h.map_or(0, |h| h.moves),
+                    snapshots: h.map_or(0, |h| h.snapshots),
                     entry,
                 }
             })
@@ -390,6 +395,12 @@ impl ClusterView {
         }
     }
 
+    /// Snapshot streams this node is sending or receiving now.
+    fn own_snapshot_streams(&self) -> u64 {
+        let s = self.transport.snapshot_streams();
+        s.sending + s.receiving
+    }
+
     /// The requests this node forwarded and waits for.
     pub fn forwarder(&self) -> &Forwarder {
         &self.forwarder
@@ -408,6 +419,7 @@ impl ClusterView {
                 replicas: g.replicas,
                 leaders: g.leaders,
                 moves: g.moves,
+                snapshots: g.snapshots,
             },
         );
         let changed = {
@@ -469,6 +481,7 @@ impl ClusterView {
             replicas,
             leaders,
             moves: self.active_moves.lock().len() as u64,
+            snapshots: self.own_snapshot_streams(),
         });
         for e in directory {
             if e.node_id == self.node_id
@@ -612,7 +625,8 @@ mod tests {
             regions: vec![],
             replicas: 5,
             leaders: 2,
-            moves: 0,
+            moves: 3,
+            snapshots: 1,
         });
         v.receive(2, &g.to_envelope(2, 1).unwrap());
         assert_eq!(sub.try_recv().unwrap(), (2, g));
@@ -622,7 +636,7 @@ mod tests {
             .find(|n| n.entry.node_id == 2)
             .unwrap();
         assert!(n2.alive);
-        assert_eq!((n2.replicas, n2.leaders), (5, 2));
+        assert_eq!((n2.replicas, n2.leaders, n2.moves, n2.snapshots), (5, 2, 3, 1));
         assert!(v.node(4).is_some(), "gossip spread node 4");
         // And persisted.
         let d = NodeDirectory::load(dir.path()).unwrap().unwrap();

@@ -93,6 +93,8 @@ pub struct Gossip {
     pub leaders: u64,
     /// Replica moves the sender is carrying out for the balancer.
     pub moves: u64,
+    /// Snapshot streams the sender is sending or receiving.
+    pub snapshots: u64,
 }
 
 /// A region as the cluster layer knows it (from its leader).
@@ -184,6 +186,7 @@ mod tests {
             replicas: 4,
             leaders: 1,
             moves: 0,
+            snapshots: 0,
         });
         let env = g.to_envelope(3, 1).unwrap();
         assert!(is_node_message(&env));
