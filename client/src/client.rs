@@ -288,19 +288,29 @@ impl Client {
         let inner = &self.inner;
         let n = inner.nodes.len();
         let first = inner.next_node.fetch_add(1, Ordering::Relaxed);
-        let ask = frame(&[word("FLOTILLA.REGIONS")]);
+        // Every region of the cluster, as the node's gossip knows them (a node holds only
+        // some once the cluster outgrows the replica count); a server without `ALL` answers
+        // an error, and is asked for its own replicas' regions instead.
+        let ask_all = frame(&[word("FLOTILLA.REGIONS"), word("ALL")]);
+        let ask_own = frame(&[word("FLOTILLA.REGIONS")]);
         let mut last = None;
         for i in 0..n {
             let node = &inner.nodes[(first + i) % n];
-            inner.table_fetches.fetch_add(1, Ordering::Relaxed);
-            let reply = tokio::time::timeout(inner.config.attempt_timeout, node.call(ask.clone()))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ClientError::Timeout {
-                        attempts: 1,
-                        last: None,
+            let call = |ask: Bytes| async move {
+                inner.table_fetches.fetch_add(1, Ordering::Relaxed);
+                tokio::time::timeout(inner.config.attempt_timeout, node.call(ask))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClientError::Timeout {
+                            attempts: 1,
+                            last: None,
+                        })
                     })
-                });
+            };
+            let reply = match call(ask_all.clone()).await {
+                Ok(Value::Error(_)) => call(ask_own.clone()).await,
+                r => r,
+            };
             let regions = match reply {
                 Ok(Value::Error(e)) => Err(ClientError::Server(e)),
                 Ok(v) => parse_regions(v),

@@ -1,5 +1,7 @@
 //! The client against two scripted RESP nodes: a not-leader answer moves the cached leader
-//! and the call is retried there; bad bytes from a node are a protocol error, not a panic.
+//! and the call is retried there; bad bytes from a node are a protocol error, not a panic;
+//! the routing table comes from `FLOTILLA.REGIONS ALL` (every region of the cluster), or
+//! from a node's own regions when it is an older server.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -120,4 +122,70 @@ async fn a_region_without_a_leader_times_out_as_no_leader() {
         took >= std::time::Duration::from_millis(150) && took < std::time::Duration::from_secs(2),
         "gave up after {took:?}, not at the call's timeout"
     );
+}
+
+/// One region over every key, said to be led by node 2.
+const REGIONS_LED_BY_2: &[u8] = b"*1\r\n*6\r\n:1\r\n$0\r\n\r\n$0\r\n\r\n:1\r\n:1\r\n:2\r\n";
+
+#[tokio::test]
+async fn the_routing_table_covers_regions_the_asked_node_does_not_hold() {
+    // Node 1 holds no replica (its own table is empty) but knows the cluster's regions;
+    // the client learns from it that node 2 leads the region and goes there directly.
+    let asked: Arc<parking_lot::Mutex<Vec<String>>> = Default::default();
+    let (log1, log2) = (asked.clone(), asked.clone());
+    let one = fake_node(Arc::new(move |w: &[String]| {
+        let arg = w.get(1).map(String::as_str);
+        match (w[0].as_str(), arg) {
+            ("FLOTILLA.NODE", _) => b":1\r\n".to_vec(),
+            ("FLOTILLA.REGIONS", Some("ALL")) => {
+                log1.lock().push("1: all".into());
+                REGIONS_LED_BY_2.to_vec()
+            }
+            ("FLOTILLA.REGIONS", _) => b"*0\r\n".to_vec(),
+            _ => {
+                log1.lock().push(format!("1: {}", w[0]));
+                b"-TRYAGAIN no region for the key here\r\n".to_vec()
+            }
+        }
+    }))
+    .await;
+    // Node 2 is an older server: `ALL` is an error, its own table is the answer.
+    let two = fake_node(Arc::new(move |w: &[String]| {
+        let arg = w.get(1).map(String::as_str);
+        match (w[0].as_str(), arg) {
+            ("FLOTILLA.NODE", _) => b":2\r\n".to_vec(),
+            ("FLOTILLA.REGIONS", Some("ALL")) => {
+                log2.lock().push("2: all refused".into());
+                b"-ERR wrong number of arguments\r\n".to_vec()
+            }
+            ("FLOTILLA.REGIONS", _) => {
+                log2.lock().push("2: own".into());
+                REGIONS_LED_BY_2.to_vec()
+            }
+            ("GET", _) => b"$5\r\nhello\r\n".to_vec(),
+            _ => b"-ERR unexpected\r\n".to_vec(),
+        }
+    }))
+    .await;
+
+    let client = Client::connect(ClientConfig::new([one.to_string(), two.to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        *asked.lock(),
+        vec!["1: all"],
+        "the first table came from node 1"
+    );
+    assert_eq!(client.regions()[0].leader, Some(2));
+    assert_eq!(client.get("k").await.unwrap(), Some(Bytes::from("hello")));
+    assert_eq!(
+        *asked.lock(),
+        vec!["1: all"],
+        "the read went straight to node 2"
+    );
+    // The next refresh asks node 2, which refuses `ALL` and gives its own table.
+    asked.lock().clear();
+    client.refresh_regions().await.unwrap();
+    assert_eq!(*asked.lock(), vec!["2: all refused", "2: own"]);
+    assert_eq!(client.regions().len(), 1);
 }

@@ -636,7 +636,10 @@ mod tests {
             .find(|n| n.entry.node_id == 2)
             .unwrap();
         assert!(n2.alive);
-        assert_eq!((n2.replicas, n2.leaders, n2.moves, n2.snapshots), (5, 2, 3, 1));
+        assert_eq!(
+            (n2.replicas, n2.leaders, n2.moves, n2.snapshots),
+            (5, 2, 3, 1)
+        );
         assert!(v.node(4).is_some(), "gossip spread node 4");
         // And persisted.
         let d = NodeDirectory::load(dir.path()).unwrap().unwrap();
