@@ -470,6 +470,21 @@ fn coordinate(
             && by_id.get(id).is_some_and(|r| !move_shows_done(r, o))
     });
     let nodes = placement_nodes(cfg, view, since, now);
+    // Orders go only to nodes heard from lately: the view may still name a leader on a
+    // node that just went down (until the new leader's gossip arrives), and an order lost
+    // there would hold its region for `move_timeout`.
+    let alive: BTreeSet<u64> = view
+        .nodes()
+        .iter()
+        .filter(|n| n.alive)
+        .map(|n| n.entry.node_id)
+        .collect();
+    let leader_of = |region_id: u64| {
+        by_id
+            .get(&region_id)
+            .and_then(|r| r.leader_node)
+            .filter(|l| alive.contains(l))
+    };
     let mut busy_learners = 0;
     let mut seen = BTreeMap::new();
     let mut stray = Vec::new();
@@ -510,7 +525,7 @@ fn coordinate(
         .collect();
     coord.learners_seen = seen;
     for (r, learner) in stray {
-        if let Some(leader) = r.leader_node {
+        if let Some(leader) = leader_of(r.id) {
             info!(
                 region = r.id,
                 node = learner,
@@ -570,7 +585,7 @@ fn coordinate(
                 },
             ),
         };
-        let Some(leader) = by_id.get(&region_id).and_then(|r| r.leader_node) else {
+        let Some(leader) = leader_of(region_id) else {
             continue;
         };
         info!(
@@ -591,7 +606,7 @@ fn coordinate(
         leader_transfers_max: cfg.leader_transfers_max,
     };
     for action in plan_placement(&nodes, &placement_regions, in_flight, &pcfg) {
-        let Some(leader) = by_id.get(&action.region_id()).and_then(|r| r.leader_node) else {
+        let Some(leader) = leader_of(action.region_id()) else {
             continue;
         };
         info!(node = handle.node_id(), ?action, "balancing");
