@@ -33,9 +33,26 @@ fn spawn(s: &Server, cluster_flag: [&str; 2], dir: &std::path::Path) -> Child {
 
 /// [`spawn`], its standard error going to `stderr`.
 fn spawn_with(s: &Server, cluster_flag: [&str; 2], dir: &std::path::Path, stderr: Stdio) -> Child {
-    let config = dir.join("flotilla.toml");
     // The balancer off: this test moves region 1 to node 4 by hand, and checks that move.
-    std::fs::write(&config, "gossip_interval_ms = 200\nbalance = false\n").unwrap();
+    spawn_configured(
+        s,
+        cluster_flag,
+        dir,
+        stderr,
+        "gossip_interval_ms = 200\nbalance = false\n",
+    )
+}
+
+/// Starts `s` with the settings `config` (TOML).
+fn spawn_configured(
+    s: &Server,
+    cluster_flag: [&str; 2],
+    dir: &std::path::Path,
+    stderr: Stdio,
+    config_text: &str,
+) -> Child {
+    let config = dir.join(format!("flotilla-{}.toml", s.id));
+    std::fs::write(&config, config_text).unwrap();
     Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(["server", "--id", &s.id.to_string()])
         .arg("--data-dir")
@@ -261,6 +278,126 @@ fn a_fourth_server_joins_and_serves_a_moved_replica() {
             .query::<Option<Vec<u8>>>(&mut con)
             .is_ok_and(|v| v.as_deref() == Some(&b"after"[..]))
     });
+    for c in children {
+        stop(c);
+    }
+}
+
+/// Replica counts per node from node `port`'s `/status` (`nodes`), if every region there
+/// has three voters and no learner.
+fn settled_replicas(port: u16) -> Option<Vec<(u64, u64, String)>> {
+    let v = status(port)?;
+    let regions = v["cluster_regions"].as_array()?;
+    let settled = regions.iter().all(|r| {
+        r["peers"]
+            .as_array()
+            .is_some_and(|p| p.len() == 3 && p.iter().all(|p| p["role"] == "voter"))
+    });
+    if !settled || regions.is_empty() {
+        return None;
+    }
+    let nodes = v["nodes"].as_array()?;
+    Some(
+        nodes
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_u64().unwrap_or(0),
+                    n["replicas"].as_u64().unwrap_or(0),
+                    n["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// With the balancer on (the server's default), a node that joins gets its share of the
+/// replicas without anyone moving them by hand; removed with `ctl remove-node`, it is
+/// drained and retired, and its keys stay readable.
+#[test]
+fn the_balancer_fills_a_joined_server_and_drains_it_when_removed() {
+    const BALANCED: &str = "gossip_interval_ms = 200\nbalance = true\n";
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<Server> = (1..=4)
+        .map(|id| Server {
+            id,
+            raft: free_port(),
+            client: free_port(),
+            status: free_port(),
+        })
+        .collect();
+    let cluster: String = servers[..3]
+        .iter()
+        .map(|s| format!("{}=127.0.0.1:{}", s.id, s.raft))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children: Vec<Child> = servers[..3]
+        .iter()
+        .map(|s| {
+            spawn_configured(
+                s,
+                ["--initial-cluster", &cluster],
+                dir.path(),
+                Stdio::null(),
+                BALANCED,
+            )
+        })
+        .collect();
+    wait_for(Duration::from_secs(15), "leaders of every region", || {
+        status(servers[0].status).is_some_and(|v| {
+            v["regions"]
+                .as_array()
+                .is_some_and(|r| r.len() == REGIONS && r.iter().all(|r| r["leader"].is_u64()))
+        })
+    });
+    let mut c1 = connect(servers[0].client);
+    let keys: Vec<Vec<u8>> = (0..=255u8).step_by(8).map(|b| vec![b, b'k']).collect();
+    for k in &keys {
+        let _: () = redis::cmd("SET").arg(k).arg(k).query(&mut c1).unwrap();
+    }
+
+    let join = format!("127.0.0.1:{}", servers[0].status);
+    children.push(spawn_configured(
+        &servers[3],
+        ["--join", &join],
+        dir.path(),
+        Stdio::null(),
+        BALANCED,
+    ));
+    // Four regions of three replicas over four nodes: three each.
+    wait_for(Duration::from_secs(60), "node 4 to get its share", || {
+        settled_replicas(servers[0].status).is_some_and(|nodes| {
+            nodes.len() == 4 && nodes.iter().all(|(_, replicas, _)| *replicas == 3)
+        })
+    });
+    let mut c4 = connect(servers[3].client);
+    for k in &keys {
+        let got: Option<Vec<u8>> = redis::cmd("GET").arg(k).query(&mut c4).unwrap();
+        assert_eq!(got.as_deref(), Some(k.as_slice()));
+    }
+    drop(c4);
+
+    let out = ctl(servers[0].status, &["remove-node", "4"]);
+    assert!(
+        out.status.success(),
+        "ctl remove-node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "node 4 to be drained and removed",
+        || {
+            settled_replicas(servers[0].status).is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|(id, replicas, state)| *id == 4 && *replicas == 0 && state == "removed")
+            })
+        },
+    );
+    for k in &keys {
+        let got: Option<Vec<u8>> = redis::cmd("GET").arg(k).query(&mut c1).unwrap();
+        assert_eq!(got.as_deref(), Some(k.as_slice()));
+    }
     for c in children {
         stop(c);
     }
