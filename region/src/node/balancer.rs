@@ -445,6 +445,7 @@ fn coordinate(
         }
         coord.orders.clear();
         coord.learners_seen.clear();
+        coord.miscounted_seen.clear();
         return out;
     }
     let now = Instant::now();
