@@ -526,6 +526,112 @@ async fn a_replica_moves_back_to_a_node_it_left() {
 }
 
 /// Moving the leader's replica hands the leadership to the new voter first.
+/// A voter replaced through a joint configuration, under write load: the learner on node
+/// 4 is promoted and node 3's voter removed in one change (both old and new majorities
+/// decide until the leader leaves the joint configuration by itself). Every acknowledged
+/// write is read back on node 4; node 3 drops the region; node 1's raft log holds the
+/// joint change (two changes in one entry) followed by the empty change that leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_is_replaced_through_a_joint_configuration_under_load() {
+    let mut cluster = start_cluster(store_config);
+    let (h1, h2, h4) = (cluster.handle(1), cluster.handle(2), cluster.handle(4));
+    wait_for_leaders(&h1).await;
+    write_keys(&h1, key1, 0, 20).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(vec![h1.clone(), h2.clone()], 20, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = h1
+        .descriptor(REGION)
+        .await
+        .expect("descriptor")
+        .epoch
+        .conf_ver;
+    // Wherever the leader is, node 3's voter goes; a leader on node 3 hands over first.
+    h1.replace_voter(REGION, 3, 4)
+        .await
+        .expect("joint replacement");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.expect("writer");
+    assert!(
+        acked.len() > 10,
+        "the writer made progress: {}",
+        acked.len()
+    );
+    for h in [&h1, &h2, &h4] {
+        wait_until(
+            Duration::from_secs(5),
+            "the replacement everywhere",
+            || async { members(h, REGION).await == (vec![1, 2, 4], vec![]) },
+        )
+        .await;
+        // Three changes: the learner, the joint change, the change that leaves it.
+        let conf_ver = h
+            .descriptor(REGION)
+            .await
+            .expect("descriptor")
+            .epoch
+            .conf_ver;
+        assert_eq!(conf_ver, before + 3);
+    }
+    for i in (0..20).chain(acked.iter().copied()) {
+        let got = h4.get(key1(i)).await.expect("read on node 4");
+        assert_eq!(got, Some(Bytes::from(format!("v{i}"))), "key {i} on node 4");
+    }
+    let h3 = cluster.handle(3);
+    wait_until(
+        Duration::from_secs(5),
+        "node 3 to drop region 1",
+        || async { !holds(&h3, REGION).await },
+    )
+    .await;
+    // Bad replacements are refused before anything is proposed.
+    for (from, to, why) in [
+        (4, 4, "cannot replace itself"),
+        (3, 2, "no replica on node 3"),
+        (1, 2, "already has a voter on node 2"),
+    ] {
+        let e = h1.replace_voter(REGION, from, to).await.unwrap_err();
+        assert!(e.to_string().contains(why), "{from} → {to}: {e}");
+    }
+
+    // The log shows the joint change and the change that left it.
+    cluster.stop_node(1);
+    let opener = flotilla_region::node::EngineOpener::new(
+        cluster.dirs[0].path().to_path_buf(),
+        EngineConfig::default(),
+    );
+    let (log, _kv) = opener.open().expect("node 1's engine opens");
+    let entries = log
+        .entries(
+            REGION,
+            log.first_index(REGION),
+            log.last_index(REGION) + 1,
+            u64::MAX,
+        )
+        .expect("region 1's log");
+    let changes: Vec<flotilla_common::ConfChange> = entries
+        .iter()
+        .filter(|e| e.kind == flotilla_common::EntryKind::ConfChange)
+        .map(|e| flotilla_common::codec::decode(&e.data).expect("a conf change"))
+        .collect();
+    let joint = changes
+        .iter()
+        .position(|c| c.changes.len() == 2)
+        .expect("a change of two members in one entry");
+    assert!(
+        changes[joint + 1..].iter().any(|c| c.leaves_joint()),
+        "the joint configuration was left: {changes:?}"
+    );
+    assert!(
+        !changes.iter().any(|c| c.changes.len() == 1
+            && c.changes[0].kind == flotilla_common::ConfChangeKind::AddVoter),
+        "no single promotion: {changes:?}"
+    );
+    drop((log, _kv));
+    cluster.stop();
+}
+
 /// A replica destroyed with entries committed but not applied leaves a hard state whose
 /// commit is past the log it kept (cut at the applied index). Moving the region back to
 /// that node creates a new replica over that log: it must load (a balancer moving

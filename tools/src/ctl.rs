@@ -117,6 +117,10 @@ pub enum CtlCommand {
         from: u64,
         /// The node that gets a replica.
         to: u64,
+        /// Move a voter through a joint configuration: the caught-up learner is promoted
+        /// and the old voter removed in one change (never one voter more than before).
+        #[arg(long)]
+        joint: bool,
     },
     /// Add a learner (non-voting) replica of REGION on NODE, which must hold none.
     AddLearner {
@@ -255,10 +259,16 @@ pub async fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             })
             .await?;
         }
-        CtlCommand::MoveReplica { region, from, to } => {
+        CtlCommand::MoveReplica {
+            region,
+            from,
+            to,
+            joint,
+        } => {
             let millis = args.timeout_ms.max(MOVE_TIMEOUT_MILLIS_MIN);
             let client = StatusClient::new(&args.addr, Duration::from_millis(millis));
-            let path = format!("/admin/move-replica?region={region}&from={from}&to={to}");
+            let path =
+                format!("/admin/move-replica?region={region}&from={from}&to={to}&joint={joint}");
             admin(&client, &path, args.json, out, |_| {
                 format!("moved region {region}'s replica from node {from} to node {to}")
             })

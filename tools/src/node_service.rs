@@ -568,15 +568,17 @@ impl StatusSource for NodeService {
         })
     }
 
-    fn move_replica(&self, region: u64, from: u64, to: u64) -> ServiceFuture<()> {
+    fn move_replica(&self, region: u64, from: u64, to: u64, joint: bool) -> ServiceFuture<()> {
         let handle = self.inner.node.clone();
         // A move takes several membership changes; it runs as a task of its own so that a
         // caller giving up (an HTTP client's timeout) does not stop it between two steps.
         let task = tokio::spawn(async move {
-            handle
-                .move_replica(region, from, to)
-                .await
-                .map_err(|e| admin_error(region, e))
+            let moved = if joint {
+                handle.replace_voter(region, from, to).await
+            } else {
+                handle.move_replica(region, from, to).await
+            };
+            moved.map_err(|e| admin_error(region, e))
         });
         Box::pin(async move {
             task.await

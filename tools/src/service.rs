@@ -246,8 +246,11 @@ pub trait StatusSource: Send + Sync + 'static {
     /// promoted once caught up, leadership moved off `from` if it is there, replica on
     /// `from` removed — one membership change at a time. Resolves when the move is done;
     /// each step may take up to the node's request timeout. An interrupted move can be
-    /// asked again (a learner already on `to` is reused).
-    fn move_replica(&self, region: u64, from: u64, to: u64) -> ServiceFuture<()>;
+    /// asked again (a learner already on `to` is reused). With `joint`, a voter is moved
+    /// through a joint configuration instead: once the learner has caught up, it is
+    /// promoted and the voter on `from` removed in one change, so the region never counts
+    /// a voter more than before.
+    fn move_replica(&self, region: u64, from: u64, to: u64, joint: bool) -> ServiceFuture<()>;
 
     /// Adds a node to the cluster's directory (`add-node`, or a node joining): state up,
     /// spread by gossip. `cluster_id` is given by a node joining by itself (`--join`): it

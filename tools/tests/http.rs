@@ -32,6 +32,7 @@ struct FakeNode {
     learners: Mutex<Vec<(u64, u64)>>,
     removals: Mutex<Vec<(u64, u64)>>,
     moves: Mutex<Vec<(u64, u64, u64)>>,
+    joint_moves: Mutex<Vec<(u64, u64, u64)>>,
 }
 
 /// The peer id the fake node gives every learner it adds.
@@ -152,10 +153,15 @@ impl StatusSource for FakeNode {
         Box::pin(std::future::ready(result))
     }
 
-    fn move_replica(&self, region: u64, from: u64, to: u64) -> ServiceFuture<()> {
+    fn move_replica(&self, region: u64, from: u64, to: u64, joint: bool) -> ServiceFuture<()> {
         assert_ne!(from, to, "the route refuses a move to the same node");
+        let moves = if joint {
+            &self.joint_moves
+        } else {
+            &self.moves
+        };
         let result = fake_membership(region, &[(from, true), (to, false)])
-            .map(|()| self.moves.lock().push((region, from, to)));
+            .map(|()| moves.lock().push((region, from, to)));
         Box::pin(std::future::ready(result))
     }
 
@@ -582,8 +588,16 @@ async fn membership_routes_parse_their_parameters_and_answer_refusals() {
     let body: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
     assert_eq!(
         body,
-        serde_json::json!({ "ok": true, "region": 3, "from": 2, "to": 4 })
+        serde_json::json!({ "ok": true, "region": 3, "from": 2, "to": 4, "joint": false })
     );
+    let bad = c
+        .request(
+            Method::POST,
+            "/admin/move-replica?region=3&from=2&to=4&joint=yes",
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     let ok = c
         .request(Method::POST, "/admin/add-learner?node=5&region=3")
         .await
@@ -721,6 +735,7 @@ async fn ctl_moves_adds_and_removes_replicas() {
             region: 3,
             from: 2,
             to: 4,
+            joint: false,
         },
         false,
     )
@@ -745,6 +760,22 @@ async fn ctl_moves_adds_and_removes_replicas() {
     assert_eq!(*node.moves.lock(), vec![(3, 2, 4)]);
     assert_eq!(*node.learners.lock(), vec![(3, 5)]);
     assert_eq!(*node.removals.lock(), vec![(3, 1)]);
+    let out = run_ctl(
+        addr,
+        CtlCommand::MoveReplica {
+            region: 3,
+            from: 2,
+            to: 5,
+            joint: true,
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(body["joint"], true);
+    assert_eq!(*node.joint_moves.lock(), vec![(3, 2, 5)]);
+    assert_eq!(*node.moves.lock(), vec![(3, 2, 4)], "not a plain move");
 
     let err = run_ctl(addr, CtlCommand::AddLearner { region: 3, node: 2 }, false)
         .await
@@ -759,6 +790,7 @@ async fn ctl_moves_adds_and_removes_replicas() {
             region: 99,
             from: 1,
             to: 4,
+            joint: false,
         },
         false,
     )

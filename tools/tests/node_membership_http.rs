@@ -119,6 +119,7 @@ async fn ctl_moves_removes_and_adds_replicas_of_a_real_cluster() {
             region: REGION,
             from: 3,
             to: 4,
+            joint: false,
         },
         false,
     )

@@ -32,7 +32,7 @@
 //! request from a peer outside its configuration with it (and ignores the vote request).
 
 use bytes::Bytes;
-use flotilla_common::{codec, ConfChange, ConfChangeKind};
+use flotilla_common::{codec, ConfChange, ConfChangeKind, ConfChangeSingle, ConfChangeTransition};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -103,15 +103,27 @@ pub enum PeerChange {
         /// The node hosting it.
         node_id: u64,
     },
+    /// Two voter changes together, through a joint configuration (raft §4.3): the learner
+    /// on `promote` becomes a voter and the voter on `remove` leaves, in one change that
+    /// the leader leaves by itself once it is committed. The region never has more voters
+    /// than before (no four-voter step with three nodes' quorum of three), and every
+    /// decision in between needs a majority of both the old and the new voters.
+    Replace {
+        /// The node hosting the learner to promote.
+        promote: u64,
+        /// The node whose voter goes.
+        remove: u64,
+    },
 }
 
 impl PeerChange {
-    /// The node whose replica changes.
+    /// The node whose replica changes (for a replacement: the one that gains a voter).
     pub fn node_id(&self) -> u64 {
         match *self {
             PeerChange::AddLearner { node_id, .. }
             | PeerChange::Promote { node_id }
             | PeerChange::Remove { node_id } => node_id,
+            PeerChange::Replace { promote, .. } => promote,
         }
     }
 
@@ -147,6 +159,10 @@ pub fn change_done(desc: &RegionDescriptor, change: &PeerChange) -> bool {
             .peer_on_node(node_id)
             .is_some_and(|p| p.role == PeerRole::Voter),
         PeerChange::Remove { node_id } => desc.peer_on_node(node_id).is_none(),
+        PeerChange::Replace { promote, remove } => {
+            change_done(desc, &PeerChange::Promote { node_id: promote })
+                && change_done(desc, &PeerChange::Remove { node_id: remove })
+        }
     }
 }
 
@@ -155,6 +171,24 @@ pub fn change_done(desc: &RegionDescriptor, change: &PeerChange) -> bool {
 pub fn check_change(desc: &RegionDescriptor, change: &PeerChange) -> Result<(), NodeError> {
     let region = desc.id;
     let node = change.node_id();
+    if let PeerChange::Replace { promote, remove } = *change {
+        if promote == remove {
+            return Err(NodeError::Refused(format!(
+                "a replica cannot replace itself (node {promote})"
+            )));
+        }
+        check_change(desc, &PeerChange::Promote { node_id: promote })?;
+        check_change(desc, &PeerChange::Remove { node_id: remove })?;
+        if desc
+            .peer_on_node(remove)
+            .is_some_and(|p| p.role != PeerRole::Voter)
+        {
+            return Err(NodeError::Refused(format!(
+                "the replica of region {region} on node {remove} is not a voter"
+            )));
+        }
+        return Ok(());
+    }
     if node == 0 || node >= PEER_ID_NODE_SPAN {
         return Err(NodeError::Refused(format!("bad node id {node}")));
     }
@@ -208,6 +242,8 @@ pub fn check_change(desc: &RegionDescriptor, change: &PeerChange) -> Result<(), 
                 )));
             }
         }
+        // Checked above, as a promotion and a removal.
+        PeerChange::Replace { .. } => {}
     }
     Ok(())
 }
@@ -235,6 +271,27 @@ pub(crate) fn plan_change(
     leader: &LeaderView,
 ) -> Result<Option<ConfChange>, NodeError> {
     check_change(desc, change)?;
+    if let PeerChange::Replace { promote, remove } = *change {
+        let gone = desc.peer_on_node(remove).expect("checked");
+        if gone.peer_id == leader.leader_peer {
+            return Ok(None);
+        }
+        // The promotion's own checks (caught up), as a single change would have them.
+        let Some(up) = plan_change(desc, &PeerChange::Promote { node_id: promote }, leader)? else {
+            return Ok(None);
+        };
+        let mut cc = ConfChange {
+            transition: ConfChangeTransition::JointImplicit,
+            changes: up.changes,
+            context: up.context,
+            result: None,
+        };
+        cc.changes.push(ConfChangeSingle {
+            kind: ConfChangeKind::RemoveNode,
+            node_id: gone.peer_id,
+        });
+        return Ok(Some(cc));
+    }
     let node = change.node_id();
     let (kind, meta) = match *change {
         PeerChange::AddLearner { node_id, peer_id } => (
@@ -278,6 +335,11 @@ pub(crate) fn plan_change(
                 return Ok(None);
             }
             (ConfChangeKind::RemoveNode, p)
+        }
+        PeerChange::Replace { .. } => {
+            return Err(NodeError::Refused(
+                "a replacement is planned as one joint change".into(),
+            ))
         }
     };
     let mut cc = ConfChange::single(kind, meta.peer_id);
@@ -377,6 +439,64 @@ impl NodeHandle {
         }
     }
 
+    /// Moves the voter of `region_id` on `from_node` to `to_node` with joint consensus:
+    /// adds a learner on `to_node` (or reuses one), waits until it has caught up, then in
+    /// one joint change promotes it and removes the voter on `from_node` (the leader
+    /// leaves the joint configuration by itself). Unlike [`NodeHandle::move_replica`] the
+    /// region never counts one voter more than before. The leadership is moved off
+    /// `from_node` first if it is there (to another voter).
+    pub async fn replace_voter(
+        &self,
+        region_id: u64,
+        from_node: u64,
+        to_node: u64,
+    ) -> Result<(), NodeError> {
+        if from_node == to_node {
+            return Err(NodeError::Refused(format!(
+                "a replica cannot replace itself (node {from_node})"
+            )));
+        }
+        let desc = self.descriptor(region_id).await?;
+        check_change(&desc, &PeerChange::Remove { node_id: from_node })?;
+        match desc.peer_on_node(to_node) {
+            Some(p) if p.role == PeerRole::Voter => {
+                return Err(NodeError::Refused(format!(
+                    "region {region_id} already has a voter on node {to_node}"
+                )))
+            }
+            Some(_) => {}
+            None => {
+                self.add_learner(region_id, to_node).await?;
+            }
+        }
+        let deadline = Instant::now() + self.timeout;
+        let change = PeerChange::Replace {
+            promote: to_node,
+            remove: from_node,
+        };
+        loop {
+            match self.change_peer(region_id, change, deadline).await {
+                Err(NodeError::Refused(why)) if why.contains(LEADER_ON_TARGET) => {
+                    // A learner cannot take the leadership: another voter does.
+                    let desc = self.descriptor(region_id).await?;
+                    let Some(other) = desc
+                        .peers
+                        .iter()
+                        .find(|p| p.role == PeerRole::Voter && p.node_id != from_node)
+                    else {
+                        return Err(NodeError::Refused(format!(
+                            "region {region_id} has no other voter to lead it"
+                        )));
+                    };
+                    self.transfer_leader(region_id, other.node_id).await?;
+                    self.wait_leader_not_on(region_id, from_node, deadline)
+                        .await?;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// This node's replica's descriptor of `region_id`.
     pub async fn descriptor(&self, region_id: u64) -> Result<RegionDescriptor, NodeError> {
         self.call(|reply| StoreMsg::Descriptor { region_id, reply })
@@ -393,8 +513,11 @@ impl NodeHandle {
         change: PeerChange,
         deadline: Instant,
     ) -> Result<(), NodeError> {
-        let removes_me =
-            matches!(change, PeerChange::Remove { node_id } if node_id == self.node_id);
+        let removes_me = matches!(
+            change,
+            PeerChange::Remove { node_id } | PeerChange::Replace { remove: node_id, .. }
+                if node_id == self.node_id
+        );
         let mut pause = RETRY_PAUSE_MIN;
         let mut first = true;
         loop {

@@ -148,7 +148,8 @@ async fn remove_replica(state: &State, query: Option<&str>) -> Response<Full<Byt
     }
 }
 
-/// `POST /admin/move-replica?region=R&from=A&to=B`: answers once the move is done.
+/// `POST /admin/move-replica?region=R&from=A&to=B[&joint=true]`: answers once the move is
+/// done (`joint`: the voter moves through a joint configuration).
 async fn move_replica(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
     let (region, from, to) = match (
         query_u64(query, "region"),
@@ -166,10 +167,16 @@ async fn move_replica(state: &State, query: Option<&str>) -> Response<Full<Bytes
             &format!("a replica cannot move from node {from} to itself"),
         );
     }
-    match state.status.move_replica(region, from, to).await {
+    let joint = match query_bool(query, "joint") {
+        Ok(j) => j,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match state.status.move_replica(region, from, to, joint).await {
         Ok(()) => json(
             StatusCode::OK,
-            &serde_json::json!({ "ok": true, "region": region, "from": from, "to": to }),
+            &serde_json::json!({
+                "ok": true, "region": region, "from": from, "to": to, "joint": joint,
+            }),
         ),
         Err(e) => error(status_of(&e), &e.to_string()),
     }
@@ -301,6 +308,23 @@ fn query_u64(query: Option<&str>, key: &str) -> Result<u64, String> {
     value
         .parse()
         .map_err(|_| format!("query parameter {key} must be an unsigned integer, got {value:?}"))
+}
+
+/// An optional `true`/`false` query parameter (absent: false).
+fn query_bool(query: Option<&str>, key: &str) -> Result<bool, String> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v);
+    match value {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(format!(
+            "query parameter {key} must be true or false, got {v:?}"
+        )),
+    }
 }
 
 fn body(status: StatusCode, content_type: &'static str, bytes: Bytes) -> Response<Full<Bytes>> {
