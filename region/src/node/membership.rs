@@ -646,6 +646,59 @@ mod tests {
     }
 
     #[test]
+    fn a_replacement_is_one_joint_change_of_a_caught_up_learner_and_a_voter() {
+        let d = region(Some(4));
+        let replace = PeerChange::Replace {
+            promote: 4,
+            remove: 3,
+        };
+        check_change(&d, &replace).unwrap();
+        let cc = plan_change(&d, &replace, &leader(0))
+            .unwrap()
+            .expect("planned");
+        assert_eq!(cc.transition, ConfChangeTransition::JointImplicit);
+        assert_eq!(cc.enters_joint(), Some(true), "left by the leader itself");
+        let kinds: Vec<(ConfChangeKind, u64)> =
+            cc.changes.iter().map(|c| (c.kind, c.node_id)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ConfChangeKind::AddVoter, member_peer_id(9, 1).unwrap()),
+                (ConfChangeKind::RemoveNode, bootstrap_peer_id(5, 3)),
+            ]
+        );
+        // Not caught up: refused like a promotion; the leader's own voter: move it first.
+        assert!(plan_change(&d, &replace, &leader(500)).is_err());
+        let own = PeerChange::Replace {
+            promote: 4,
+            remove: 1,
+        };
+        assert_eq!(plan_change(&d, &own, &leader(0)).unwrap(), None);
+        // Refused: no learner to promote, a voter already, itself, nothing to remove.
+        for bad in [
+            (region(None), 4, 3),
+            (region(Some(4)), 2, 3),
+            (region(Some(4)), 4, 4),
+            (region(Some(4)), 4, 7),
+        ] {
+            let change = PeerChange::Replace {
+                promote: bad.1,
+                remove: bad.2,
+            };
+            assert!(check_change(&bad.0, &change).is_err(), "{change:?}");
+        }
+        // Done once the learner votes and the voter is gone.
+        assert!(!change_done(&d, &replace));
+        let mut after = d.clone();
+        after.peers.retain(|p| p.node_id != 3);
+        after
+            .peers
+            .iter_mut()
+            .for_each(|p| p.role = PeerRole::Voter);
+        assert!(change_done(&after, &replace));
+    }
+
+    #[test]
     fn member_peer_ids_never_meet_region_peer_ids() {
         let id = member_peer_id(7, 3).unwrap();
         assert!(is_member_peer_id(id));
