@@ -35,11 +35,18 @@ struct Cluster {
     dirs: BTreeMap<u64, tempfile::TempDir>,
     net: MemoryNetwork,
     regions: usize,
+    /// Nodes 1..=initial bootstrap the cluster; the others join.
+    initial: u64,
 }
 
 impl Cluster {
     /// Nodes 1–3, bootstrapped with `regions` regions.
     fn start(regions: usize) -> Cluster {
+        Self::start_with(regions, 3)
+    }
+
+    /// Nodes 1..=`initial`, bootstrapped with `regions` regions of three replicas.
+    fn start_with(regions: usize, initial: u64) -> Cluster {
         // The nodes' logs, when asked for (`RUST_LOG=info cargo test … -- --nocapture`).
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -52,22 +59,25 @@ impl Cluster {
             dirs: BTreeMap::new(),
             net: MemoryNetwork::new(17),
             regions,
+            initial,
         };
-        for id in 1..=3 {
+        for id in 1..=initial {
             c.start_node(id);
         }
         c
     }
 
     fn config(&self, id: u64) -> NodeConfig {
-        let joined = id > 3;
+        let joined = id > self.initial;
         let seed: Vec<NodeEntry> = if joined {
             vec![
                 NodeEntry::new(1, addresses(1)),
                 NodeEntry::new(id, addresses(id)),
             ]
         } else {
-            (1..=3).map(|n| NodeEntry::new(n, addresses(n))).collect()
+            (1..=self.initial)
+                .map(|n| NodeEntry::new(n, addresses(n)))
+                .collect()
         };
         NodeConfig {
             store: StoreConfig {
@@ -77,7 +87,11 @@ impl Cluster {
             },
             data_dir: self.dirs[&id].path().to_path_buf(),
             engine: EngineConfig::default(),
-            initial_nodes: if joined { vec![] } else { vec![1, 2, 3] },
+            initial_nodes: if joined {
+                vec![]
+            } else {
+                (1..=self.initial).collect()
+            },
             initial_regions: self.regions,
             request_timeout: Duration::from_secs(5),
             cluster: ClusterConfig {
@@ -564,5 +578,40 @@ async fn membership_changes_interleave_with_splits_and_merges() {
         acked.push(w.await.expect("writer"));
     }
     check_writes(&c.handles(), &acked).await;
+    c.stop();
+}
+
+/// A cluster bootstrapped on five nodes gives each region three replicas, spread evenly
+/// (within one per node), so the balancer has nothing to move but leaderships; writes and
+/// reads go through any node (the ones without the key's region forward them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_bootstrapped_nodes_hold_three_replicas_of_each_region() {
+    const REGIONS: usize = 20;
+    let c = Cluster::start_with(REGIONS, 5);
+    wait_balanced(&c, &set(&[1, 2, 3, 4, 5]), REGIONS, Duration::from_secs(30)).await;
+    for h in c.handles() {
+        assert_eq!(
+            h.regions().all().len(),
+            REGIONS * 3 / 5,
+            "node {}",
+            h.node_id()
+        );
+    }
+    let hs = c.handles();
+    for (n, h) in hs.iter().enumerate() {
+        for i in 0..20u64 {
+            let k = key(n as u64 + 1, i);
+            let put = KvCommand::Put {
+                key: k.clone(),
+                value: k.clone(),
+                cond: PutCondition::Always,
+            };
+            assert_eq!(
+                h.write(put, (900 + n as u64, i + 1)).await,
+                Ok(KvResponse::Written(true))
+            );
+            assert_eq!(hs[(n + 1) % 5].get(k.clone()).await, Ok(Some(k)));
+        }
+    }
     c.stop();
 }

@@ -103,6 +103,10 @@ pub struct ServerConfig {
     pub node_down_timeout_secs: u64,
     /// Replica moves the balancer keeps under way at once, in the whole cluster.
     pub max_concurrent_moves: usize,
+    /// Voters per region: a new cluster's regions get this many replicas (each on every
+    /// initial node when there are no more), and the balancer keeps every region at it.
+    /// Every initial node must be started with the same value.
+    pub replicas: usize,
     /// The size under which neighbours are merged (with `auto_merge`).
     pub region_merge_bytes: u64,
     /// Sending rate of each snapshot stream, in bytes per second (0: unlimited).
@@ -131,6 +135,7 @@ impl Default for ServerConfig {
             balance: true,
             node_down_timeout_secs: BalancerConfig::default().node_down_timeout.as_secs(),
             max_concurrent_moves: BalancerConfig::default().max_concurrent_moves,
+            replicas: BalancerConfig::default().replicas,
             region_merge_bytes: store.region_merge_bytes,
             snapshot_max_bytes_per_sec: SNAPSHOT_MAX_BYTES_PER_SEC_DEFAULT,
             engine: EngineConfig::default(),
@@ -287,6 +292,7 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
                 enabled: cfg.balance,
                 node_down_timeout: Duration::from_secs(cfg.node_down_timeout_secs.max(1)),
                 max_concurrent_moves: cfg.max_concurrent_moves.max(1),
+                replicas: cfg.replicas.max(1),
                 ..BalancerConfig::default()
             },
         },

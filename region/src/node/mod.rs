@@ -68,9 +68,9 @@ pub use snapshot_builder::{
 };
 pub use split::{plan_split, split_region_id, SplitPlan, REGION_ID_MAX};
 pub use store::{
-    bootstrap, bootstrap_peer_id, EngineOpener, LogSlot, RegionMap, RegionRoute, RegionStatus,
-    Store, StoreConfig, StoreMsg, FORWARD_WAIT_ELECTIONS, PEER_ID_NODE_SPAN, REOPEN_PAUSE_MAX,
-    REOPEN_PAUSE_MIN, REOPEN_PAUSE_RESET, ROUND_INPUTS_MAX,
+    bootstrap, bootstrap_nodes, bootstrap_peer_id, EngineOpener, LogSlot, RegionMap, RegionRoute,
+    RegionStatus, Store, StoreConfig, StoreMsg, FORWARD_WAIT_ELECTIONS, PEER_ID_NODE_SPAN,
+    REOPEN_PAUSE_MAX, REOPEN_PAUSE_MIN, REOPEN_PAUSE_RESET, ROUND_INPUTS_MAX,
 };
 
 /// First pause before a request that found no leader (or was dropped) is sent again.

@@ -98,7 +98,14 @@ impl Node {
         let directory =
             cluster::open_directory(node_id, &cfg.cluster, &cfg.initial_nodes, &cfg.data_dir)?;
         if log.regions().is_empty() && cfg.initial_nodes.contains(&cfg.store.node_id) {
-            bootstrap(&*log, &kv, &cfg.initial_nodes, cfg.initial_regions)?;
+            bootstrap(
+                &*log,
+                &kv,
+                cfg.store.node_id,
+                &cfg.initial_nodes,
+                cfg.initial_regions,
+                cfg.cluster.balancer.replicas,
+            )?;
             info!(
                 node = cfg.store.node_id,
                 regions = cfg.initial_regions,

@@ -382,7 +382,7 @@ mod tests {
         let log: Arc<dyn RaftLog> =
             Arc::from(open_log(dir.path().join("raft"), &cfg).expect("log"));
         let kv = Arc::new(KvStore::open(dir.path().join("kv"), &cfg.rocksdb).expect("kv"));
-        bootstrap(&*log, &kv, &[1], 1).expect("bootstrap");
+        bootstrap(&*log, &kv, 1, &[1], 1, 3).expect("bootstrap");
         let mut round = ApplyRound::new();
         for i in 0..pairs {
             round.put(1, format!("k{i:04}").into_bytes(), vec![i as u8; 100]);

@@ -424,23 +424,33 @@ pub struct Store {
     snapshot_builds: SnapshotBuilds,
 }
 
-/// Writes the first regions of a new cluster: `regions` regions evenly splitting the key
-/// space, each replicated on every node of `nodes`. Idempotent on the same inputs; an
-/// error if the data directory already holds a different cluster.
+/// The nodes of a new cluster's region `i` (0-based) when each region gets `replicas`
+/// voters out of the `sorted` initial nodes: `replicas` nodes in a row, starting at node
+/// `i mod n`, so every node holds the same number of replicas (within one). With as many
+/// replicas as nodes, every node holds every region.
+pub fn bootstrap_nodes(sorted: &[u64], i: usize, replicas: usize) -> Vec<u64> {
+    let n = sorted.len();
+    let r = replicas.clamp(1, n.max(1));
+    (0..r).map(|k| sorted[(i + k) % n]).collect()
+}
+
+/// Writes the first regions of a new cluster on node `me`: `regions` regions evenly
+/// splitting the key space, each replicated on `replicas` of `nodes`
+/// ([`bootstrap_nodes`]; every node when there are no more than `replicas`); `me` stores
+/// only the regions it holds a replica of. Every initial node runs it with the same
+/// inputs and so writes the same descriptors. A data directory that already holds regions
+/// is left as it is (the bootstrap record, `bootstrap.txt`, refuses other flags).
 pub fn bootstrap(
     log: &dyn RaftLog,
     kv: &KvStore,
+    me: u64,
     nodes: &[u64],
     regions: usize,
+    replicas: usize,
 ) -> Result<(), NodeError> {
     let storage = storage_error;
     if !log.regions().is_empty() {
-        let existing = log.regions().len();
-        if existing != regions {
-            return Err(NodeError::Storage(format!(
-                "data directory already holds {existing} regions, but {regions} were asked to be bootstrapped"
-            )));
-        }
+        // Bootstrapped before (a crash after the write): the same regions of this node.
         return Ok(());
     }
     let mut sorted = nodes.to_vec();
@@ -456,6 +466,10 @@ pub fn bootstrap(
     let mut batch = LogBatch::new();
     for i in 0..regions.max(1) {
         let id = i as u64 + 1;
+        let members = bootstrap_nodes(&sorted, i, replicas);
+        if !members.contains(&me) {
+            continue;
+        }
         let desc = RegionDescriptor {
             id,
             start_key: if i == 0 {
@@ -468,7 +482,7 @@ pub fn bootstrap(
                 conf_ver: 1,
                 version: 1,
             },
-            peers: sorted
+            peers: members
                 .iter()
                 .map(|&n| PeerMeta {
                     peer_id: bootstrap_peer_id(id, n),
@@ -486,6 +500,32 @@ pub fn bootstrap(
     kv.sync().map_err(storage)?;
     log.write(batch).map_err(storage)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use super::bootstrap_nodes;
+
+    #[test]
+    fn bootstrap_spreads_replicas_evenly_over_the_initial_nodes() {
+        let nodes = [1, 2, 3, 4, 5];
+        let mut held = std::collections::BTreeMap::new();
+        for i in 0..64 {
+            let members = bootstrap_nodes(&nodes, i, 3);
+            let mut distinct = members.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "region {i}: {members:?}");
+            for n in members {
+                *held.entry(n).or_insert(0) += 1;
+            }
+        }
+        let (min, max) = (held.values().min(), held.values().max());
+        assert!(max.unwrap() - min.unwrap() <= 1, "{held:?}");
+        // No more replicas than nodes; at least one.
+        assert_eq!(bootstrap_nodes(&[1, 2, 3], 7, 5), vec![2, 3, 1]);
+        assert_eq!(bootstrap_nodes(&[4, 9], 0, 0), vec![4]);
+    }
 }
 
 fn role_name(r: Role) -> &'static str {
