@@ -502,32 +502,6 @@ pub fn bootstrap(
     Ok(())
 }
 
-#[cfg(test)]
-mod bootstrap_tests {
-    use super::bootstrap_nodes;
-
-    #[test]
-    fn bootstrap_spreads_replicas_evenly_over_the_initial_nodes() {
-        let nodes = [1, 2, 3, 4, 5];
-        let mut held = std::collections::BTreeMap::new();
-        for i in 0..64 {
-            let members = bootstrap_nodes(&nodes, i, 3);
-            let mut distinct = members.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            assert_eq!(distinct.len(), 3, "region {i}: {members:?}");
-            for n in members {
-                *held.entry(n).or_insert(0) += 1;
-            }
-        }
-        let (min, max) = (held.values().min(), held.values().max());
-        assert!(max.unwrap() - min.unwrap() <= 1, "{held:?}");
-        // No more replicas than nodes; at least one.
-        assert_eq!(bootstrap_nodes(&[1, 2, 3], 7, 5), vec![2, 3, 1]);
-        assert_eq!(bootstrap_nodes(&[4, 9], 0, 0), vec![4]);
-    }
-}
-
 fn role_name(r: Role) -> &'static str {
     match r {
         Role::Follower => "follower",
@@ -2466,5 +2440,31 @@ fn send_envelopes(transport: &dyn Transport, envelopes: Vec<RaftEnvelope>) {
     for e in transport.send_batch(envelopes) {
         // Raft retries whatever is lost; the transport counts the drop.
         tracing::debug!("send failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use super::bootstrap_nodes;
+
+    #[test]
+    fn bootstrap_spreads_replicas_evenly_over_the_initial_nodes() {
+        let nodes = [1, 2, 3, 4, 5];
+        let mut held = std::collections::BTreeMap::new();
+        for i in 0..64 {
+            let members = bootstrap_nodes(&nodes, i, 3);
+            let mut distinct = members.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "region {i}: {members:?}");
+            for n in members {
+                *held.entry(n).or_insert(0) += 1;
+            }
+        }
+        let (min, max) = (held.values().min(), held.values().max());
+        assert!(max.unwrap() - min.unwrap() <= 1, "{held:?}");
+        // No more replicas than nodes; at least one.
+        assert_eq!(bootstrap_nodes(&[1, 2, 3], 7, 5), vec![2, 3, 1]);
+        assert_eq!(bootstrap_nodes(&[4, 9], 0, 0), vec![4]);
     }
 }
