@@ -167,9 +167,9 @@ enum AttemptFirst<F> {
 /// A request started by [`NodeHandle::local_or_forwarded`].
 struct Attempt<F> {
     handle: NodeHandle,
-    key: Bytes,
-    forwardable: bool,
-    request: ForwardRequest,
+    /// The key and the request, for a request that may be forwarded (none: it names its
+    /// route, and is only ever served here).
+    forward: Option<(Bytes, ForwardRequest)>,
     first: AttemptFirst<F>,
 }
 
@@ -187,18 +187,19 @@ where
     ) -> impl Future<Output = Result<T, NodeError>> + Send + 'static {
         let Attempt {
             handle,
-            key,
-            forwardable,
-            request,
+            forward,
             first,
         } = self;
         async move {
             let first = match first {
                 AttemptFirst::Local(f) => match f.await {
-                    Err(NodeError::RegionNotFound) if forwardable => None,
+                    Err(NodeError::RegionNotFound) if forward.is_some() => None,
                     r => return r,
                 },
                 AttemptFirst::Forwarded(sent) => Some(sent),
+            };
+            let Some((key, request)) = forward else {
+                return Err(NodeError::RegionNotFound);
             };
             let answer = handle.forwarded(key, request, first).await?;
             let kind = answer.kind();
@@ -362,30 +363,33 @@ impl NodeHandle {
 
     /// Starts a request: here when this node holds the key's region (or the request names
     /// its route), else forwarded now (see the `forward` module).
+    /// `request` builds the forwardable form only when it may be needed (a request that
+    /// names its route never is), so a routed request pays nothing for forwarding.
     fn local_or_forwarded<T, F>(
         &self,
         key: &[u8],
         expected: Option<ExpectedRoute>,
-        request: ForwardRequest,
+        request: impl FnOnce() -> ForwardRequest,
         local: impl FnOnce() -> F,
     ) -> Attempt<F>
     where
         F: Future<Output = Result<T, NodeError>>,
     {
-        let target = if expected.is_none() {
-            self.forward_target(key)
-        } else {
-            None
-        };
-        let first = match target {
+        if expected.is_some() {
+            return Attempt {
+                handle: self.clone(),
+                forward: None,
+                first: AttemptFirst::Local(local()),
+            };
+        }
+        let request = request();
+        let first = match self.forward_target(key) {
             None => AttemptFirst::Local(local()),
             Some(to) => AttemptFirst::Forwarded(self.forward_send(to, request.clone())),
         };
         Attempt {
             handle: self.clone(),
-            key: Bytes::copy_from_slice(key),
-            forwardable: expected.is_none(),
-            request,
+            forward: Some((Bytes::copy_from_slice(key), request)),
             first,
         }
     }
@@ -552,14 +556,16 @@ impl NodeHandle {
         session: (u64, u64),
         expected: Option<ExpectedRoute>,
     ) -> impl Future<Output = Result<KvResponse, NodeError>> + Send + 'static {
-        let key = Bytes::copy_from_slice(cmd.keys().first().copied().unwrap_or_default());
-        let request = ForwardRequest::Write {
-            cmd: cmd.clone(),
-            session,
-        };
-        let attempt = self.local_or_forwarded(&key, expected, request, || {
-            self.submit_write_local(cmd, session, expected)
-        });
+        let key = cmd.keys().first().copied().unwrap_or_default();
+        let attempt = self.local_or_forwarded(
+            key,
+            expected,
+            || ForwardRequest::Write {
+                cmd: cmd.clone(),
+                session,
+            },
+            || self.submit_write_local(cmd.clone(), session, expected),
+        );
         attempt.finish(|a| match a {
             ForwardAnswer::Written(r) => Some(r),
             _ => None,
@@ -726,11 +732,12 @@ impl NodeHandle {
         key: Bytes,
         expected: Option<ExpectedRoute>,
     ) -> impl Future<Output = Result<Option<Bytes>, NodeError>> + Send + 'static {
-        let request = ForwardRequest::Get { key: key.clone() };
-        let k = key.clone();
-        let attempt = self.local_or_forwarded(&k, expected, request, || {
-            self.submit_get_local(key, expected)
-        });
+        let attempt = self.local_or_forwarded(
+            &key,
+            expected,
+            || ForwardRequest::Get { key: key.clone() },
+            || self.submit_get_local(key.clone(), expected),
+        );
         attempt.finish(|a| match a {
             ForwardAnswer::Value(v) => Some(v),
             _ => None,
@@ -792,16 +799,19 @@ impl NodeHandle {
         limit: usize,
         expected: Option<ExpectedRoute>,
     ) -> Result<ScanPage, NodeError> {
-        let request = ForwardRequest::Scan {
-            start: start.clone(),
-            end: end.clone(),
-            limit,
-        };
-        let k = start.clone();
-        let attempt = self.local_or_forwarded(&k, expected, request, || {
-            let h = self.clone();
-            async move { h.scan_page_local(start, end, limit, expected).await }
-        });
+        let attempt = self.local_or_forwarded(
+            &start,
+            expected,
+            || ForwardRequest::Scan {
+                start: start.clone(),
+                end: end.clone(),
+                limit,
+            },
+            || {
+                let (h, start, end) = (self.clone(), start.clone(), end.clone());
+                async move { h.scan_page_local(start, end, limit, expected).await }
+            },
+        );
         attempt
             .finish(|a| match a {
                 ForwardAnswer::Page { pairs, covered_end } => Some(ScanPage { pairs, covered_end }),
