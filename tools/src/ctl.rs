@@ -368,12 +368,8 @@ pub fn regions_table(regions: &[RegionStatus]) -> String {
         .map(|r| {
             vec![
                 r.id.to_string(),
-                format!("\"{}\"", escape(&r.start_key)),
-                if r.end_key.is_empty() {
-                    "+inf".to_string()
-                } else {
-                    format!("\"{}\"", escape(&r.end_key))
-                },
+                key_cell(&r.start_key),
+                end_key_cell(&r.end_key),
                 r.epoch.conf_ver.to_string(),
                 r.epoch.version.to_string(),
                 r.role.as_str().to_string(),
@@ -441,12 +437,8 @@ pub fn cluster_regions_table(regions: &[ClusterRegionStatus]) -> String {
         .map(|r| {
             vec![
                 r.id.to_string(),
-                format!("\"{}\"", escape(&r.start_key)),
-                if r.end_key.is_empty() {
-                    "+inf".to_string()
-                } else {
-                    format!("\"{}\"", escape(&r.end_key))
-                },
+                key_cell(&r.start_key),
+                end_key_cell(&r.end_key),
                 r.epoch.conf_ver.to_string(),
                 r.epoch.version.to_string(),
                 r.leader.map_or_else(|| "-".to_string(), |n| n.to_string()),
@@ -461,6 +453,20 @@ pub fn cluster_regions_table(regions: &[ClusterRegionStatus]) -> String {
         ],
         &rows,
     )
+}
+
+/// A key cell: the escaped key in quotes.
+fn key_cell(key: &[u8]) -> String {
+    format!("\"{}\"", escape(key))
+}
+
+/// An end-key cell: `+inf` for the end of the key space, else the key.
+fn end_key_cell(key: &[u8]) -> String {
+    if key.is_empty() {
+        "+inf".to_string()
+    } else {
+        key_cell(key)
+    }
 }
 
 /// The PEERS cell: node ids in the descriptor's order, learners marked `(l)`; `-` when

@@ -90,6 +90,38 @@ fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Four servers' ids (1–4) and free ports.
+fn four_servers() -> Vec<Server> {
+    (1..=4)
+        .map(|id| Server {
+            id,
+            raft: free_port(),
+            client: free_port(),
+            status: free_port(),
+        })
+        .collect()
+}
+
+/// The `--initial-cluster` value of `servers`.
+fn initial_cluster(servers: &[Server]) -> String {
+    servers
+        .iter()
+        .map(|s| format!("{}=127.0.0.1:{}", s.id, s.raft))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Waits until the node with status port `status_port` lists every region with a leader.
+fn wait_for_leaders(status_port: u16, limit: Duration) {
+    wait_for(limit, "leaders of every region", || {
+        status(status_port).is_some_and(|v| {
+            v["regions"]
+                .as_array()
+                .is_some_and(|r| r.len() == REGIONS && r.iter().all(|r| r["leader"].is_u64()))
+        })
+    });
+}
+
 fn connect(port: u16) -> redis::Connection {
     let c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let con = c
@@ -128,30 +160,13 @@ const KEY: &[u8] = b"\x01joined";
 #[test]
 fn a_fourth_server_joins_and_serves_a_moved_replica() {
     let dir = tempfile::tempdir().unwrap();
-    let servers: Vec<Server> = (1..=4)
-        .map(|id| Server {
-            id,
-            raft: free_port(),
-            client: free_port(),
-            status: free_port(),
-        })
-        .collect();
-    let cluster: String = servers[..3]
-        .iter()
-        .map(|s| format!("{}=127.0.0.1:{}", s.id, s.raft))
-        .collect::<Vec<_>>()
-        .join(",");
+    let servers = four_servers();
+    let cluster = initial_cluster(&servers[..3]);
     let mut children: Vec<Child> = servers[..3]
         .iter()
         .map(|s| spawn(s, ["--initial-cluster", &cluster], dir.path()))
         .collect();
-    wait_for(Duration::from_secs(10), "leaders of every region", || {
-        status(servers[0].status).is_some_and(|v| {
-            v["regions"]
-                .as_array()
-                .is_some_and(|r| r.len() == REGIONS && r.iter().all(|r| r["leader"].is_u64()))
-        })
-    });
+    wait_for_leaders(servers[0].status, Duration::from_secs(10));
     // A write through node 1, before node 4 exists.
     let mut c1 = connect(servers[0].client);
     let _: () = redis::cmd("SET")
@@ -318,19 +333,8 @@ fn settled_replicas(port: u16) -> Option<Vec<(u64, u64, String)>> {
 fn the_balancer_fills_a_joined_server_and_drains_it_when_removed() {
     const BALANCED: &str = "gossip_interval_ms = 200\nbalance = true\n";
     let dir = tempfile::tempdir().unwrap();
-    let servers: Vec<Server> = (1..=4)
-        .map(|id| Server {
-            id,
-            raft: free_port(),
-            client: free_port(),
-            status: free_port(),
-        })
-        .collect();
-    let cluster: String = servers[..3]
-        .iter()
-        .map(|s| format!("{}=127.0.0.1:{}", s.id, s.raft))
-        .collect::<Vec<_>>()
-        .join(",");
+    let servers = four_servers();
+    let cluster = initial_cluster(&servers[..3]);
     let mut children: Vec<Child> = servers[..3]
         .iter()
         .map(|s| {
@@ -343,13 +347,7 @@ fn the_balancer_fills_a_joined_server_and_drains_it_when_removed() {
             )
         })
         .collect();
-    wait_for(Duration::from_secs(15), "leaders of every region", || {
-        status(servers[0].status).is_some_and(|v| {
-            v["regions"]
-                .as_array()
-                .is_some_and(|r| r.len() == REGIONS && r.iter().all(|r| r["leader"].is_u64()))
-        })
-    });
+    wait_for_leaders(servers[0].status, Duration::from_secs(15));
     let mut c1 = connect(servers[0].client);
     let keys: Vec<Vec<u8>> = (0..=255u8).step_by(8).map(|b| vec![b, b'k']).collect();
     for k in &keys {

@@ -48,6 +48,7 @@ use super::descriptor::PeerRole;
 use super::directory::NodeState;
 use super::error::NodeError;
 use super::forward;
+use super::membership::OnNode;
 use super::node_message::{NodeMessage, RegionSummary};
 use super::placement::{
     plan as plan_placement, PlacementAction, PlacementConfig, PlacementNode, PlacementRegion,
@@ -409,12 +410,8 @@ fn run_move(
 /// Adds a voter of `region_id` on `to`: a learner (kept if one is there), promoted.
 async fn add_voter(handle: &NodeHandle, region_id: u64, to: u64) -> Result<(), NodeError> {
     let desc = handle.descriptor(region_id).await?;
-    match desc.peer_on_node(to) {
-        Some(p) if p.role == PeerRole::Voter => return Ok(()),
-        Some(_) => {}
-        None => {
-            handle.add_learner(region_id, to).await?;
-        }
+    if handle.learner_on(&desc, to).await? == OnNode::Voter {
+        return Ok(());
     }
     handle.promote_learner(region_id, to).await
 }

@@ -138,6 +138,15 @@ impl PeerChange {
     }
 }
 
+/// What a node holds of a region once [`NodeHandle::learner_on`] is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnNode {
+    /// A voter (left as it was).
+    Voter,
+    /// A learner (there before, or just added).
+    Learner,
+}
+
 /// What the store did with a change request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeOutcome {
@@ -409,16 +418,10 @@ impl NodeHandle {
                 "region {region_id} has no replica on node {from_node}"
             ))
         })?;
-        match desc.peer_on_node(to_node) {
-            Some(p) if p.role == PeerRole::Voter => {
-                return Err(NodeError::Refused(format!(
-                    "region {region_id} already has a voter on node {to_node}"
-                )))
-            }
-            Some(_) => {}
-            None => {
-                self.add_learner(region_id, to_node).await?;
-            }
+        if self.learner_on(&desc, to_node).await? == OnNode::Voter {
+            return Err(NodeError::Refused(format!(
+                "region {region_id} already has a voter on node {to_node}"
+            )));
         }
         if from.role == PeerRole::Voter {
             self.promote_learner(region_id, to_node).await?;
@@ -458,16 +461,10 @@ impl NodeHandle {
         }
         let desc = self.descriptor(region_id).await?;
         check_change(&desc, &PeerChange::Remove { node_id: from_node })?;
-        match desc.peer_on_node(to_node) {
-            Some(p) if p.role == PeerRole::Voter => {
-                return Err(NodeError::Refused(format!(
-                    "region {region_id} already has a voter on node {to_node}"
-                )))
-            }
-            Some(_) => {}
-            None => {
-                self.add_learner(region_id, to_node).await?;
-            }
+        if self.learner_on(&desc, to_node).await? == OnNode::Voter {
+            return Err(NodeError::Refused(format!(
+                "region {region_id} already has a voter on node {to_node}"
+            )));
         }
         let deadline = Instant::now() + self.timeout;
         let change = PeerChange::Replace {
@@ -493,6 +490,24 @@ impl NodeHandle {
                         .await?;
                 }
                 r => return r,
+            }
+        }
+    }
+
+    /// Makes sure `node_id` holds a replica of the region `desc` describes: a learner is
+    /// added unless one is there (an interrupted move's, reused). Answers what the node
+    /// holds now; a voter is left as it is.
+    pub(crate) async fn learner_on(
+        &self,
+        desc: &RegionDescriptor,
+        node_id: u64,
+    ) -> Result<OnNode, NodeError> {
+        match desc.peer_on_node(node_id) {
+            Some(p) if p.role == PeerRole::Voter => Ok(OnNode::Voter),
+            Some(_) => Ok(OnNode::Learner),
+            None => {
+                self.add_learner(desc.id, node_id).await?;
+                Ok(OnNode::Learner)
             }
         }
     }
