@@ -111,6 +111,10 @@ pub struct ClusterView {
     cluster_id: u64,
     interval: Duration,
     own: NodeAddresses,
+    /// Raft addresses given for other nodes in this node's own configuration (its
+    /// `--initial-cluster`): they are how this node reaches them (through a proxy, a NAT),
+    /// so what a node says of its own address never replaces them.
+    pinned: std::collections::BTreeMap<u64, std::net::SocketAddr>,
     data_dir: PathBuf,
     directory: SharedDirectory,
     transport: Arc<dyn Transport>,
@@ -140,6 +144,15 @@ impl ClusterView {
             cluster_id: cfg.cluster_id,
             interval: cfg.gossip_interval,
             own: cfg.addresses,
+            pinned: if cfg.joined {
+                Default::default()
+            } else {
+                cfg.seed
+                    .iter()
+                    .filter(|e| e.node_id != node_id)
+                    .filter_map(|e| e.addresses.raft_addr.map(|a| (e.node_id, a)))
+                    .collect()
+            },
             data_dir,
             directory,
             transport,
@@ -298,6 +311,8 @@ impl ClusterView {
         for e in entries.iter().filter(|e| e.node_id != self.node_id) {
             if e.state == NodeState::Removed {
                 self.transport.remove_peer(e.node_id);
+            } else if let Some(&a) = self.pinned.get(&e.node_id) {
+                self.transport.add_peer(e.node_id, a);
             } else if let Some(a) = e.addresses.raft_addr {
                 self.transport.add_peer(e.node_id, a);
             }
@@ -600,6 +615,78 @@ mod tests {
             ClusterView::new(1, &cfg, dir.to_path_buf(), d, Arc::new(t)),
             net,
         )
+    }
+
+    /// A transport that only records the addresses it is given.
+    #[derive(Default)]
+    struct Addresses(Mutex<HashMap<u64, std::net::SocketAddr>>);
+
+    impl Transport for Addresses {
+        fn node_id(&self) -> u64 {
+            1
+        }
+        fn add_peer(&self, node_id: u64, addr: std::net::SocketAddr) {
+            self.0.lock().insert(node_id, addr);
+        }
+        fn remove_peer(&self, node_id: u64) {
+            self.0.lock().remove(&node_id);
+        }
+        fn knows(&self, node_id: u64) -> bool {
+            self.0.lock().contains_key(&node_id)
+        }
+        fn send(&self, _: RaftEnvelope) -> Result<(), flotilla_transport::SendError> {
+            Ok(())
+        }
+        fn send_snapshot(&self, _: RaftEnvelope) -> Result<(), flotilla_transport::SendError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_address_from_the_nodes_own_configuration_is_never_replaced_by_gossip() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let with_raft = |n: u64, p: u16| {
+            NodeEntry::new(
+                n,
+                NodeAddresses {
+                    raft_addr: Some(addr(p)),
+                    ..Default::default()
+                },
+            )
+        };
+        // Node 1 reaches node 2 through a proxy at port 9102; node 4 is not configured.
+        let cfg = ClusterConfig {
+            seed: vec![with_raft(1, 9001), with_raft(2, 9102)],
+            ..Default::default()
+        };
+        let d = open_directory(1, &cfg, &[1, 2], dir.path()).unwrap();
+        let t = Arc::new(Addresses::default());
+        let v = ClusterView::new(1, &cfg, dir.path().to_path_buf(), d, t.clone());
+        assert_eq!(t.0.lock().get(&2), Some(&addr(9102)));
+        // Node 2 says it is at 9002 (its real address), node 4 at 9004.
+        let mut two = with_raft(2, 9002);
+        two.generation = 7;
+        let g = NodeMessage::Gossip(Gossip {
+            directory: vec![two, with_raft(4, 9004)],
+            regions: vec![],
+            replicas: 0,
+            leaders: 0,
+            moves: 0,
+            snapshots: 0,
+        });
+        v.receive(2, &g.to_envelope(2, 1).unwrap());
+        assert_eq!(v.node(2).unwrap().addresses.raft_addr, Some(addr(9002)));
+        assert_eq!(
+            t.0.lock().get(&2),
+            Some(&addr(9102)),
+            "still through the proxy"
+        );
+        assert_eq!(
+            t.0.lock().get(&4),
+            Some(&addr(9004)),
+            "a node learned by gossip"
+        );
     }
 
     #[test]
