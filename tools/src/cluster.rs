@@ -448,9 +448,12 @@ async fn run_cluster(
             return Ok(());
         }
     };
+    // The first counter readings are taken before the banner invites commands, so a
+    // command typed (or sent by a script) right after it shows in the next line's ops/s.
+    let baseline = sample_all(plan, &procs).await;
     print!("{}", banner(plan, &exe));
 
-    let ended = live_view(plan, &mut procs, &mut signals, seconds).await;
+    let ended = live_view(plan, &mut procs, &mut signals, seconds, baseline).await;
     procs.stop(&mut signals).await;
     ended
 }
@@ -567,18 +570,30 @@ enum NodeSample {
     },
 }
 
-/// Refreshes the view every second until a signal, `seconds` or every node exiting.
+/// Shows `first` (sampled before the banner) at once, then refreshes the view every second
+/// until a signal, `seconds` or every node exiting.
 async fn live_view(
     plan: &ClusterPlan,
     procs: &mut Processes,
     signals: &mut StopSignals,
     seconds: Option<Duration>,
+    first: Vec<NodeSample>,
 ) -> Result<(), ClusterError> {
     let began = Instant::now();
     let deadline = seconds.map(|s| tokio::time::Instant::now() + s);
     let mut view = View::new(plan);
     let mut previous: Vec<Option<(f64, Instant)>> = vec![None; plan.nodes.len()];
-    let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
+    let first_at = Instant::now();
+    let rows: Vec<ViewRow> = first
+        .iter()
+        .zip(previous.iter_mut())
+        .map(|(sample, prev)| view_row(sample, prev, first_at))
+        .collect();
+    view.show(Duration::ZERO, &rows);
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + REFRESH_INTERVAL,
+        REFRESH_INTERVAL,
+    );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
