@@ -11,12 +11,13 @@ use flotilla_bench::report;
 use flotilla_bench::results::{Outcome, RunFile, SCHEMA};
 use flotilla_bench::workload::Workload;
 
-/// A base port whose etcd ports (base + 100 + 10 i, +1) are free now, spread by process id
-/// so parallel test runs do not collide.
+/// A base port whose etcd ports (base + 100 + 10 i, +1) are free now. Bases lie in
+/// 30000..32600, below the ephemeral range (whose ports outgoing connections take), spread
+/// by process id so parallel test runs do not collide.
 fn free_base_port() -> u16 {
-    let start = 30_000 + (std::process::id() % 300) as u16 * 100;
-    for k in 0..100u16 {
-        let base = 30_000 + (start - 30_000 + k * 300) % 30_000;
+    let start = (std::process::id() % 20) as u16;
+    for k in 0..20u16 {
+        let base = 30_000 + ((start + k) % 20) * 130;
         let ports = (0..3).flat_map(|i| [base + 100 + 10 * i, base + 101 + 10 * i]);
         if ports
             .collect::<Vec<_>>()

@@ -4,6 +4,7 @@
 //!
 //! - [`nodes`]: the server processes (SIGKILL and restart, SIGSTOP/SIGCONT, `/status`,
 //!   leader transfers, region splits and merges);
+//! - [`ports`]: ports for the server processes, outside the ephemeral range;
 //! - [`proxy`]: a fault-injecting TCP proxy on every raft link (cuts in one or both
 //!   directions, isolation, delay), which needs no privileges;
 //! - [`faults`]: the seeded schedule of fault episodes, with leader transfers, splits and
@@ -30,6 +31,7 @@ pub mod checker;
 pub mod faults;
 pub mod history;
 pub mod nodes;
+pub mod ports;
 pub mod proxy;
 pub mod regions;
 pub mod report;

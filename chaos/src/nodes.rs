@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -92,12 +92,6 @@ impl std::fmt::Display for AdminAnswer {
             AdminAnswer::NoAnswer(why) => write!(f, "no answer ({why})"),
         }
     }
-}
-
-/// A port nobody listens on now. (Another process may take it before the node binds it;
-/// the node then fails to start and the run reports that with the node's log.)
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Node {

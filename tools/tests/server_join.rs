@@ -5,7 +5,7 @@
 //! keeps its directory; starting its data directory with `--initial-cluster` is refused.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,9 @@ struct Server {
     status: u16,
 }
 
+/// A port outside the ephemeral range (see `flotilla_chaos::ports`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    flotilla_chaos::ports::free_port().expect("a free port")
 }
 
 /// Starts `s` with `cluster_flag` (`--initial-cluster …` or `--join …`).

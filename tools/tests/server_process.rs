@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,12 +22,9 @@ struct Server {
     child: Option<Child>,
 }
 
+/// A port outside the ephemeral range (see `flotilla_chaos::ports`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    flotilla_chaos::ports::free_port().expect("a free port")
 }
 
 fn spawn(s: &Server, cluster: &str, dir: &std::path::Path) -> Child {
