@@ -48,6 +48,8 @@ const DESCRIPTOR_PREFIX: u8 = b'd';
 const SESSION_PREFIX: u8 = b's';
 /// The node's id counter (one key in `meta`).
 const ID_COUNTER_KEY: &[u8] = b"i";
+/// Ids [`KvStore::next_id`] hands out from memory for each synced write of the counter.
+const ID_BLOCK: u64 = 64;
 
 /// A range of user keys: `start` inclusive, `end` exclusive; an empty `end` means no end.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -232,6 +234,9 @@ struct AppliedIndexes {
     legacy: std::collections::HashSet<u64>,
 }
 
+/// Keys kept of a scan for the middle of a range (see [`KvStore::size_and_middle`]).
+const MIDDLE_SAMPLES_MAX: usize = 4096;
+
 /// The key-value state of a node (see the module docs).
 pub struct KvStore {
     pub(crate) db: DB,
@@ -241,6 +246,16 @@ pub struct KvStore {
     pub(crate) session_logs: Mutex<SessionLogs>,
     /// Serialises syncs so that `durable` only moves forward.
     sync_lock: Mutex<()>,
+    /// The ids reserved by the stored counter and not handed out yet.
+    ids: Mutex<IdBlock>,
+}
+
+/// Ids `next..=reserved` may be handed out without a write: the stored counter already
+/// says `reserved`, so none of them can come out again after a crash.
+#[derive(Debug, Default)]
+struct IdBlock {
+    next: u64,
+    reserved: u64,
 }
 
 impl KvStore {
@@ -270,6 +285,7 @@ impl KvStore {
             applied: Mutex::new(AppliedIndexes::default()),
             session_logs: Mutex::new(SessionLogs::default()),
             sync_lock: Mutex::new(()),
+            ids: Mutex::new(IdBlock::default()),
         };
         let mut written = HashMap::new();
         let mut legacy = std::collections::HashSet::new();
@@ -499,20 +515,29 @@ impl KvStore {
         &self.path
     }
 
-    /// The next value of the node's durable counter (1, 2, …): written and synced before it
-    /// is returned, so no value is handed out twice, even across crashes.
+    /// The next value of the node's durable counter (increasing; never handed out twice,
+    /// even across crashes). The stored counter moves ahead `ID_BLOCK` values at a time,
+    /// written and synced before any of them is returned, so most calls write nothing; a
+    /// restart skips what was reserved and not handed out.
     pub fn next_id(&self) -> Result<u64> {
-        let _one_at_a_time = self.sync_lock.lock();
-        let meta = self.cf(CF_META)?;
-        let current = match self.db.get_cf(meta, ID_COUNTER_KEY)? {
-            None => 0,
-            Some(v) => codec::decode::<u64>(&v)?,
-        };
-        let next = current + 1;
-        self.db
-            .put_cf(meta, ID_COUNTER_KEY, codec::encode(&next)?)?;
-        self.db.flush_wal(true)?;
-        Ok(next)
+        let mut ids = self.ids.lock();
+        if ids.next == 0 || ids.next > ids.reserved {
+            let _one_at_a_time = self.sync_lock.lock();
+            let meta = self.cf(CF_META)?;
+            let stored = match self.db.get_cf(meta, ID_COUNTER_KEY)? {
+                None => 0,
+                Some(v) => codec::decode::<u64>(&v)?,
+            };
+            let next = ids.next.max(stored + 1);
+            let reserved = next - 1 + ID_BLOCK;
+            self.db
+                .put_cf(meta, ID_COUNTER_KEY, codec::encode(&reserved)?)?;
+            self.db.flush_wal(true)?;
+            *ids = IdBlock { next, reserved };
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
     }
 
     /// The key in the middle of `range` by bytes of keys and values (the first key past half
@@ -533,29 +558,47 @@ impl KvStore {
         let (lower, upper) = range.data_bounds();
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(upper);
-        let mut keys: Vec<(Bytes, usize)> = Vec::new();
+        // A scan of a big region must not stall a split for long: a raw iterator lends
+        // each pair without copying it, and only a sample of the keys is kept — every
+        // key until `MIDDLE_SAMPLES_MAX`, then every other one of those, and so on — so
+        // the middle found is within 2 / MIDDLE_SAMPLES_MAX of the bytes counted.
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_DEFAULT)?, opts);
+        it.seek(&lower);
+        let mut samples: Vec<(Bytes, usize)> = Vec::new();
+        let mut stride = 1usize;
+        let mut seen = 0usize;
         let mut total = 0usize;
-        for item in self.db.iterator_cf_opt(
-            self.cf(CF_DEFAULT)?,
-            opts,
-            IteratorMode::From(&lower, Direction::Forward),
-        ) {
-            let (key, value) = item?;
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
             total += key.len() + value.len();
-            keys.push((Bytes::copy_from_slice(&key[1..]), total));
+            if seen.is_multiple_of(stride) {
+                samples.push((Bytes::copy_from_slice(&key[1..]), total));
+                if samples.len() == MIDDLE_SAMPLES_MAX {
+                    let mut i = 0;
+                    samples.retain(|_| {
+                        i += 1;
+                        i % 2 == 1
+                    });
+                    stride *= 2;
+                }
+            }
+            seen += 1;
             if total >= scan_bytes_max {
                 break;
             }
+            it.next();
         }
-        if keys.len() < 2 {
+        it.status()?;
+        if seen < 2 {
             return Ok((total as u64, None));
         }
         let half = total / 2;
-        let at = keys
+        let at = samples
             .iter()
             .position(|(_, t)| *t > half)
-            .unwrap_or(keys.len() - 1);
-        Ok((total as u64, Some(keys[at.max(1)].0.clone())))
+            .unwrap_or(samples.len() - 1);
+        // Never the first key: the left part would be empty. (Two keys seen are two
+        // samples: every key is kept until there are MIDDLE_SAMPLES_MAX of them.)
+        Ok((total as u64, Some(samples[at.max(1)].0.clone())))
     }
 
     /// Makes everything written so far durable (flushes and syncs RocksDB's WAL).

@@ -288,9 +288,52 @@ fn region_ids_sessions_counter_and_middle_key() {
             "one key cannot split"
         );
     }
-    // The counter survives a restart.
+    // The counter survives a restart: nothing handed out before comes out again (what was
+    // reserved and not handed out is skipped).
     let kv = open_kv(dir.path());
-    assert_eq!(kv.next_id().unwrap(), 3);
+    let after = kv.next_id().unwrap();
+    assert!(after > 2, "{after}");
+    drop(kv);
+    // Many more than one reserved block, across restarts: strictly increasing throughout.
+    let mut last = after;
+    for _ in 0..3 {
+        let kv = open_kv(dir.path());
+        for _ in 0..150 {
+            let id = kv.next_id().unwrap();
+            assert!(id > last, "{id} after {last}");
+            last = id;
+        }
+    }
+}
+
+/// A range of many more keys than the scan keeps samples of: the middle found is still
+/// within a few keys of the true one, and the size counts every pair.
+#[test]
+fn the_middle_of_a_large_range_is_found_from_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open_kv(dir.path());
+    const KEYS: u32 = 50_000;
+    let mut r = ApplyRound::new();
+    r.set_applied(1, 1);
+    for i in 0..KEYS {
+        r.put(1, format!("k{i:06}").into_bytes(), vec![b'v'; 9]);
+    }
+    kv.apply(r).unwrap();
+    let all = KeyRange::new(&b"k"[..], &b"l"[..]);
+    let (size, mid) = kv.size_and_middle(&all, 1 << 30).unwrap();
+    // Data keys carry a one-byte prefix: 8 + 9 bytes a pair.
+    assert_eq!(size, u64::from(KEYS) * 17);
+    let mid = String::from_utf8(mid.unwrap().to_vec()).unwrap();
+    let at: u32 = mid[1..].parse().unwrap();
+    // Samples are at most 2 × 50 000 / 4 096 ≈ 25 keys apart.
+    assert!(
+        (KEYS / 2..=KEYS / 2 + 25).contains(&at),
+        "middle at key {at}"
+    );
+    // Bounded: the middle of the first 17 000 bytes (1 000 pairs), taken exactly.
+    let (size, mid) = kv.size_and_middle(&all, 17_000).unwrap();
+    assert_eq!(size, 17_000);
+    assert_eq!(mid.unwrap(), Bytes::from_static(b"k000500"));
 }
 
 /// A merged-away region's records go (descriptor, applied index, sessions); its data keys
