@@ -7,11 +7,14 @@
 //! Three nodes in this process (engine on disk in a temporary directory, fsync on, the
 //! in-memory transport), one region holding the whole key space. `--writers` tasks write
 //! 16-byte values under keys spread over all of it, one write in flight each, for
-//! `--phase-seconds` before the splits, then while region after region is split (each split
-//! at the middle of the region's data, one after the other, through the node that leads the
-//! region being split), then for `--phase-seconds` after. Printed: writes per second in each
-//! phase, and for each split the time from its proposal until both halves have a leader
-//! (each half serving), with the median and the maximum.
+//! `--phase-seconds` before the splits, then while region after region is split (each at
+//! the middle of the region's data, one after the other, through the node that leads the
+//! region being split; `--given-key` names the key instead), then for `--phase-seconds`
+//! after. Printed: writes per second in each phase, and for each split the time to
+//! prepare it (find the middle of the data unless `--given-key`, take a new region id),
+//! then from its proposal until both halves have a leader and until a write into each half
+//! is acknowledged (each half serving), with the median and the maximum. (The probe writes
+//! count in no phase's rate.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +40,11 @@ struct Args {
     /// Seconds measured before and after the splits.
     #[arg(long, default_value_t = 5)]
     phase_seconds: u64,
+    /// Give each split its key (the middle of the region's range; the keys are spread
+    /// evenly over the key space, so that halves its data too) instead of letting the
+    /// node find the middle of the region's data by scanning it.
+    #[arg(long)]
+    given_key: bool,
 }
 
 const NODES: u64 = 3;
@@ -47,6 +55,18 @@ fn key(writer: u64, i: u64) -> Bytes {
     let mut k = h.to_be_bytes().to_vec();
     k.extend_from_slice(format!("w{writer}-{i}").as_bytes());
     Bytes::from(k)
+}
+
+/// A range's bounds by the first two bytes of its keys (the end of the key space is 65536).
+fn range16(start: &[u8], end: &[u8]) -> (u32, u32) {
+    let two = |k: &[u8]| {
+        u32::from(u16::from_be_bytes([
+            k.first().copied().unwrap_or(0),
+            k.get(1).copied().unwrap_or(0),
+        ]))
+    };
+    let end = if end.is_empty() { 65536 } else { two(end) };
+    (two(start), end)
 }
 
 /// Waits until every region known to `h` has a leader; returns how long that took.
@@ -143,54 +163,55 @@ async fn main() -> Result<(), String> {
     let t = Instant::now();
     let n0 = done.load(Ordering::Relaxed);
     let mut took = Vec::new();
+    let mut wrote = Vec::new();
+    let mut prepared = Vec::new();
     for s in 0..args.splits {
         // Split the region with the most keys' share: the widest range, at its middle.
         let routes = handles[0].regions().all();
         let widest = routes
             .iter()
             .max_by_key(|r| {
-                let start = u16::from_be_bytes([
-                    r.start_key.first().copied().unwrap_or(0),
-                    r.start_key.get(1).copied().unwrap_or(0),
-                ]) as u32;
-                let end = if r.end_key.is_empty() {
-                    65536
-                } else {
-                    u16::from_be_bytes([r.end_key[0], r.end_key.get(1).copied().unwrap_or(0)])
-                        as u32
-                };
+                let (start, end) = range16(&r.start_key, &r.end_key);
                 end - start
             })
             .ok_or("no regions")?
             .clone();
         let via = widest.leader_node.unwrap_or(1);
-        let started = Instant::now();
-        let new = handles[via as usize - 1]
-            .split(widest.id, None)
+        let split_key = args.given_key.then(|| {
+            let (start, end) = range16(&widest.start_key, &widest.end_key);
+            Bytes::copy_from_slice(&(((start + end) / 2) as u16).to_be_bytes())
+        });
+        let prepare_started = Instant::now();
+        let h = &handles[via as usize - 1];
+        let cmd = h
+            .prepare_split(widest.id, split_key)
             .await
-            .map_err(|e| {
-                // What each node thinks the region is, to tell a stale view from a bad split.
-                let views: Vec<String> = handles
-                    .iter()
-                    .map(|h| {
-                        h.regions()
-                            .all()
-                            .into_iter()
-                            .find(|r| r.id == widest.id)
-                            .map_or("absent".into(), |r| {
-                                format!("{:?}..{:?} v{}", r.start_key, r.end_key, r.epoch.version)
-                            })
-                    })
-                    .collect();
-                format!(
-                    "split {s} of region {} through node {via}: {e}; node 1 listed it as \
+            .map_err(|e| format!("split {s}: preparing: {e}"))?;
+        prepared.push(prepare_started.elapsed());
+        let started = Instant::now();
+        let new = h.propose_split(widest.id, cmd).await.map_err(|e| {
+            // What each node thinks the region is, to tell a stale view from a bad split.
+            let views: Vec<String> = handles
+                .iter()
+                .map(|h| {
+                    h.regions()
+                        .all()
+                        .into_iter()
+                        .find(|r| r.id == widest.id)
+                        .map_or("absent".into(), |r| {
+                            format!("{:?}..{:?} v{}", r.start_key, r.end_key, r.epoch.version)
+                        })
+                })
+                .collect();
+            format!(
+                "split {s} of region {} through node {via}: {e}; node 1 listed it as \
                      {:?}..{:?}; the nodes now: {views:?}",
-                    widest.id, widest.start_key, widest.end_key
-                )
-            })?;
+                widest.id, widest.start_key, widest.end_key
+            )
+        })?;
         let mut ids = new.clone();
         ids.push(widest.id);
-        match until_led(&handles[via as usize - 1], &ids, Duration::from_secs(10)).await {
+        match until_led(h, &ids, Duration::from_secs(10)).await {
             Some(_) => took.push(started.elapsed()),
             None => {
                 return Err(format!(
@@ -198,6 +219,36 @@ async fn main() -> Result<(), String> {
                 ))
             }
         }
+        // Serving: a write into each half acknowledged.
+        let routes = h.regions().all();
+        let probes = ids.iter().enumerate().map(|(i, id)| {
+            let start = routes
+                .iter()
+                .find(|r| r.id == *id)
+                .map(|r| r.start_key.clone())
+                .unwrap_or_default();
+            let mut k = start.to_vec();
+            k.extend_from_slice(b"~split-probe");
+            let put = KvCommand::Put {
+                key: Bytes::from(k),
+                value: Bytes::from_static(b"probe"),
+                cond: PutCondition::Always,
+            };
+            let h = h.clone();
+            let session = (1_000_000 + 10 * s as u64 + i as u64, 1);
+            tokio::spawn(async move { h.write(put, session).await })
+        });
+        let probes: Vec<_> = probes.collect();
+        for (i, p) in probes.into_iter().enumerate() {
+            let r = p.await.map_err(|e| e.to_string())?;
+            if !matches!(r, Ok(KvResponse::Written(true))) {
+                return Err(format!(
+                    "split {s}: the write into region {} answered {r:?}",
+                    ids[i]
+                ));
+            }
+        }
+        wrote.push(started.elapsed());
     }
     phase("during", t, n0);
 
@@ -210,15 +261,24 @@ async fn main() -> Result<(), String> {
         let _ = w.await;
     }
 
-    took.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    if let (Some(med), Some(max)) = (took.get(took.len() / 2), took.last()) {
-        println!(
-            "{} splits, proposal to both halves led: median {:.1} ms, max {:.1} ms",
-            took.len(),
-            ms(*med),
-            ms(*max)
-        );
+    for (what, times) in [
+        ("split command prepared (key and id)", &mut prepared),
+        ("proposal to both halves led", &mut took),
+        (
+            "proposal to a write into each half acknowledged",
+            &mut wrote,
+        ),
+    ] {
+        times.sort();
+        if let (Some(med), Some(max)) = (times.get(times.len() / 2), times.last()) {
+            println!(
+                "{} splits, {what}: median {:.1} ms, max {:.1} ms",
+                times.len(),
+                ms(*med),
+                ms(*max)
+            );
+        }
     }
     println!(
         "regions now: {}, failed writes: {}",

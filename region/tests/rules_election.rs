@@ -315,6 +315,35 @@ fn candidate_without_majority_starts_a_new_election_after_timeout() {
         .any(|m| m.kind == MessageKind::RequestVote && m.term == 2));
 }
 
+/// A group that never had a leader (a region fresh from a split) may skip the pre-vote
+/// round: the campaign asks for real votes in term 1 at once, and it wins in one round trip.
+/// A peer that knows a live leader still refuses such a vote (§6, CheckQuorum).
+#[test]
+fn a_campaign_without_pre_vote_asks_for_votes_at_once() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.node(1).campaign_without_pre_vote().unwrap();
+    net.flush(1);
+    assert_eq!(net.role(1), Role::Candidate);
+    assert_eq!((net.term(1), net.raft(1).vote()), (1, 1));
+    assert_eq!(net.in_flight.len(), 2);
+    assert!(
+        net.in_flight
+            .iter()
+            .all(|m| m.kind == MessageKind::RequestVote && m.term == 1),
+        "{:?}",
+        net.in_flight
+    );
+    net.stabilize();
+    assert_eq!(net.leaders(), vec![1]);
+    assert_eq!(net.term(1), 1, "one term, no pre-vote round");
+
+    // Peer 2, following the live leader 1, ignores peer 3's campaign.
+    net.node(3).campaign_without_pre_vote().unwrap();
+    net.stabilize();
+    assert_eq!(net.leaders(), vec![1], "a live leader is not disturbed");
+    assert_eq!(net.raft(2).vote(), 1);
+}
+
 /// Thesis §9.6 PreVote: a pre-candidate asks "would you vote for me in term t+1?" without
 /// changing its own term or vote, and the peers that answer change neither theirs; only
 /// after a majority said yes does the real election bump the term.

@@ -599,20 +599,42 @@ impl NodeHandle {
 
     /// Splits region `region_id` at `key` (`None`: at the middle of its data, by bytes) into
     /// two regions with the same replicas; returns the new region's id. The node picks the
-    /// new id; the split goes through the region's log like a write.
+    /// new id; the split goes through the region's log like a write. This is
+    /// [`NodeHandle::prepare_split`] followed by [`NodeHandle::propose_split`].
     pub async fn split(&self, region_id: u64, key: Option<Bytes>) -> Result<Vec<u64>, NodeError> {
-        let cmd = self
-            .call(|reply| StoreMsg::PrepareSplit {
-                region_id,
-                key,
-                reply,
-            })
-            .await?;
+        let cmd = self.prepare_split(region_id, key).await?;
+        self.propose_split(region_id, cmd).await
+    }
+
+    /// The split command for region `region_id` at `key` (`None`: the middle of its data,
+    /// found by scanning it off the store thread), with a new region id taken from this
+    /// node's counter. Nothing changes until it is proposed.
+    pub async fn prepare_split(
+        &self,
+        region_id: u64,
+        key: Option<Bytes>,
+    ) -> Result<KvCommand, NodeError> {
+        self.call(|reply| StoreMsg::PrepareSplit {
+            region_id,
+            key,
+            reply,
+        })
+        .await
+    }
+
+    /// Proposes a split command made by [`NodeHandle::prepare_split`] through the region's
+    /// log; answers the new regions' ids once it is applied here (or `Refused` if the
+    /// region changed in between: its range or epoch no longer fits the command).
+    pub async fn propose_split(
+        &self,
+        region_id: u64,
+        cmd: KvCommand,
+    ) -> Result<Vec<u64>, NodeError> {
         let first_id = match &cmd {
             KvCommand::Split { new_region_ids, .. } => new_region_ids.first().copied(),
             _ => None,
         }
-        .ok_or_else(|| NodeError::Storage("split preparation returned no region id".into()))?;
+        .ok_or_else(|| NodeError::Refused("not a split command with a new region id".into()))?;
         let session = (SPLIT_CLIENT_BIT | first_id, 1);
         let answer = self
             .submit(move |_, reply| {

@@ -733,7 +733,9 @@ impl Store {
             .get(region_id as usize % desc.peers.len().max(1))
             .map(|p| p.node_id);
         if campaign.unwrap_or(fresh && preferred == Some(self.cfg.node_id)) {
-            let _ = raw.campaign();
+            // Only a region that never had a leader campaigns here (new from a split, or a
+            // new cluster's): no pre-vote round, which would only cost a round trip.
+            let _ = raw.campaign_without_pre_vote();
         }
         let mut peer = Peer::new(raw, desc, applied);
         // Every client session, so that a retry is recognised from the first command on.

@@ -492,6 +492,19 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// Starts an election now with no pre-vote round (see
+    /// `RawNode::campaign_without_pre_vote`).
+    pub fn hup_without_pre_vote(&mut self) {
+        if self.role == Role::Leader {
+            return;
+        }
+        if !self.promotable() {
+            debug!(id = self.id, "not a voter; not campaigning");
+            return;
+        }
+        self.campaign(false, false);
+    }
+
     fn campaign(&mut self, pre: bool, transfer: bool) {
         let (kind, term) = if pre {
             self.become_pre_candidate();

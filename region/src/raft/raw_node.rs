@@ -126,6 +126,18 @@ impl<S: Storage> RawNode<S> {
         Ok(())
     }
 
+    /// Starts an election now with no pre-vote round, for a group that has never had a
+    /// leader (a region fresh from a split or a new cluster): a pre-vote guards a live
+    /// leader against a term bump, and there is none to guard, so the round would only
+    /// add a round trip. Safety does not rest on pre-votes: votes decide as always.
+    pub fn campaign_without_pre_vote(&mut self) -> Result<()> {
+        if !self.raft.promotable() {
+            return Err(Error::ProposalDropped("not a voter: cannot campaign"));
+        }
+        self.raft.hup_without_pre_vote();
+        Ok(())
+    }
+
     /// Proposes a command; returns its log index (leader only).
     pub fn propose(&mut self, data: impl Into<Bytes>) -> Result<u64> {
         self.raft.propose(data.into())
