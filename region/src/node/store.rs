@@ -1896,14 +1896,6 @@ impl Store {
         if readies.is_empty() {
             return Ok(());
         }
-        // 4. Apply everything committed, and answer its clients.
-        let mut ctx = ApplyContext {
-            kv: &self.kv,
-            round: ApplyRound::new(),
-            overlay: Default::default(),
-        };
-        let mut answers: Vec<(Reply<KvResponse>, Result<KvResponse, NodeError>)> = Vec::new();
-        let mut splits: Vec<SplitPlan> = Vec::new();
         // What must wait for the write (votes, append responses) is encoded now, while
         // every region of the round is still here (a merge may remove one), and leaves
         // once the write is durable.
@@ -1914,6 +1906,91 @@ impl Store {
                 envelopes_into(node_id, &p.desc, msgs, &mut persisted_outbound);
             }
         }
+        // 3. One write, one fdatasync, for every region of this round. It starts now, and
+        // when there is anything to apply it runs on the log's writer thread while this
+        // thread applies (step 4): the apply's CPU and the sync's wait overlap instead of
+        // adding up. The committed entries applied below were durable here before this
+        // round (a Ready hands out only entries this node has persisted), so their clients
+        // need not wait for this round's sync; on a restart the applied index vouches for
+        // the commit index the write would have stored. With nothing to apply the write
+        // runs on this thread (no hand-off to wake it).
+        let anything_to_apply = readies
+            .iter()
+            .any(|(_, rd)| !rd.committed_entries.is_empty());
+        let regions = batch.regions.len();
+        let write_started = Instant::now();
+        let ticket = if regions > 0 && anything_to_apply {
+            Some(self.log.submit(batch).map_err(storage)?)
+        } else {
+            if regions > 0 {
+                self.log.write(batch).map_err(storage)?;
+                self.metrics.log_written(write_started.elapsed(), regions);
+            }
+            None
+        };
+        // 4. Apply everything committed, and answer its clients. The write is waited for
+        // even when the apply fails: the store must not reopen its log under it.
+        let applied = self.apply_readies(&mut readies);
+        if let Some(ticket) = ticket {
+            ticket.wait().map_err(storage)?;
+            self.metrics.log_written(write_started.elapsed(), regions);
+        }
+        let (merged_away, membership) = applied?;
+        // 5. Durable: acknowledgements may leave.
+        send_envelopes(&*self.transport, persisted_outbound);
+        // Membership changes applied in this round: removal notices, and a replica removed
+        // from this node destroyed — after the write, which may still carry its entries
+        // (destroying cuts its raft log).
+        if !membership.is_empty() {
+            self.finish_membership(membership);
+        }
+        // A merged-away source's log is cut to nothing (it pins no WAL segment).
+        for (sid, prepare_index) in merged_away {
+            if let Err(e) = self.retire_log(sid, prepare_index) {
+                warn!(region = sid, "merged region's log not cut: {e}");
+            }
+        }
+        // 6. Reads.
+        for (region_id, rd) in readies {
+            let Some(p) = self.peers.get_mut(&region_id) else {
+                continue; // merged away in this round
+            };
+            for rs in &rd.read_states {
+                let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_ref()) else {
+                    continue;
+                };
+                let id = u64::from_le_bytes(bytes);
+                if let Some(r) = p.reads_waiting_index.remove(&id) {
+                    p.reads_waiting_apply.insert((rs.index, id), r);
+                }
+            }
+            p.raw.advance(rd);
+            let (served, failed) = serve_reads(&self.kv, p);
+            self.metrics.reads_served(served);
+            self.metrics.reads_failed(failed);
+        }
+        Ok(())
+    }
+
+    /// Step 4 of a round: applies the committed entries of `readies` (one RocksDB write for
+    /// all of them), creates the regions of the splits they hold, and answers their
+    /// clients. Answers the merged-away sources and the membership changes, which the
+    /// round finishes after its log write.
+    #[allow(clippy::type_complexity)]
+    fn apply_readies(
+        &mut self,
+        readies: &mut [(u64, raft::Ready)],
+    ) -> Result<(Vec<(u64, u64)>, Vec<MembershipApplied>), NodeError> {
+        let storage = storage_error;
+        let node_id = self.cfg.node_id;
+        // 4. Apply everything committed, and answer its clients.
+        let mut ctx = ApplyContext {
+            kv: &self.kv,
+            round: ApplyRound::new(),
+            overlay: Default::default(),
+        };
+        let mut answers: Vec<(Reply<KvResponse>, Result<KvResponse, NodeError>)> = Vec::new();
+        let mut splits: Vec<SplitPlan> = Vec::new();
         let apply_started = Instant::now();
         let mut applied_entries = 0;
         let mut merged_away: Vec<(u64, u64)> = Vec::new();
@@ -2036,51 +2113,7 @@ impl Store {
         }
         self.metrics
             .proposals_answered(&mut self.latencies, Instant::now());
-        // 3. One write, one fdatasync, for every region of this round. The committed
-        // entries were applied above: they were durable here before this round (a Ready
-        // hands out only entries this node has persisted), so their clients need not wait
-        // for this round's sync; on a restart the applied index vouches for the commit
-        // index the write below would have stored.
-        if !batch.regions.is_empty() {
-            let regions = batch.regions.len();
-            let started = Instant::now();
-            self.log.write(batch).map_err(storage)?;
-            self.metrics.log_written(started.elapsed(), regions);
-        }
-        // 5. Durable: acknowledgements may leave.
-        send_envelopes(&*self.transport, persisted_outbound);
-        // Membership changes applied in this round: removal notices, and a replica removed
-        // from this node destroyed — after the write, which may still carry its entries
-        // (destroying cuts its raft log).
-        if !membership.is_empty() {
-            self.finish_membership(membership);
-        }
-        // A merged-away source's log is cut to nothing (it pins no WAL segment).
-        for (sid, prepare_index) in merged_away {
-            if let Err(e) = self.retire_log(sid, prepare_index) {
-                warn!(region = sid, "merged region's log not cut: {e}");
-            }
-        }
-        // 6. Reads.
-        for (region_id, rd) in readies {
-            let Some(p) = self.peers.get_mut(&region_id) else {
-                continue; // merged away in this round
-            };
-            for rs in &rd.read_states {
-                let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_ref()) else {
-                    continue;
-                };
-                let id = u64::from_le_bytes(bytes);
-                if let Some(r) = p.reads_waiting_index.remove(&id) {
-                    p.reads_waiting_apply.insert((rs.index, id), r);
-                }
-            }
-            p.raw.advance(rd);
-            let (served, failed) = serve_reads(&self.kv, p);
-            self.metrics.reads_served(served);
-            self.metrics.reads_failed(failed);
-        }
-        Ok(())
+        Ok((merged_away, membership))
     }
 }
 
