@@ -249,6 +249,13 @@ async fn main() -> Result<(), String> {
             }
         }
         wrote.push(started.elapsed());
+        // The next split picks its region from node 1's view: let it see this one.
+        if until_led(&handles[0], &ids, Duration::from_secs(10))
+            .await
+            .is_none()
+        {
+            return Err(format!("split {s}: node 1 never saw the new regions {new:?}"));
+        }
     }
     phase("during", t, n0);
 
