@@ -561,7 +561,7 @@ impl KvStore {
         // A scan of a big region must not stall a split for long: a raw iterator lends
         // each pair without copying it, and only a sample of the keys is kept — every
         // key until `MIDDLE_SAMPLES_MAX`, then every other one of those, and so on — so
-        // the middle found is within 2 / MIDDLE_SAMPLES_MAX of the bytes counted.
+        // the middle found is within 2 / MIDDLE_SAMPLES_MAX of the keys counted.
         let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_DEFAULT)?, opts);
         it.seek(&lower);
         let mut samples: Vec<(Bytes, usize)> = Vec::new();
