@@ -254,7 +254,9 @@ async fn main() -> Result<(), String> {
             .await
             .is_none()
         {
-            return Err(format!("split {s}: node 1 never saw the new regions {new:?}"));
+            return Err(format!(
+                "split {s}: node 1 never saw the new regions {new:?}"
+            ));
         }
     }
     phase("during", t, n0);
