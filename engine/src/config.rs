@@ -18,7 +18,7 @@ pub enum LogBackend {
 
 /// Settings of the shared WAL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct WalConfig {
     /// A segment is closed once it reaches this size. Purge deletes whole segments, so
     /// smaller segments free space sooner; larger ones mean fewer files and checkpoints.
@@ -61,7 +61,7 @@ impl WalConfig {
 
 /// RocksDB settings, for both the key-value store and the RocksDB raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RocksConfig {
     /// Shared LRU cache of data blocks. A quarter of a small node's memory.
     pub block_cache_bytes: u64,
@@ -148,7 +148,7 @@ impl RocksConfig {
 
 /// Everything the engine can be told.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Which raft log to use.
     pub log_backend: LogBackend,

@@ -420,4 +420,24 @@ mod tests {
             1 << 20
         );
     }
+
+    /// An engine setting reaches the engine; a misspelt one, at any depth, is an error that
+    /// names it rather than a default silently kept.
+    #[test]
+    fn engine_settings_parse_and_a_misspelt_one_is_refused() {
+        let cfg: ServerConfig =
+            toml::from_str("[engine.rocksdb]\nwrite_buffer_bytes = 4194304\n").expect("parses");
+        assert_eq!(cfg.engine.rocksdb.write_buffer_bytes, 4 << 20);
+        for text in [
+            "[engine.rocksdb]\nwrite_bufer_bytes = 4194304\n",
+            "[engine.wal]\nsegment_byte_max = 1\n",
+            "[engine]\nlog_backed = \"wal\"\n",
+            "no_such_setting = 1\n",
+        ] {
+            let err = toml::from_str::<ServerConfig>(text)
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains("unknown field"), "{text}: {err}");
+        }
+    }
 }
