@@ -67,8 +67,9 @@ pub struct RocksConfig {
     pub block_cache_bytes: u64,
     /// Size of one memtable of the data column family before it is flushed. Larger absorbs
     /// write bursts and flushes less, but every insert walks a deeper skip list that fits
-    /// the caches worse: at 16 MiB a node applied writes ~10 % faster than at 64 MiB
-    /// (docs/benchmarks.md, "Where a write's time goes").
+    /// the caches worse: at 16 MiB a node applied writes ~10 % faster than at 64 MiB, and
+    /// at 4 MiB the servers spent 1–11 % less CPU per write than at 16 MiB, reads 3–8 % more
+    /// (docs/benchmarks.md, "Where a write's time goes" and "Memtables of 4 MiB").
     pub write_buffer_bytes: u64,
     /// Size of one memtable of the key-value store's `meta` column family (applied indexes,
     /// descriptors, client sessions: small records rewritten on every write).
@@ -119,7 +120,7 @@ impl Default for RocksConfig {
     fn default() -> Self {
         RocksConfig {
             block_cache_bytes: 256 << 20,
-            write_buffer_bytes: 16 << 20,
+            write_buffer_bytes: 4 << 20,
             meta_write_buffer_bytes: 4 << 20,
             max_write_buffer_number: 3,
             max_background_jobs: 2,
