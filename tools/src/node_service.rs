@@ -487,10 +487,11 @@ impl KvService for NodeService {
 impl NodeService {
     /// The cluster's regions as routes (for [`KvService::cluster_routes`]).
     fn cluster_route_entries(&self) -> Vec<RouteEntry> {
+        let local = self.inner.node.regions().all();
         self.inner
             .node
             .cluster()
-            .regions()
+            .regions_with_local(&local)
             .into_iter()
             .map(|r| RouteEntry {
                 id: r.id,

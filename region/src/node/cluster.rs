@@ -27,7 +27,7 @@ use super::forward::{ForwardRequest, Forwarder};
 use super::metrics::NODE_MESSAGES_MALFORMED_TOTAL;
 use super::node_message::{Gossip, NodeMessage, RegionSummary};
 use super::region_table::RegionTable;
-use super::store::{RegionStatus, StoreMsg};
+use super::store::{RegionRoute, RegionStatus, StoreMsg};
 
 /// Where the cluster thread hands requests forwarded to this node: (asking node, its id of
 /// the request, the request).
@@ -240,6 +240,30 @@ impl ClusterView {
     /// and this node's own replicas say (this node's view wins a tie).
     pub fn regions(&self) -> Vec<RegionSummary> {
         self.table.read().all()
+    }
+
+    /// Every region of the cluster as [`ClusterView::regions`], with `local` (this node's
+    /// own routes, always current) merged in where the table has nothing newer: the table
+    /// takes this node's replicas in only at each gossip round, so until the first one
+    /// after a start, or a split, a client asking for the whole table would miss regions
+    /// this node holds. (Merged into a copy; the table itself is unchanged.)
+    pub fn regions_with_local(&self, local: &[RegionRoute]) -> Vec<RegionSummary> {
+        let mut table = self.table.read().clone();
+        for r in local {
+            table.merge(
+                RegionSummary {
+                    id: r.id,
+                    start_key: r.start_key.clone(),
+                    end_key: r.end_key.clone(),
+                    epoch: r.epoch,
+                    peers: Vec::new(),
+                    leader_node: r.leader_node,
+                    term: 0,
+                },
+                false,
+            );
+        }
+        table.all()
     }
 
     /// The region holding `key`, with its leader's node, whether or not this node holds
@@ -687,6 +711,51 @@ mod tests {
             Some(&addr(9004)),
             "a node learned by gossip"
         );
+    }
+
+    /// Before the first gossip round has taken in this node's replicas, the whole-cluster
+    /// table still lists them (a client connecting then got an empty table); a newer
+    /// entry from gossip is not replaced by an older local one; the table is not changed.
+    #[test]
+    fn the_cluster_table_lists_this_nodes_regions_before_gossip_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, _net) = view(dir.path());
+        let route = |id: u64, start: &'static [u8], end: &'static [u8], version: u64| RegionRoute {
+            id,
+            start_key: Bytes::from_static(start),
+            end_key: Bytes::from_static(end),
+            epoch: super::super::descriptor::RegionEpoch {
+                conf_ver: 1,
+                version,
+            },
+            leader_node: Some(1),
+            voter_nodes: vec![1, 2, 3],
+            merging_into: None,
+        };
+        assert!(v.regions().is_empty());
+        let local = [route(1, b"", b"m", 2), route(2, b"m", b"", 2)];
+        let listed = v.regions_with_local(&local);
+        assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(listed[0].leader_node, Some(1));
+        assert!(v.regions().is_empty(), "the table itself is unchanged");
+
+        // Gossip knows region 2 split further (version 3): the stale local view loses.
+        let newer = RegionSummary {
+            id: 2,
+            start_key: Bytes::from_static(b"m"),
+            end_key: Bytes::from_static(b"t"),
+            epoch: super::super::descriptor::RegionEpoch {
+                conf_ver: 1,
+                version: 3,
+            },
+            peers: vec![],
+            leader_node: Some(2),
+            term: 5,
+        };
+        v.table.write().merge(newer.clone(), false);
+        let listed = v.regions_with_local(&local);
+        assert!(listed.contains(&newer), "{listed:?}");
+        assert_eq!(listed.len(), 2, "{listed:?}");
     }
 
     #[test]
