@@ -1932,8 +1932,10 @@ impl Store {
         // even when the apply fails: the store must not reopen its log under it.
         let applied = self.apply_readies(&mut readies);
         if let Some(ticket) = ticket {
+            // Measured is what the store still waits for after its apply.
+            let waited = Instant::now();
             ticket.wait().map_err(storage)?;
-            self.metrics.log_written(write_started.elapsed(), regions);
+            self.metrics.log_written(waited.elapsed(), regions);
         }
         let (merged_away, membership) = applied?;
         // 5. Durable: acknowledgements may leave.
