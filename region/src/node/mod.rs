@@ -623,8 +623,9 @@ impl NodeHandle {
     }
 
     /// Proposes a split command made by [`NodeHandle::prepare_split`] through the region's
-    /// log; answers the new regions' ids once it is applied here (or `Refused` if the
-    /// region changed in between: its range or epoch no longer fits the command).
+    /// log; answers the new regions' ids once it is applied here, or `Refused` if it does
+    /// not fit the region where it applies (a key no longer strictly inside it, which may
+    /// have split or merged in between; keys and ids that do not pair up; a bad id).
     pub async fn propose_split(
         &self,
         region_id: u64,
