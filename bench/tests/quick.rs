@@ -4,30 +4,17 @@
 //! that the run measured something, wrote what the schema promises, and printed the
 //! summary line.
 
-use std::net::TcpListener;
 use std::process::Command;
 
 use flotilla_bench::report;
 use flotilla_bench::results::{Outcome, RunFile, SCHEMA};
 use flotilla_bench::workload::Workload;
 
-/// A base port whose etcd ports (base + 100 + 10 i, +1) are free now. Bases lie in
-/// 30000..32600, below the ephemeral range (whose ports outgoing connections take), spread
-/// by process id so parallel test runs do not collide.
+/// A base port whose etcd ports (base + 100 + 10 i, +1) are free now, outside the
+/// ephemeral range (see `flotilla_chaos::ports`).
 fn free_base_port() -> u16 {
-    let start = (std::process::id() % 20) as u16;
-    for k in 0..20u16 {
-        let base = 30_000 + ((start + k) % 20) * 130;
-        let ports = (0..3).flat_map(|i| [base + 100 + 10 * i, base + 101 + 10 * i]);
-        if ports
-            .collect::<Vec<_>>()
-            .iter()
-            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free port range");
+    let etcd: Vec<u16> = (0..3).flat_map(|i| [100 + 10 * i, 101 + 10 * i]).collect();
+    flotilla_chaos::ports::free_base(&etcd).expect("a free port range")
 }
 
 #[test]

@@ -19,19 +19,31 @@ pub const HIGH: u16 = 20_000;
 /// take it before the server binds it, but only one that picks ports the same way: the
 /// band starts at an offset from the process id, so concurrent test binaries rarely meet.)
 pub fn free_port() -> std::io::Result<u16> {
+    free_base(&[0])
+}
+
+/// A base port `b` such that `b + o` is free now for every offset `o` in `offsets` (a
+/// layout of several servers' ports, such as three per node ten apart), from the same
+/// band as [`free_port`]. Successive calls step past each other's layouts.
+pub fn free_base(offsets: &[u16]) -> std::io::Result<u16> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    let reach = u32::from(offsets.iter().copied().max().unwrap_or(0)) + 1;
     let span = u32::from(HIGH - LOW);
+    let bases = span.saturating_sub(reach) + 1;
     let start = (std::process::id() % 100) * (span / 100);
-    for _ in 0..span {
-        let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = LOW + ((start + k) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
+    for _ in 0..bases {
+        let k = NEXT.fetch_add(reach, Ordering::Relaxed);
+        let base = LOW + ((start + k) % bases) as u16;
+        if offsets
+            .iter()
+            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok())
+        {
+            return Ok(base);
         }
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::AddrInUse,
-        format!("no free port in {LOW}..{HIGH}"),
+        format!("no free layout {offsets:?} in {LOW}..{HIGH}"),
     ))
 }
 
@@ -53,6 +65,17 @@ mod tests {
             ports.len(),
             "a port handed out twice: {ports:?}"
         );
+    }
+
+    #[test]
+    fn a_layout_is_free_inside_the_band_and_the_next_one_does_not_overlap_it() {
+        let layout = [0, 1, 2, 10, 11, 12];
+        let a = free_base(&layout).unwrap();
+        let b = free_base(&layout).unwrap();
+        for base in [a, b] {
+            assert!(LOW <= base && base + 12 < HIGH, "{base}");
+        }
+        assert!(a.abs_diff(b) > 12, "{a} and {b} overlap");
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -18,23 +17,13 @@ const START_WAIT: Duration = Duration::from_secs(120);
 /// The command's own bound on stopping is 15 s; allow for a slow machine on top.
 const STOP_WAIT: Duration = Duration::from_secs(40);
 
-/// A base port whose layout (three ports at base + 10 × i for each node) is free now. Bases
-/// are taken below the usual ephemeral range, spread by process id, so that parallel tests
-/// (and the servers' own outgoing connections) do not collide.
+/// A base port whose layout (three ports at base + 10 × i for each node) is free now,
+/// outside the ephemeral range (see `flotilla_chaos::ports`).
 fn free_base_port(nodes: u16) -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let span = 10 * nodes + 10;
-    let start = 20_000 + (std::process::id() % 200) as u16 * 50;
-    for _ in 0..200 {
-        let offset = NEXT.fetch_add(span, Ordering::Relaxed) % 10_000;
-        let base = 20_000 + (start - 20_000 + offset) % 10_000;
-        let free = (0..nodes)
-            .all(|i| (0..3).all(|p| TcpListener::bind(("127.0.0.1", base + 10 * i + p)).is_ok()));
-        if free {
-            return base;
-        }
-    }
-    panic!("no free port range found");
+    let layout: Vec<u16> = (0..nodes)
+        .flat_map(|i| (0..3).map(move |p| 10 * i + p))
+        .collect();
+    flotilla_chaos::ports::free_base(&layout).expect("a free port range")
 }
 
 /// A running `flotilla cluster`; its stdout lines arrive on `lines`.
