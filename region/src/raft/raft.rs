@@ -478,23 +478,16 @@ impl<S: Storage> Raft<S> {
 
     /// Starts an election now (the election timeout fired, or the application asked).
     pub fn hup(&mut self, transfer: bool) {
-        if self.role == Role::Leader {
-            return;
-        }
-        if !self.promotable() {
-            debug!(id = self.id, "not a voter; not campaigning");
-            return;
-        }
-        if self.pre_vote && !transfer {
-            self.campaign(true, false);
-        } else {
-            self.campaign(false, transfer);
-        }
+        self.start_election(self.pre_vote && !transfer, transfer);
     }
 
     /// Starts an election now with no pre-vote round (see
     /// `RawNode::campaign_without_pre_vote`).
     pub fn hup_without_pre_vote(&mut self) {
+        self.start_election(false, false);
+    }
+
+    fn start_election(&mut self, pre: bool, transfer: bool) {
         if self.role == Role::Leader {
             return;
         }
@@ -502,7 +495,7 @@ impl<S: Storage> Raft<S> {
             debug!(id = self.id, "not a voter; not campaigning");
             return;
         }
-        self.campaign(false, false);
+        self.campaign(pre, transfer);
     }
 
     fn campaign(&mut self, pre: bool, transfer: bool) {
