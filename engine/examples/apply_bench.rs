@@ -1,7 +1,12 @@
 //! How long one write takes to apply: rounds of `--per-round` puts spread over `--regions`
 //! regions, each with a session record and the regions' applied indexes, into a fresh
 //! KvStore; prints writes/s per slice of rounds so the cost as the memtable fills shows.
+//! Like the store, it keeps every region's sessions in memory and hands them to the round
+//! that folds the region's session log.
+use std::collections::HashMap;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use flotilla_engine::{ApplyRound, KvStore, RocksConfig};
 
@@ -41,6 +46,7 @@ fn main() {
         x
     };
     let mut index = vec![0u64; regions as usize];
+    let mut tables: Vec<HashMap<u64, Bytes>> = vec![HashMap::new(); regions as usize];
     let slice = rounds / 10;
     let mut started = Instant::now();
     for r in 0..rounds {
@@ -55,7 +61,19 @@ fn main() {
             index[region as usize] += 1;
             round.set_applied(region, index[region as usize]);
             if !no_sessions {
-                round.set_session(region, next() % sessions, vec![1u8; 24]);
+                let session = Bytes::from(vec![1u8; 24]);
+                let client = next() % sessions;
+                tables[region as usize].insert(client, session.clone());
+                round.set_session(region, client, session);
+            }
+        }
+        if !no_sessions {
+            for (region, table) in tables.iter().enumerate() {
+                let region = region as u64;
+                if index[region as usize] > 0 && kv.sessions_fold_due(region).expect("due") {
+                    let all = table.iter().map(|(c, s)| (*c, s.clone())).collect();
+                    round.set_all_sessions(region, all);
+                }
             }
         }
         kv.apply(round).expect("apply");

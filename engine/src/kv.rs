@@ -166,6 +166,7 @@ pub struct ApplyRound {
     applied: BTreeMap<u64, u64>,
     descriptors: Vec<(u64, Bytes)>,
     sessions: Vec<(u64, u64, Bytes)>,
+    all_sessions: Vec<(u64, Vec<(u64, Bytes)>)>,
     removed: Vec<u64>,
 }
 
@@ -205,6 +206,16 @@ impl ApplyRound {
     pub fn set_session(&mut self, region_id: u64, client_id: u64, session: impl Into<Bytes>) {
         self.touched.insert(region_id);
         self.sessions.push((region_id, client_id, session.into()));
+    }
+
+    /// Gives every client session of the region, `(client id, session)` — what it holds
+    /// after this round, or before it (the round's [`ApplyRound::set_session`] changes
+    /// are laid over them) — so that the round folds the region's session log into one
+    /// base record. Give them when [`KvStore::sessions_fold_due`] says so; without them
+    /// the log only grows.
+    pub fn set_all_sessions(&mut self, region_id: u64, sessions: Vec<(u64, Bytes)>) {
+        self.touched.insert(region_id);
+        self.all_sessions.push((region_id, sessions));
     }
 
     /// Removes a region's own records — descriptor, applied index, sessions — after those
@@ -392,10 +403,17 @@ impl KvStore {
                 wb.delete_cf(meta, legacy_applied_key(region));
             }
         }
+        let mut all: Vec<(u64, &[(u64, Bytes)])> = round
+            .all_sessions
+            .iter()
+            .map(|(r, list)| (*r, list.as_slice()))
+            .collect();
+        // Stable: of a region's several lists, the last is kept.
+        all.sort_by_key(|(region, _)| *region);
         let mut logs = self.session_logs.lock();
         // Every write of this batch gets a sequence number after this one.
         let seq = self.db.latest_sequence_number() + 1;
-        let states = self.write_sessions(&mut wb, &logs, &last, seq)?;
+        let states = self.write_sessions(&mut wb, &mut logs, &last, &all, seq)?;
         for &region in &round.removed {
             wb.delete_cf(meta, descriptor_key(region));
             wb.delete_cf(applied_cf, applied_key(region));

@@ -14,17 +14,20 @@
 //!   store wrote them; still read, and removed by the next fold.
 //!
 //! A region's sessions are the base with the log replayed over it. Once the log holds more
-//! bytes than the base (and at least [`FOLD_MIN_BYTES`]), the round folds it: it writes the
-//! merged sessions as the new base and deletes the log records with one range deletion, in
-//! the same WriteBatch as the round's data. Each byte of session log is so rewritten at
-//! most about twice.
+//! bytes than the base (and at least [`FOLD_MIN_BYTES`]), [`KvStore::sessions_fold_due`]
+//! says so, and the caller's next round carries every session of the region
+//! ([`crate::ApplyRound::set_all_sessions`]): that round writes them as the new base and
+//! deletes the log records with one range deletion, in the same WriteBatch as the round's
+//! data. Each byte of session log is so rewritten at most about twice.
 //!
-//! The merged sessions of every region written since the store opened are kept in memory
-//! ([`LogState::sessions`], read from disk on a region's first write), so a fold reads
-//! nothing back: reading the base and each log record with a `get`, and deleting each
+//! The caller (the store) holds every region's sessions in memory anyway, to recognise
+//! retries, so a fold reads nothing back and the engine keeps only byte counts per
+//! region ([`LogState`]). Reading the base and each log record back, and deleting each
 //! record with its own tombstone, had made a region's session record cost three memtable
-//! operations instead of one (docs/benchmarks.md).
+//! operations instead of one; keeping a second merged copy of every session here cost a
+//! map insert and a free per write (docs/benchmarks.md).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
@@ -64,8 +67,6 @@ fn base_key(region_id: u64) -> [u8; 9] {
 /// What the store knows of a region's session records without reading them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LogState {
-    /// The region's sessions: the base with the log replayed over it, as written.
-    sessions: SessionMap,
     /// Bytes of session log records.
     log_bytes: usize,
     /// Bytes of the folded base.
@@ -83,18 +84,17 @@ pub(crate) struct SessionLogs {
 /// What a written round changed in a region's [`LogState`].
 #[derive(Debug)]
 pub(crate) enum LogChange {
-    /// A log record of `bytes` was added, holding `changed` (to `loaded`, the state read
-    /// from disk, if the store did not know the region's state yet).
-    Appended {
-        loaded: Option<LogState>,
-        changed: Vec<(u64, Bytes)>,
-        bytes: usize,
-    },
-    /// The log was folded into a base of `base_bytes` holding `sessions`.
-    Folded {
-        sessions: SessionMap,
-        base_bytes: usize,
-    },
+    /// A log record of `bytes` was added.
+    Appended { bytes: usize },
+    /// The log was folded into a base of `base_bytes`.
+    Folded { base_bytes: usize },
+}
+
+impl LogState {
+    /// Whether the log has outgrown the base (and [`FOLD_MIN_BYTES`]).
+    fn fold_due(&self) -> bool {
+        self.log_bytes >= FOLD_MIN_BYTES.max(self.base_bytes)
+    }
 }
 
 impl SessionLogs {
@@ -102,31 +102,14 @@ impl SessionLogs {
     /// written.
     pub(crate) fn written(&mut self, changes: Vec<(u64, LogChange)>) {
         for (region, change) in changes {
+            let state = self.regions.entry(region).or_default();
             match change {
-                LogChange::Appended {
-                    loaded,
-                    changed,
-                    bytes,
-                } => {
-                    let state = match loaded {
-                        Some(l) => self.regions.entry(region).or_insert(l),
-                        None => self.regions.entry(region).or_default(),
-                    };
-                    state.sessions.extend(changed);
-                    state.log_bytes += bytes;
-                }
-                LogChange::Folded {
-                    sessions,
-                    base_bytes,
-                } => {
-                    self.regions.insert(
-                        region,
-                        LogState {
-                            sessions,
-                            base_bytes,
-                            ..LogState::default()
-                        },
-                    );
+                LogChange::Appended { bytes } => state.log_bytes += bytes,
+                LogChange::Folded { base_bytes } => {
+                    *state = LogState {
+                        base_bytes,
+                        ..LogState::default()
+                    }
                 }
             }
         }
@@ -169,13 +152,12 @@ impl Records {
     }
 
     /// The state of the region these records describe.
-    fn state(&self, path: &std::path::Path) -> Result<LogState> {
-        Ok(LogState {
-            sessions: self.merged(path)?,
+    fn state(&self) -> LogState {
+        LogState {
             log_bytes: self.log.iter().map(|(_, v)| v.len()).sum(),
             base_bytes: self.base.as_ref().map_or(0, |b| b.len()),
             legacy: !self.legacy.is_empty(),
-        })
+        }
     }
 }
 
@@ -234,51 +216,76 @@ impl KvStore {
             .merged(self.path())
     }
 
+    /// The region's session state, read from its records on first use.
+    fn log_state<'a>(&self, logs: &'a mut SessionLogs, region_id: u64) -> Result<&'a LogState> {
+        Ok(match logs.regions.entry(region_id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(self.session_records(region_id, None)?.state()),
+        })
+    }
+
+    /// Whether the region's session log has outgrown its base, so that the next round
+    /// changing its sessions should fold them: carry every session of the region with
+    /// [`crate::ApplyRound::set_all_sessions`]. Reads the region's records on its first
+    /// call after the store opened.
+    pub fn sessions_fold_due(&self, region_id: u64) -> Result<bool> {
+        let mut logs = self.session_logs.lock();
+        Ok(self.log_state(&mut logs, region_id)?.fold_due())
+    }
+
     /// Adds the sessions one apply round changed (`(region, client, session)`, sorted by
-    /// region and client, one per client) to `wb`: one log record per region, or a fold.
-    /// `seq` orders this round's log records after every earlier round's. Returns the
-    /// regions' states once `wb` is written, for [`SessionLogs::written`].
+    /// region and client, one per client) to `wb`: one log record per region, except for
+    /// the regions `all` gives every session of (sorted by region), which are folded into
+    /// a new base (those sessions with the round's changes over them). `seq` orders this
+    /// round's log records after every earlier round's. Returns the regions' changes for
+    /// [`SessionLogs::written`], once `wb` is written.
     pub(crate) fn write_sessions(
         &self,
         wb: &mut WriteBatch,
-        logs: &SessionLogs,
+        logs: &mut SessionLogs,
         changed: &[(u64, u64, &Bytes)],
+        all: &[(u64, &[(u64, Bytes)])],
         seq: u64,
     ) -> Result<Vec<(u64, LogChange)>> {
         let mut changes = Vec::new();
         let meta = self.cf(CF_META)?;
         let mut rest = changed;
-        while let Some(&(region, _, _)) = rest.first() {
+        let mut folds = all.iter().peekable();
+        while !rest.is_empty() || folds.peek().is_some() {
+            // The next region in order, of either list.
+            let region = match (rest.first(), folds.peek()) {
+                (Some(c), Some(f)) => c.0.min(f.0),
+                (Some(c), None) => c.0,
+                (None, Some(f)) => f.0,
+                (None, None) => break,
+            };
             let n = rest.iter().take_while(|(r, _, _)| *r == region).count();
             let (group, tail) = rest.split_at(n);
             rest = tail;
-            let list: Vec<(u64, &Bytes)> = group.iter().map(|(_, c, s)| (*c, *s)).collect();
-            let record = codec::encode(&list)?;
-            let mut loaded = None;
-            let state = match logs.regions.get(&region) {
-                Some(s) => s,
-                None => loaded.insert(self.session_records(region, None)?.state(self.path())?),
-            };
-            if state.log_bytes + record.len() < FOLD_MIN_BYTES.max(state.base_bytes) {
+            let state = self.log_state(logs, region)?;
+            let mut every = None;
+            while let Some((_, list)) = folds.next_if(|(r, _)| *r == region) {
+                every = Some(*list);
+            }
+            let Some(every) = every else {
+                let list: Vec<(u64, &Bytes)> = group.iter().map(|(_, c, s)| (*c, *s)).collect();
+                let record = codec::encode(&list)?;
                 wb.put_cf(meta, log_key(region, seq), &record);
-                let changed = list.into_iter().map(|(c, s)| (c, s.clone())).collect();
                 changes.push((
                     region,
                     LogChange::Appended {
-                        loaded,
-                        changed,
                         bytes: record.len(),
                     },
                 ));
                 continue;
+            };
+            // Fold: every session, with this round's changes over them, in one record; the
+            // log records (all older than `seq`) go in one range deletion.
+            let mut sessions: BTreeMap<u64, &Bytes> = every.iter().map(|(c, s)| (*c, s)).collect();
+            for (_, client, session) in group {
+                sessions.insert(*client, *session);
             }
-            // Fold: the base with the log and this round's changes over it, in one record;
-            // the log records (all older than `seq`) go in one range deletion.
-            let mut sessions = state.sessions.clone();
-            for (client, session) in list {
-                sessions.insert(client, session.clone());
-            }
-            let base: Vec<(u64, &Bytes)> = sessions.iter().map(|(c, s)| (*c, s)).collect();
+            let base: Vec<(u64, &Bytes)> = sessions.into_iter().collect();
             let base = codec::encode(&base)?;
             let (lower, _) = log_bounds(region);
             wb.delete_range_cf(meta, lower, log_key(region, seq));
@@ -290,7 +297,6 @@ impl KvStore {
             changes.push((
                 region,
                 LogChange::Folded {
-                    sessions,
                     base_bytes: base.len(),
                 },
             ));
@@ -337,32 +343,52 @@ mod tests {
         format!("session {n}").into_bytes()
     }
 
+    fn as_bytes(map: &BTreeMap<u64, Vec<u8>>) -> Vec<(u64, Bytes)> {
+        map.iter()
+            .map(|(c, s)| (*c, Bytes::from(s.clone())))
+            .collect()
+    }
+
     /// A model of what the sessions must read back as, checked after every round, through
-    /// many folds, across a reopen, for several regions.
+    /// many folds, across a reopen, for several regions. The folds are given the sessions
+    /// before the round (region 1; the round's changes are laid over them), after it
+    /// (region 2), or in rounds that change none (region 3); region 4 is never given
+    /// them, and its log only grows.
     #[test]
     fn sessions_read_back_through_logs_and_folds_and_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut model: HashMap<u64, BTreeMap<u64, Vec<u8>>> = HashMap::new();
         let mut kv = open(dir.path());
         let mut index = 0;
+        let mut folds: HashMap<u64, usize> = HashMap::new();
         for round_no in 0..400u64 {
             let mut round = ApplyRound::new();
             index += 1;
-            for region in 1..=3u64 {
+            for region in 1..=4u64 {
                 round.set_applied(region, index);
                 // Region 1: few clients (folds from the log size); region 2: many (a large
                 // base); region 3: written every other round.
                 let clients = match region {
-                    1 => 5,
+                    1 | 4 => 5,
                     2 => 300,
                     _ if round_no % 2 == 0 => 0,
                     _ => 40,
                 };
+                let due = region != 4 && kv.sessions_fold_due(region).expect("due");
+                if due && region != 2 {
+                    round.set_all_sessions(region, as_bytes(model.entry(region).or_default()));
+                }
                 for i in 0..clients.min(20) {
                     let client = (round_no * 7 + i * 13) % clients;
                     let s = session(round_no * 1000 + i);
                     round.set_session(region, client, s.clone());
                     model.entry(region).or_default().insert(client, s);
+                }
+                if due && region == 2 {
+                    round.set_all_sessions(region, as_bytes(&model[&region]));
+                }
+                if due {
+                    *folds.entry(region).or_default() += 1;
                 }
             }
             kv.apply(round).expect("apply");
@@ -371,7 +397,7 @@ mod tests {
                 kv = open(dir.path());
             }
             if round_no % 37 == 0 || round_no == 399 {
-                for region in 1..=3u64 {
+                for region in 1..=4u64 {
                     let got: BTreeMap<u64, Vec<u8>> =
                         kv.sessions(region).expect("sessions").into_iter().collect();
                     assert_eq!(
@@ -382,14 +408,27 @@ mod tests {
                 }
             }
         }
-        // The log stayed bounded: folds happened.
-        let records = kv.session_records(1, None).expect("records");
-        assert!(records.base.is_some(), "region 1 was never folded");
-        let log_bytes: usize = records.log.iter().map(|(_, v)| v.len()).sum();
+        for region in 1..=3u64 {
+            assert!(
+                folds.get(&region).copied().unwrap_or(0) >= 2,
+                "region {region}: {folds:?}"
+            );
+            // The log stayed bounded: the folds happened.
+            let records = kv.session_records(region, None).expect("records");
+            assert!(records.base.is_some(), "region {region} was never folded");
+            let log_bytes: usize = records.log.iter().map(|(_, v)| v.len()).sum();
+            let bound = FOLD_MIN_BYTES.max(records.base.map_or(0, |b| b.len()));
+            assert!(
+                log_bytes <= 2 * bound,
+                "region {region}'s log holds {log_bytes} bytes"
+            );
+        }
+        let records = kv.session_records(4, None).expect("records");
         assert!(
-            log_bytes <= FOLD_MIN_BYTES.max(records.base.map_or(0, |b| b.len())),
-            "region 1's log holds {log_bytes} bytes"
+            records.base.is_none(),
+            "region 4 was folded without its sessions"
         );
+        assert_eq!(records.log.len(), 400);
     }
 
     #[test]
@@ -435,14 +474,22 @@ mod tests {
         assert_eq!(got[&7], session(700));
         assert_eq!(got[&8], session(8));
         // Enough log to fold: the old records go.
+        let mut model = got;
+        let mut folded = false;
         for i in 0..2000u64 {
             let mut round = ApplyRound::new();
             round.set_applied(2, 2 + i);
+            if kv.sessions_fold_due(2).expect("due") {
+                round.set_all_sessions(2, as_bytes(&model));
+                folded = true;
+            }
             round.set_session(2, i % 50, session(10_000 + i));
+            model.insert(i % 50, session(10_000 + i));
             kv.apply(round).expect("apply");
         }
+        assert!(folded);
         let records = kv.session_records(2, None).expect("records");
-        assert!(!records.state(kv.path()).expect("state").legacy);
+        assert!(!records.state().legacy);
         let got: BTreeMap<u64, Vec<u8>> = kv.sessions(2).expect("read").into_iter().collect();
         assert_eq!(got.len(), 100);
         assert_eq!(got[&49], session(10_000 + 1999));

@@ -1,5 +1,7 @@
 //! The key-value commands a region's log carries, and their answers.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use flotilla_common::codec::{self, CodecError};
 use serde::{Deserialize, Serialize};
@@ -115,14 +117,65 @@ pub enum KvResponse {
     Split(Vec<u64>),
 }
 
+/// The answers most writes get, encoded once ([`KvResponse::encode`]).
+const COMMON_ANSWERS: [KvResponse; 5] = [
+    KvResponse::Written(true),
+    KvResponse::Written(false),
+    KvResponse::Done,
+    KvResponse::Deleted(0),
+    KvResponse::Deleted(1),
+];
+
 impl KvResponse {
-    /// Encodes for the session table.
+    /// Encodes for the session table. The common answers (a put's, a batch's, a delete of
+    /// one key) come from encodings made once, which cost no allocation to hand out,
+    /// clone or drop: the session table keeps every client's last answer, and a fresh
+    /// buffer per write was an allocation and a free on the apply path.
     pub fn encode(&self) -> Bytes {
-        Bytes::from(codec::encode(self).expect("a response always encodes"))
+        static ENCODED: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+        match COMMON_ANSWERS.iter().position(|a| a == self) {
+            Some(i) => {
+                let all = ENCODED.get_or_init(|| {
+                    COMMON_ANSWERS
+                        .iter()
+                        .map(|a| codec::encode(a).expect("a response always encodes"))
+                        .collect()
+                });
+                Bytes::from_static(all[i].as_slice())
+            }
+            None => Bytes::from(codec::encode(self).expect("a response always encodes")),
+        }
     }
 
     /// Decodes from the session table.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         codec::decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_encode_as_the_codec_does_and_decode_back() {
+        let mut answers = COMMON_ANSWERS.to_vec();
+        answers.extend([
+            KvResponse::Deleted(7),
+            KvResponse::Value(-3),
+            KvResponse::Failed("no".into()),
+            KvResponse::Split(vec![4, 5]),
+        ]);
+        for a in answers {
+            let encoded = a.encode();
+            assert_eq!(
+                encoded.as_ref(),
+                codec::encode(&a).expect("encodes"),
+                "{a:?}"
+            );
+            assert_eq!(KvResponse::decode(&encoded).expect("decodes"), a);
+            // Twice: the common ones come from the encodings made once.
+            assert_eq!(a.encode(), encoded, "{a:?}");
+        }
     }
 }

@@ -2068,6 +2068,20 @@ impl Store {
                 ctx.round.set_applied(*region_id, e.index);
                 p.applied = e.index;
             }
+            if commands > 0 && ctx.kv.sessions_fold_due(*region_id).map_err(storage)? {
+                // The region's session log has outgrown its base: this round writes every
+                // session as the new base (from the table in memory, which holds them all;
+                // a record that could not be decoded at load is not in it, and goes).
+                let all = p
+                    .sessions
+                    .iter()
+                    .map(|(client, seq, answer)| {
+                        let s = codec::encode(&(seq, answer)).expect("a session encodes");
+                        (client, Bytes::from(s))
+                    })
+                    .collect();
+                ctx.round.set_all_sessions(*region_id, all);
+            }
             let committed = rd.committed_entries.len() as u64;
             p.metrics.applied(committed, commands);
             applied_entries += committed;
@@ -2164,6 +2178,7 @@ fn apply_command(
         ));
     }
     let mut failure = None;
+    let mut fresh = None;
     let mut plan = None;
     let mut new_desc = None;
     let mut merge_plan = None;
@@ -2221,7 +2236,11 @@ fn apply_command(
             cmd => ctx.exec(region_id, cmd),
         };
         match r {
-            Ok(r) => r.encode(),
+            Ok(r) => {
+                let encoded = r.encode();
+                fresh = Some(r);
+                encoded
+            }
             Err(e) => {
                 failure = Some(e);
                 KvResponse::Failed("storage failure".into()).encode()
@@ -2235,7 +2254,10 @@ fn apply_command(
         SessionOutcome::Applied(b) => {
             let s = codec::encode(&(command.seq, b.clone())).expect("a session encodes");
             ctx.round.set_session(region_id, command.client_id, s);
-            KvResponse::decode(&b).unwrap_or(KvResponse::Failed("bad stored answer".into()))
+            match fresh {
+                Some(r) => r,
+                None => KvResponse::Failed("storage failure".into()),
+            }
         }
         SessionOutcome::Duplicate(b) => {
             KvResponse::decode(&b).unwrap_or(KvResponse::Failed("bad stored answer".into()))
