@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Three nodes in this process (engine on disk in a temporary directory, fsync on, the
-//! in-memory transport), one region holding the whole key space. `--writers` tasks write
+//! TCP transport on 127.0.0.1 as `flotilla server` uses it, or with `--transport memory`
+//! the in-memory network of the tests), one region holding the whole key space. `--writers` tasks write
 //! 16-byte values under keys spread over all of it, one write in flight each, for
 //! `--phase-seconds` before the splits, then while region after region is split (each at
 //! the middle of the region's data, one after the other, through the node that leads the
@@ -26,7 +27,9 @@ use flotilla_engine::EngineConfig;
 use flotilla_region::node::{
     KvCommand, KvResponse, Node, NodeConfig, NodeHandle, PutCondition, StoreConfig,
 };
-use flotilla_transport::MemoryNetwork;
+use flotilla_transport::{
+    InboundReceiver, MemoryNetwork, TcpTransport, Transport, TransportConfig,
+};
 
 /// Measure write throughput around region splits.
 #[derive(Debug, Parser)]
@@ -45,6 +48,10 @@ struct Args {
     /// node find the middle of the region's data by scanning it.
     #[arg(long)]
     given_key: bool,
+    /// How the nodes talk: `tcp` (loopback, as separate servers would) or `memory` (the
+    /// tests' in-memory network, which hands over every message on its own).
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "memory"])]
+    transport: String,
 }
 
 const NODES: u64 = 3;
@@ -93,10 +100,33 @@ async fn until_led(h: &NodeHandle, ids: &[u64], deadline: Duration) -> Option<Du
 async fn main() -> Result<(), String> {
     let args = Args::parse();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let net = MemoryNetwork::new(1);
+    let mut transports: Vec<(Arc<dyn Transport>, InboundReceiver)> = Vec::new();
+    let mut tcp = Vec::new();
+    if args.transport == "memory" {
+        let net = MemoryNetwork::new(1);
+        for id in 1..=NODES {
+            let (transport, inbound) = net.join(id, 4096);
+            transports.push((Arc::new(transport), inbound));
+        }
+    } else {
+        for id in 1..=NODES {
+            let addr = "127.0.0.1:0".parse().expect("an address");
+            let cfg = TransportConfig::new(1, id, addr);
+            let (transport, inbound) =
+                TcpTransport::start(cfg, []).map_err(|e| format!("transport: {e}"))?;
+            tcp.push(Arc::new(transport));
+            transports.push((tcp[tcp.len() - 1].clone(), inbound));
+        }
+        for (i, t) in tcp.iter().enumerate() {
+            for (j, peer) in tcp.iter().enumerate() {
+                if i != j {
+                    t.add_peer(j as u64 + 1, peer.local_addr());
+                }
+            }
+        }
+    }
     let mut nodes = Vec::new();
-    for id in 1..=NODES {
-        let (transport, inbound) = net.join(id, 4096);
+    for (id, (transport, inbound)) in (1..=NODES).zip(transports) {
         let cfg = NodeConfig {
             store: StoreConfig {
                 node_id: id,
@@ -109,7 +139,7 @@ async fn main() -> Result<(), String> {
             request_timeout: Duration::from_secs(10),
             cluster: Default::default(),
         };
-        nodes.push(Node::start(cfg, Arc::new(transport), inbound).map_err(|e| e.to_string())?);
+        nodes.push(Node::start(cfg, transport, inbound).map_err(|e| e.to_string())?);
     }
     let handles: Vec<NodeHandle> = nodes.iter().map(|n| n.handle()).collect();
     if until_led(&handles[0], &[1], Duration::from_secs(10))

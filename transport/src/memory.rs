@@ -291,9 +291,54 @@ impl Net {
         }
     }
 
+    /// Delivers `envelopes` (in order) as one batch per destination node, as the TCP
+    /// transport hands a peer's frame over: one wake-up of each receiver, not one per
+    /// envelope.
+    fn put_batch(&self, envelopes: Vec<RaftEnvelope>) {
+        let mut by_node: Vec<(u64, Vec<RaftEnvelope>)> = Vec::new();
+        for e in envelopes {
+            match by_node.iter_mut().find(|(node, _)| *node == e.to_node) {
+                Some((_, list)) => list.push(e),
+                None => by_node.push((e.to_node, vec![e])),
+            }
+        }
+        for (node, list) in by_node {
+            let n = list.len();
+            let inbox = self.nodes.lock().get(&node).cloned();
+            let from_node = list[0].from_node;
+            let ok = inbox.is_some_and(|tx| {
+                tx.try_send(Inbound::Messages {
+                    from_node,
+                    envelopes: list,
+                })
+                .is_ok()
+            });
+            if ok {
+                self.counters
+                    .delivered
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            } else {
+                for _ in 0..n {
+                    self.drop_one();
+                }
+            }
+        }
+    }
+
     /// Runs the fault hooks on `envelope` and delivers what survives. Returns whether at
     /// least one copy was delivered or scheduled.
     fn route(&self, envelope: RaftEnvelope) -> bool {
+        let mut now = Vec::new();
+        let any = self.route_into(envelope, &mut now);
+        for e in now {
+            self.put(e);
+        }
+        any
+    }
+
+    /// Runs the fault hooks on `envelope`: schedules the delayed copies and adds to `now`
+    /// those to deliver at once. Returns whether at least one copy survived.
+    fn route_into(&self, envelope: RaftEnvelope, now: &mut Vec<RaftEnvelope>) -> bool {
         let link = (envelope.from_node, envelope.to_node);
         let (lose, duplicate, delay, newly_cut) = {
             let mut f = self.faults.lock();
@@ -324,7 +369,8 @@ impl Net {
         let mut any = false;
         for e in copies {
             any |= if delay.is_zero() {
-                self.put(e)
+                now.push(e);
+                true
             } else {
                 self.schedule(e, delay)
             };
@@ -410,6 +456,27 @@ impl Transport for MemoryTransport {
         node_id == self.node_id
             || (!self.removed.lock().contains(&node_id)
                 && self.net.nodes.lock().contains_key(&node_id))
+    }
+
+    /// One batch per destination node for the envelopes that pass the fault hooks at once
+    /// (snapshots still go one by one, with their status).
+    fn send_batch(&self, envelopes: Vec<RaftEnvelope>) -> Vec<SendError> {
+        let mut errors = Vec::new();
+        let mut now = Vec::new();
+        for e in envelopes {
+            if e.message.kind == MessageKind::Snapshot {
+                errors.extend(self.send_snapshot(e).err());
+                continue;
+            }
+            match self.check_peer(e) {
+                Ok(e) => {
+                    self.net.route_into(e, &mut now);
+                }
+                Err(err) => errors.push(err),
+            }
+        }
+        self.net.put_batch(now);
+        errors
     }
 
     fn send(&self, envelope: RaftEnvelope) -> Result<(), SendError> {

@@ -49,6 +49,45 @@ fn delivers_in_order_and_knows_its_peers() {
 }
 
 #[test]
+fn a_batch_reaches_each_node_as_one_delivery_in_order_through_the_hooks() {
+    let net = MemoryNetwork::new(5);
+    let (a, _a_rx) = net.join(1, 4096);
+    let (_b, mut b_rx) = net.join(2, 4096);
+    let (_c, mut c_rx) = net.join(3, 4096);
+    net.set_drop_filter(Some(Box::new(|e| e.region_id == 7)));
+    let batch: Vec<RaftEnvelope> = (0..30)
+        .map(|i| append(i % 10, 1, 2 + i % 2, i))
+        .chain([append(1, 1, 9, 99)])
+        .collect();
+    let errors = a.send_batch(batch);
+    assert_eq!(errors.len(), 1, "the unknown node 9");
+    assert!(matches!(errors[0], SendError::UnknownPeer(_)));
+    for (rx, node) in [(&mut b_rx, 2u64), (&mut c_rx, 3)] {
+        let mut deliveries = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            if let Inbound::Messages {
+                from_node,
+                envelopes,
+            } = item
+            {
+                assert_eq!(from_node, 1);
+                deliveries.push(seqs(&envelopes));
+            }
+        }
+        let want: Vec<u64> = (0..30)
+            .filter(|i| 2 + i % 2 == node && i % 10 != 7)
+            .collect();
+        assert_eq!(
+            deliveries,
+            vec![want],
+            "node {node}: one delivery, in order"
+        );
+    }
+    let stats = net.stats();
+    assert_eq!((stats.delivered, stats.dropped), (27, 3));
+}
+
+#[test]
 fn drop_and_duplicate_hooks_follow_their_probabilities_and_seed() {
     let run = |seed| {
         let net = MemoryNetwork::new(seed);
