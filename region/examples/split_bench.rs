@@ -6,9 +6,10 @@
 //!
 //! Three nodes in this process (engine on disk in a temporary directory, fsync on, the
 //! TCP transport on 127.0.0.1 as `flotilla server` uses it, or with `--transport memory`
-//! the in-memory network of the tests), one region holding the whole key space. `--writers` tasks write
-//! 16-byte values under keys spread over all of it, one write in flight each, for
-//! `--phase-seconds` before the splits, then while region after region is split (each at
+//! the in-memory network of the tests), one region holding the whole key space.
+//! `--writers` tasks write 16-byte values under keys spread over all of it (`--keys` of
+//! them, overwritten at random), one write in flight each: `--warmup-seconds` unmeasured,
+//! then `--phase-seconds` before the splits, then while region after region is split (each at
 //! the middle of the region's data, one after the other, through the node that leads the
 //! region being split; `--given-key` names the key instead), then for `--phase-seconds`
 //! after. Printed: writes per second in each phase, and for each split the time to
@@ -52,12 +53,33 @@ struct Args {
     /// tests' in-memory network, which hands over every message on its own).
     #[arg(long, default_value = "tcp", value_parser = ["tcp", "memory"])]
     transport: String,
+    /// Keys the writers overwrite, chosen at random (0: every write a new key). A bounded
+    /// key space keeps the data's size, and so RocksDB's compaction work per write, about
+    /// the same from one phase to the next once it is written; with new keys only, the
+    /// later phases pay for a larger store than the first.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    /// Seconds of writes before the first phase, not measured (they fill the key space).
+    #[arg(long, default_value_t = 10)]
+    warmup_seconds: u64,
 }
 
 const NODES: u64 = 3;
 
-fn key(writer: u64, i: u64) -> Bytes {
+/// The key of writer `writer`'s write `i`: a new one each time when `keys` is 0, else one
+/// of `keys` chosen at random.
+fn key(writer: u64, i: u64, keys: u64) -> Bytes {
+    let mix = |x: u64| {
+        let x = (x ^ (x >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^ (x >> 29)
+    };
     // The first two bytes spread the keys over the whole key space.
+    if keys > 0 {
+        let index = mix(writer.wrapping_mul(0x1_0000_0001) ^ mix(i)) % keys;
+        let mut k = (mix(index) as u16).to_be_bytes().to_vec();
+        k.extend_from_slice(format!("k{index}").as_bytes());
+        return Bytes::from(k);
+    }
     let h = (writer.wrapping_mul(0x9e37_79b9) ^ i.wrapping_mul(0x85eb_ca6b)) as u16;
     let mut k = h.to_be_bytes().to_vec();
     k.extend_from_slice(format!("w{writer}-{i}").as_bytes());
@@ -160,11 +182,12 @@ async fn main() -> Result<(), String> {
             failed.clone(),
             stop.clone(),
         );
+        let keys = args.keys;
         writers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let put = KvCommand::Put {
-                    key: key(w, i),
+                    key: key(w, i, keys),
                     value: Bytes::from_static(b"0123456789abcdef"),
                     cond: PutCondition::Always,
                 };
@@ -185,6 +208,7 @@ async fn main() -> Result<(), String> {
         );
     };
 
+    tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
     let t = Instant::now();
     let n0 = done.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(args.phase_seconds)).await;
