@@ -226,6 +226,21 @@ impl ApplyRound {
         self.removed.push(region_id);
     }
 
+    /// The round's data writes from the `from`-th on, in order: `(key, Some(value))` for
+    /// a put, `(key, None)` for a delete. (A caller that reads its own writes within a
+    /// round indexes them only when it first needs to.)
+    pub fn writes_from(&self, from: usize) -> impl Iterator<Item = (&Bytes, Option<&Bytes>)> {
+        self.ops.iter().skip(from).map(|op| match op {
+            Op::Put { key, value } => (key, Some(value)),
+            Op::Delete { key } => (key, None),
+        })
+    }
+
+    /// How many data writes the round holds.
+    pub fn writes(&self) -> usize {
+        self.ops.len()
+    }
+
     /// Whether the round writes nothing.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
@@ -366,13 +381,17 @@ impl KvStore {
         // is the round's order.
         let mut ops: Vec<&Op> = round.ops.iter().collect();
         ops.sort_by(|a, b| a.key().cmp(b.key()));
+        let mut key_buf = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             if ops.get(i + 1).is_some_and(|next| next.key() == op.key()) {
                 continue;
             }
+            key_buf.clear();
+            key_buf.push(DATA_PREFIX);
+            key_buf.extend_from_slice(op.key());
             match op {
-                Op::Put { key, value } => wb.put_cf(data, data_key(key), value),
-                Op::Delete { key } => wb.delete_cf(data, data_key(key)),
+                Op::Put { value, .. } => wb.put_cf(data, &key_buf, value),
+                Op::Delete { .. } => wb.delete_cf(data, &key_buf),
             }
         }
         for (region, descriptor) in &round.descriptors {

@@ -292,6 +292,42 @@ async fn retried_write_applies_once_and_conditional_writes_hold() {
     }
 }
 
+/// Many increments of one key at once: they land in the same apply rounds, so each must
+/// read the writes of the commands before it in its round. Every answer is distinct and
+/// the last is the total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_of_one_key_each_see_the_ones_before() {
+    let cluster = start_cluster();
+    let handles: Vec<NodeHandle> = cluster.nodes.iter().map(|n| n.handle()).collect();
+    wait_for_balanced_leaders(&handles).await;
+    let k = key(98, 1);
+    let n = 300u64;
+    let mut tasks = Vec::new();
+    for c in 0..n {
+        let h = handles[(c % NODES) as usize].clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            h.write(KvCommand::IncrBy { key: k, delta: 1 }, (60_000 + c, 1))
+                .await
+        }));
+    }
+    let mut values = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(KvResponse::Value(v)) => values.push(v),
+            other => panic!("increment answered {other:?}"),
+        }
+    }
+    values.sort_unstable();
+    assert_eq!(values, (1..=n as i64).collect::<Vec<_>>());
+    for h in &handles {
+        assert_eq!(h.get(k.clone()).await, Ok(Some(Bytes::from(n.to_string()))));
+    }
+    for node in cluster.nodes {
+        node.stop();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_rebalance_after_piling_onto_one_node() {
     let cluster = start_cluster();

@@ -89,6 +89,19 @@ impl KvCommand {
         }
     }
 
+    /// Whether every key the command writes satisfies `f` (without collecting them).
+    pub fn all_keys(&self, mut f: impl FnMut(&[u8]) -> bool) -> bool {
+        match self {
+            KvCommand::Put { key, .. } | KvCommand::IncrBy { key, .. } => f(key),
+            KvCommand::Delete { keys } => keys.iter().all(|k| f(k)),
+            KvCommand::BatchPut { pairs } => pairs.iter().all(|(k, _)| f(k)),
+            KvCommand::Split { .. }
+            | KvCommand::PrepareMerge { .. }
+            | KvCommand::CommitMerge { .. }
+            | KvCommand::RollbackMerge => true,
+        }
+    }
+
     /// Encodes for a log entry (inside a session command).
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self).expect("a command always encodes")

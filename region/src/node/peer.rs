@@ -312,7 +312,7 @@ pub(crate) fn is_command(kind: EntryKind, data: &[u8]) -> bool {
 
 /// Checks that every key of `cmd` lies in `desc`.
 pub(crate) fn check_keys(desc: &RegionDescriptor, cmd: &KvCommand) -> Result<(), NodeError> {
-    if cmd.keys().iter().all(|k| desc.contains(k)) {
+    if cmd.all_keys(|k| desc.contains(k)) {
         Ok(())
     } else {
         Err(NodeError::KeyNotInRegion(desc.id))

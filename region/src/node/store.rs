@@ -517,10 +517,17 @@ struct ApplyContext<'a> {
     kv: &'a KvStore,
     round: ApplyRound,
     overlay: std::collections::HashMap<Bytes, Option<Bytes>>,
+    /// The round's writes already in `overlay`: it is brought up to date only when a
+    /// command reads, so a round of plain puts builds no map.
+    indexed: usize,
 }
 
 impl ApplyContext<'_> {
-    fn read(&self, key: &Bytes) -> Result<Option<Bytes>, NodeError> {
+    fn read(&mut self, key: &Bytes) -> Result<Option<Bytes>, NodeError> {
+        for (k, v) in self.round.writes_from(self.indexed) {
+            self.overlay.insert(k.clone(), v.cloned());
+        }
+        self.indexed = self.round.writes();
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
@@ -531,13 +538,11 @@ impl ApplyContext<'_> {
     }
 
     fn put(&mut self, region: u64, key: Bytes, value: Bytes) {
-        self.round.put(region, key.clone(), value.clone());
-        self.overlay.insert(key, Some(value));
+        self.round.put(region, key, value);
     }
 
     fn delete(&mut self, region: u64, key: Bytes) {
-        self.round.delete(region, key.clone());
-        self.overlay.insert(key, None);
+        self.round.delete(region, key);
     }
 
     fn exec(&mut self, region: u64, cmd: KvCommand) -> Result<KvResponse, NodeError> {
@@ -1990,6 +1995,7 @@ impl Store {
             kv: &self.kv,
             round: ApplyRound::new(),
             overlay: Default::default(),
+            indexed: 0,
         };
         let mut answers: Vec<(Reply<KvResponse>, Result<KvResponse, NodeError>)> = Vec::new();
         let mut splits: Vec<SplitPlan> = Vec::new();

@@ -5,6 +5,7 @@
 //! the stored answer without being applied again, and an older sequence is refused. The
 //! table is part of the state machine, so it travels in snapshots.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -71,7 +72,10 @@ impl SessionTable {
         seq: u64,
         apply: impl FnOnce() -> Bytes,
     ) -> SessionOutcome {
-        if let Some(s) = self.sessions.get(&client_id) {
+        // One lookup: the entry is both checked and updated.
+        let entry = self.sessions.entry(client_id);
+        if let Entry::Occupied(e) = &entry {
+            let s = e.get();
             if seq == s.last_seq {
                 return SessionOutcome::Duplicate(s.answer.clone());
             }
@@ -80,13 +84,10 @@ impl SessionTable {
             }
         }
         let answer = apply();
-        self.sessions.insert(
-            client_id,
-            Session {
-                last_seq: seq,
-                answer: answer.clone(),
-            },
-        );
+        entry.insert_entry(Session {
+            last_seq: seq,
+            answer: answer.clone(),
+        });
         SessionOutcome::Applied(answer)
     }
 
