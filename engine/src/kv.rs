@@ -3,17 +3,25 @@
 //! Column families: `default` holds user data under `z` + user key, so a region's key range
 //! is one contiguous range of RocksDB keys; `meta` holds per-region metadata: `d` + region
 //! id → descriptor, and the client sessions (`t`, `u`, `s`: see [`crate::sessions`]);
-//! `applied` holds each region's applied index (region id → index, both 8 bytes
-//! big-endian). One apply round is one WriteBatch that also records the applied index and
-//! the sessions of every region it touches, so data, sessions and applied index can never
-//! disagree after a crash.
+//! `applied` holds the regions' applied indexes. One apply round is one WriteBatch that
+//! also records the applied index and the sessions of every region it touches, so data,
+//! sessions and applied index can never disagree after a crash.
 //!
-//! Every round rewrites the applied index of every region it applies. Keeping those
-//! records out of `meta` keeps that column family's memtable (sessions, descriptors) small.
-//! A region snapshot takes its applied index from memory, under the same lock as the apply
-//! rounds (see [`KvStore::snapshot_region`]). Stores written before this kept the index
-//! under `a` + region id in `meta`; it is still read, and deleted at the region's next
-//! round.
+//! Every round changes the applied index of every region it applies, so the indexes are a
+//! log, like the sessions: a round writes one record for all of its regions, `0xFF` +
+//! the batch's sequence number (8 bytes big-endian) → `[(region, Some(index) | None)]`
+//! (`None`: the region's records were removed). Every [`APPLIED_FOLD_RECORDS`] records
+//! the round folds them instead: it writes each region the log changed under its own key
+//! (region id → index, both 8 bytes big-endian; removed regions' keys deleted) and deletes
+//! the log with one range deletion. Opening reads the regions' keys, then the log in order.
+//! One record per round instead of one per region and round was worth 15–20 % of the
+//! cluster's CPU per write at 64 regions (docs/benchmarks.md). Snapshot installs and
+//! region removals go through the same log, so an older record can never override them.
+//! Keeping the indexes out of `meta` keeps that column family's memtable (sessions,
+//! descriptors) small. A region snapshot takes its applied index from memory, under the
+//! same lock as the apply rounds (see [`KvStore::snapshot_region`]). Stores written before
+//! the `applied` column family kept the index under `a` + region id in `meta`; it is still
+//! read, and deleted at the region's next round.
 //!
 //! (`inplace_update_support` on `applied`, which would keep one memtable entry per region,
 //! was tried and dropped: RocksDB then let a snapshot of the data column family see writes
@@ -102,6 +110,24 @@ pub(crate) fn meta_key(prefix: u8, region_id: u64) -> [u8; 9] {
 /// A region's applied index in `meta`, as stores before the `applied` column family kept it.
 pub(crate) fn legacy_applied_key(region_id: u64) -> [u8; 9] {
     meta_key(APPLIED_PREFIX, region_id)
+}
+
+/// The first byte of an applied-index log record's key in `applied` (a region's own key is
+/// 8 bytes; region ids never reach `0xFF << 56`).
+const APPLIED_LOG_PREFIX: u8 = 0xFF;
+/// Applied-index log records written before the next round folds them.
+pub const APPLIED_FOLD_RECORDS: usize = 256;
+
+/// The key of the applied-index log record written by the batch numbered `seq`.
+fn applied_log_key(seq: u64) -> [u8; 9] {
+    let mut k = [APPLIED_LOG_PREFIX; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Bounds of every applied-index log record.
+fn applied_log_bounds() -> ([u8; 9], [u8; 10]) {
+    ([APPLIED_LOG_PREFIX, 0, 0, 0, 0, 0, 0, 0, 0], [0xFF; 10])
 }
 
 /// A region's key in `applied`.
@@ -252,12 +278,79 @@ impl ApplyRound {
 
 /// The applied indexes the store knows: written, and durable (its WAL synced after them).
 #[derive(Debug, Default)]
-struct AppliedIndexes {
+pub(crate) struct AppliedIndexes {
     written: HashMap<u64, u64>,
     durable: HashMap<u64, u64>,
     /// Regions whose index is still (also) under the old `meta` key: deleted at their
     /// next write.
     legacy: std::collections::HashSet<u64>,
+    /// What the log records since the last fold changed: region → index (`None`: removed).
+    unfolded: HashMap<u64, Option<u64>>,
+    /// Log records since the last fold.
+    records: usize,
+}
+
+/// How a batch records applied-index changes: as one log record, or by folding the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppliedWrite {
+    Logged,
+    Folded,
+}
+
+impl AppliedIndexes {
+    /// Adds `changes` (region → index, `None`: removed; later ones win) to `wb`, in the
+    /// `applied` column family `cf`, as the log record of the batch numbered `seq`, or as a
+    /// fold once the log holds [`APPLIED_FOLD_RECORDS`]. Call [`AppliedIndexes::written`]
+    /// once `wb` is written.
+    pub(crate) fn record(
+        &self,
+        wb: &mut WriteBatch,
+        cf: &rocksdb::ColumnFamily,
+        changes: &[(u64, Option<u64>)],
+        seq: u64,
+    ) -> Result<AppliedWrite> {
+        if self.records + 1 < APPLIED_FOLD_RECORDS {
+            wb.put_cf(cf, applied_log_key(seq), codec::encode(&changes)?);
+            return Ok(AppliedWrite::Logged);
+        }
+        let mut folded: BTreeMap<u64, Option<u64>> =
+            self.unfolded.iter().map(|(r, i)| (*r, *i)).collect();
+        folded.extend(changes.iter().copied());
+        for (region, index) in folded {
+            match index {
+                Some(i) => wb.put_cf(cf, applied_key(region), applied_value(i)),
+                None => wb.delete_cf(cf, applied_key(region)),
+            }
+        }
+        let (lower, upper) = applied_log_bounds();
+        wb.delete_range_cf(cf, &lower[..], &upper[..]);
+        Ok(AppliedWrite::Folded)
+    }
+
+    /// Takes in what a written batch recorded ([`AppliedIndexes::record`]).
+    pub(crate) fn written(&mut self, changes: &[(u64, Option<u64>)], how: AppliedWrite) {
+        match how {
+            AppliedWrite::Logged => {
+                self.records += 1;
+                self.unfolded.extend(changes.iter().copied());
+            }
+            AppliedWrite::Folded => {
+                self.records = 0;
+                self.unfolded.clear();
+            }
+        }
+        for &(region, index) in changes {
+            self.legacy.remove(&region);
+            match index {
+                Some(i) => {
+                    self.written.insert(region, i);
+                }
+                None => {
+                    self.written.remove(&region);
+                }
+            }
+        }
+    }
 }
 
 /// Keys kept of a scan for the middle of a range (see [`KvStore::size_and_middle`]).
@@ -333,20 +426,42 @@ impl KvStore {
             written.insert(region, codec::decode::<u64>(&value)?);
             legacy.insert(region);
         }
-        // Written after the old keys (and deleting them): newer where both exist.
+        // Written after the old keys (and deleting them): newer where both exist. The
+        // regions' own keys first, then the log over them, in order.
+        let mut log = Vec::new();
         for item in store
             .db
             .iterator_cf(store.cf(CF_APPLIED)?, IteratorMode::Start)
         {
             let (key, value) = item?;
-            let region = u64_at(&key, 0).ok_or_else(|| corrupt("bad applied-index key"))?;
-            let index = u64_at(&value, 0).ok_or_else(|| corrupt("bad applied index"))?;
-            written.insert(region, index);
+            match key.len() {
+                8 => {
+                    let region = u64_at(&key, 0).ok_or_else(|| corrupt("bad applied-index key"))?;
+                    let index = u64_at(&value, 0).ok_or_else(|| corrupt("bad applied index"))?;
+                    written.insert(region, index);
+                }
+                9 if key[0] == APPLIED_LOG_PREFIX => log.push(value),
+                n => return Err(corrupt(&format!("applied-index key of {n} bytes"))),
+            }
+        }
+        let mut unfolded = HashMap::new();
+        for value in &log {
+            let changes: Vec<(u64, Option<u64>)> = codec::decode(value)
+                .map_err(|e| corrupt(&format!("applied-index log record: {e}")))?;
+            for (region, index) in changes {
+                match index {
+                    Some(i) => written.insert(region, i),
+                    None => written.remove(&region),
+                };
+                unfolded.insert(region, index);
+            }
         }
         *store.applied.lock() = AppliedIndexes {
             durable: written.clone(),
             written,
             legacy,
+            unfolded,
+            records: log.len(),
         };
         Ok(store)
     }
@@ -409,6 +524,7 @@ impl KvStore {
             }
         }
         let mut applied = self.applied.lock();
+        let mut changes: Vec<(u64, Option<u64>)> = Vec::with_capacity(round.applied.len());
         for (&region, &index) in &round.applied {
             let current = applied.written.get(&region).copied().unwrap_or(0);
             if index < current {
@@ -417,11 +533,13 @@ impl KvStore {
                     reason: format!("applied index {index} is behind {current}"),
                 });
             }
-            wb.put_cf(applied_cf, applied_key(region), applied_value(index));
+            changes.push((region, Some(index)));
             if applied.legacy.contains(&region) {
                 wb.delete_cf(meta, legacy_applied_key(region));
             }
         }
+        // After the indexes: a region applied and removed in one round ends removed.
+        changes.extend(round.removed.iter().map(|&region| (region, None)));
         let mut all: Vec<(u64, &[(u64, Bytes)])> = round
             .all_sessions
             .iter()
@@ -433,9 +551,13 @@ impl KvStore {
         // Every write of this batch gets a sequence number after this one.
         let seq = self.db.latest_sequence_number() + 1;
         let states = self.write_sessions(&mut wb, &mut logs, &last, &all, seq)?;
+        let how = if changes.is_empty() {
+            None
+        } else {
+            Some(applied.record(&mut wb, applied_cf, &changes, seq)?)
+        };
         for &region in &round.removed {
             wb.delete_cf(meta, descriptor_key(region));
-            wb.delete_cf(applied_cf, applied_key(region));
             wb.delete_cf(meta, legacy_applied_key(region));
             self.delete_sessions(&mut wb, region)?;
         }
@@ -447,10 +569,20 @@ impl KvStore {
             logs.forget(region);
         }
         drop(logs);
-        for region in round.applied.keys().chain(&round.removed) {
-            applied.legacy.remove(region);
+        // A removed region's index stays known to this process (its raft log may still
+        // be cut under a permit); it is gone from disk.
+        let kept: Vec<(u64, u64)> = round
+            .removed
+            .iter()
+            .filter_map(|r| {
+                let index = round.applied.get(r).or_else(|| applied.written.get(r));
+                index.map(|i| (*r, *i))
+            })
+            .collect();
+        if let Some(how) = how {
+            applied.written(&changes, how);
         }
-        applied.written.extend(round.applied);
+        applied.written.extend(kept);
         Ok(())
     }
 
@@ -696,30 +828,47 @@ impl KvStore {
             wb.delete_range_cf(data_cf, lower, upper);
         }
         wb.delete_cf(meta, descriptor_key(region_id));
-        wb.delete_cf(self.cf(CF_APPLIED)?, applied_key(region_id));
         wb.delete_cf(meta, legacy_applied_key(region_id));
         self.delete_sessions(&mut wb, region_id)?;
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         let mut applied = self.applied.lock();
+        let changes = [(region_id, None)];
+        let seq = self.db.latest_sequence_number() + 1;
+        let how = applied.record(&mut wb, self.cf(CF_APPLIED)?, &changes, seq)?;
         let mut logs = self.session_logs.lock();
         let written = self.db.write_opt(wb, &opts);
         logs.forget(region_id);
         drop(logs);
         written?;
-        applied.written.remove(&region_id);
+        applied.written(&changes, how);
         applied.durable.remove(&region_id);
-        applied.legacy.remove(&region_id);
         Ok(())
     }
 
-    /// Records an installed snapshot's applied index as written and durable (its batch
-    /// deleted the old `meta` key too).
-    pub(crate) fn set_installed(&self, region_id: u64, index: u64) {
+    /// Writes `wb` (synced) with the region's applied index set to `index` through the
+    /// applied-index log, and records it as written and durable: a snapshot install.
+    pub(crate) fn write_installed(
+        &self,
+        mut wb: WriteBatch,
+        region_id: u64,
+        index: u64,
+    ) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
         let mut applied = self.applied.lock();
-        applied.written.insert(region_id, index);
+        let changes = [(region_id, Some(index))];
+        let seq = self.db.latest_sequence_number() + 1;
+        let how = applied.record(&mut wb, self.cf(CF_APPLIED)?, &changes, seq)?;
+        let mut logs = self.session_logs.lock();
+        let written = self.db.write_opt(wb, &opts);
+        // Read again on next use: replaced, or (after an error) unknown.
+        logs.forget(region_id);
+        drop(logs);
+        written?;
+        applied.written(&changes, how);
         applied.durable.insert(region_id, index);
-        applied.legacy.remove(&region_id);
+        Ok(())
     }
 
     /// A RocksDB snapshot and the region's applied index as of it, from memory: taken under
@@ -805,5 +954,111 @@ mod tests {
         drop(kv);
         let kv = open(dir.path());
         assert_eq!(kv.applied_index(3), 20);
+    }
+
+    /// The applied-index log records in the store.
+    fn log_records(kv: &KvStore) -> usize {
+        let cf = kv.cf(CF_APPLIED).expect("cf");
+        kv.db
+            .iterator_cf(cf, IteratorMode::Start)
+            .filter(|item| item.as_ref().expect("read").0.len() == 9)
+            .count()
+    }
+
+    /// A model of every region's applied index, checked after reopens at many points of
+    /// the log: just before a fold, just after one, and between.
+    #[test]
+    fn applied_indexes_read_back_through_the_log_its_folds_and_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut kv = open(dir.path());
+        let mut model: HashMap<u64, u64> = HashMap::new();
+        let rounds = 3 * APPLIED_FOLD_RECORDS as u64 + 17;
+        let reopen_at = [
+            5,
+            APPLIED_FOLD_RECORDS as u64 - 2,
+            APPLIED_FOLD_RECORDS as u64 - 1,
+            APPLIED_FOLD_RECORDS as u64,
+            2 * APPLIED_FOLD_RECORDS as u64 + 100,
+        ];
+        for r in 1..=rounds {
+            let mut round = ApplyRound::new();
+            // Region 1 every round, the others now and then.
+            for region in 1..=6u64 {
+                if region == 1 || r % region == 0 {
+                    let index = model.get(&region).copied().unwrap_or(0) + r % 3 + 1;
+                    round.put(region, format!("k{region}").into_bytes(), b"v".to_vec());
+                    round.set_applied(region, index);
+                    model.insert(region, index);
+                }
+            }
+            kv.apply(round).expect("apply");
+            assert!(log_records(&kv) < APPLIED_FOLD_RECORDS, "round {r}");
+            if reopen_at.contains(&r) {
+                drop(kv);
+                kv = open(dir.path());
+            }
+            for (region, index) in &model {
+                assert_eq!(
+                    kv.applied_index(*region),
+                    *index,
+                    "region {region}, round {r}"
+                );
+            }
+        }
+        drop(kv);
+        let kv = open(dir.path());
+        for (region, index) in &model {
+            assert_eq!(
+                kv.applied_index(*region),
+                *index,
+                "region {region} at the end"
+            );
+        }
+    }
+
+    /// Removing, destroying and installing go through the log too: an older record never
+    /// brings back a region's old index.
+    #[test]
+    fn removed_destroyed_and_reinstalled_regions_keep_their_last_index_across_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = open(dir.path());
+        // Past a fold: both regions have keys of their own, and newer log records.
+        for i in 1..=150 {
+            kv.apply(round(7, i)).expect("apply");
+            kv.apply(round(8, i)).expect("apply");
+        }
+        const { assert!(2 * 150 > APPLIED_FOLD_RECORDS) };
+        let mut r = round(9, 1);
+        r.remove_region(7);
+        kv.apply(r).expect("apply");
+        // Known to the process still (its log may be cut), gone from disk.
+        assert_eq!(kv.applied_index(7), 150);
+        kv.destroy_region(8, None).expect("destroy");
+        assert_eq!(kv.applied_index(8), 0);
+        drop(kv);
+        let kv = open(dir.path());
+        assert_eq!((kv.applied_index(7), kv.applied_index(8)), (0, 0));
+        assert_eq!(kv.applied_index(9), 1);
+        let header = crate::SnapshotHeader {
+            region_id: 7,
+            applied_index: 10,
+            range: KeyRange::new(&b"k7"[..], &b"k8"[..]),
+            descriptor: None,
+            sessions: Vec::new(),
+        };
+        kv.install_snapshot(&header, Vec::new()).expect("install");
+        assert_eq!(kv.applied_index(7), 10);
+        assert_eq!(kv.durable_applied_index(7), 10);
+        drop(kv);
+        let kv = open(dir.path());
+        assert_eq!((kv.applied_index(7), kv.applied_index(8)), (10, 0));
+        // And through a fold: the same.
+        for i in 2..=APPLIED_FOLD_RECORDS as u64 + 5 {
+            kv.apply(round(9, i)).expect("apply");
+        }
+        drop(kv);
+        let kv = open(dir.path());
+        assert_eq!((kv.applied_index(7), kv.applied_index(8)), (10, 0));
+        assert_eq!(kv.applied_index(9), APPLIED_FOLD_RECORDS as u64 + 5);
     }
 }

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use flotilla_common::codec;
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -208,21 +208,8 @@ impl KvStore {
             Some(d) => wb.put_cf(meta, kv::descriptor_key(region), d),
             None => wb.delete_cf(meta, kv::descriptor_key(region)),
         }
-        wb.put_cf(
-            self.cf(kv::CF_APPLIED)?,
-            kv::applied_key(region),
-            kv::applied_value(header.applied_index),
-        );
         wb.delete_cf(meta, kv::legacy_applied_key(region));
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        let mut logs = self.session_logs.lock();
-        let written = self.db.write_opt(wb, &opts);
-        // Read again on next use: replaced, or (after an error) unknown.
-        logs.forget(region);
-        drop(logs);
-        written?;
-        self.set_installed(region, header.applied_index);
+        self.write_installed(wb, region, header.applied_index)?;
         Ok(CompactPermit::new(region, header.applied_index))
     }
 }
