@@ -511,6 +511,10 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
+/// Committed entries a round must apply for its log write to run on the writer thread,
+/// overlapping the apply; below this the round applies first and writes on its own thread.
+const OVERLAP_APPLY_ENTRIES_MIN: usize = 32;
+
 /// Per-round overlay of writes not yet in RocksDB, so commands in one apply round see the
 /// effects of those before them.
 struct ApplyContext<'a> {
@@ -1888,7 +1892,12 @@ impl Store {
                 rb = rb.with_entries(rd.entries.clone());
                 any = true;
             }
-            if let Some(hs) = rd.hard_state {
+            // A hard state that moved only its commit index is not written (the Ready says
+            // no sync is needed): the commit index need not be durable — after a restart
+            // the applied index vouches for what was applied, and the leader tells the
+            // rest again. At low load every write would otherwise cost each replica a
+            // second fdatasync, for the round that learns it committed.
+            if let Some(hs) = rd.hard_state.filter(|_| rd.must_sync || any) {
                 rb = rb.with_hard_state(hs);
                 any = true;
             }
@@ -1911,36 +1920,40 @@ impl Store {
                 envelopes_into(node_id, &p.desc, msgs, &mut persisted_outbound);
             }
         }
-        // 3. One write, one fdatasync, for every region of this round. It starts now, and
-        // when there is anything to apply it runs on the log's writer thread while this
-        // thread applies (step 4): the apply's CPU and the sync's wait overlap instead of
-        // adding up. The committed entries applied below were durable here before this
-        // round (a Ready hands out only entries this node has persisted), so their clients
-        // need not wait for this round's sync; on a restart the applied index vouches for
-        // the commit index the write would have stored. With nothing to apply the write
-        // runs on this thread (no hand-off to wake it).
-        let anything_to_apply = readies
+        // 3. One write, one fdatasync, for every region of this round. When the round has
+        // much to apply, the write starts now and runs on the log's writer thread while
+        // this thread applies (step 4): the apply's CPU and the sync's wait overlap instead
+        // of adding up. A small apply is not worth the hand-off's two context switches (a
+        // round of a few entries, as at low load, paid more for them than the overlap
+        // saved): it runs first, and the write after it on this thread. Either way the
+        // committed entries applied below were durable here before this round (a Ready
+        // hands out only entries this node has persisted), so their clients need not wait
+        // for this round's sync; on a restart the applied index vouches for the commit
+        // index the write would have stored.
+        let committed: usize = readies
             .iter()
-            .any(|(_, rd)| !rd.committed_entries.is_empty());
+            .map(|(_, rd)| rd.committed_entries.len())
+            .sum();
         let regions = batch.regions.len();
-        let write_started = Instant::now();
-        let ticket = if regions > 0 && anything_to_apply {
+        let mut inline = None;
+        let ticket = if regions > 0 && committed >= OVERLAP_APPLY_ENTRIES_MIN {
             Some(self.log.submit(batch).map_err(storage)?)
         } else {
-            if regions > 0 {
-                self.log.write(batch).map_err(storage)?;
-                self.metrics.log_written(write_started.elapsed(), regions);
-            }
+            inline = Some(batch);
             None
         };
-        // 4. Apply everything committed, and answer its clients. The write is waited for
-        // even when the apply fails: the store must not reopen its log under it.
+        // 4. Apply everything committed, and answer its clients. A write in flight is waited
+        // for even when the apply fails: the store must not reopen its log under it.
         let applied = self.apply_readies(&mut readies);
         if let Some(ticket) = ticket {
             // Measured is what the store still waits for after its apply.
             let waited = Instant::now();
             ticket.wait().map_err(storage)?;
             self.metrics.log_written(waited.elapsed(), regions);
+        } else if let Some(batch) = inline.filter(|_| regions > 0 && applied.is_ok()) {
+            let write_started = Instant::now();
+            self.log.write(batch).map_err(storage)?;
+            self.metrics.log_written(write_started.elapsed(), regions);
         }
         let (merged_away, membership) = applied?;
         // 5. Durable: acknowledgements may leave.
