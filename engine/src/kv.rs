@@ -14,8 +14,9 @@
 //! the round folds them instead: it writes each region the log changed under its own key
 //! (region id → index, both 8 bytes big-endian; removed regions' keys deleted) and deletes
 //! the log with one range deletion. Opening reads the regions' keys, then the log in order.
-//! One record per round instead of one per region and round was worth 15–20 % of the
-//! cluster's CPU per write at 64 regions (docs/benchmarks.md). Snapshot installs and
+//! A record per region and round cost up to 15–20 % of the cluster's CPU per write at 64
+//! regions (measured by leaving them out; what the log saves is in docs/benchmarks.md,
+//! "Fewer records per round"). Snapshot installs and
 //! region removals go through the same log, so an older record can never override them.
 //! Keeping the indexes out of `meta` keeps that column family's memtable (sessions,
 //! descriptors) small. A region snapshot takes its applied index from memory, under the
@@ -116,7 +117,7 @@ pub(crate) fn legacy_applied_key(region_id: u64) -> [u8; 9] {
 /// 8 bytes; region ids never reach `0xFF << 56`).
 const APPLIED_LOG_PREFIX: u8 = 0xFF;
 /// Applied-index log records written before the next round folds them.
-pub const APPLIED_FOLD_RECORDS: usize = 256;
+pub(crate) const APPLIED_FOLD_RECORDS: usize = 256;
 
 /// The key of the applied-index log record written by the batch numbered `seq`.
 fn applied_log_key(seq: u64) -> [u8; 9] {
