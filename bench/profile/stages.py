@@ -27,11 +27,11 @@ RULES = [
     ("respond", r"oneshot::Sender<T>::send|Peer::answer_forwarded|resp::connection::write_out|resp::reply|Pipeline::drain"),
     ("wal", r"flotilla_engine::wal|flotilla_engine::commit|flotilla_engine::index::RegionIndex|GroupCommitter|fdatasync"),
     ("apply: RocksDB write", r"DBImpl::WriteImpl"),
-    ("apply: commands, sessions", r"KvStore::apply|store::apply_command|ApplyContext|SessionTable::apply|sessions_fold_due|take_in_source"),
+    ("apply: commands, sessions", r"session::Command::decode|session::_::<impl serde_core::de|KvStore::apply|store::apply_command|ApplyContext|SessionTable::apply|sessions_fold_due|take_in_source"),
     ("send", r"store::send_envelopes|Transport>::send_batch|flotilla_transport::peer|encode_envelope|FrameWriter|transport::wire::write"),
     ("receive", r"decode_envelope|decode_batch|flotilla_transport::listener|FrameReader|Store::step_envelope|Store::handle\b|inbound"),
+    ("propose and route", r"session::Command::encode|session::_::<impl serde_core::ser|Store::propose|NodeHandle|RegionMap::route|Attempt<F>|node_service::NodeService"),
     ("raft", r"flotilla_region::raft::|PeerStorage"),
-    ("propose and route", r"Store::propose|NodeHandle|RegionMap::route|Attempt<F>|node_service::NodeService"),
     ("parse and execute", r"flotilla_tools::resp::parser|flotilla_tools::resp::execute|resp::metric|serve_connection|flotilla_tools::resp"),
     ("rocksdb background", r"rocksdb::(DBImpl::Background|CompactionJob|FlushJob|BlockBasedTableBuilder|CompactionIterator)"),
 ]
