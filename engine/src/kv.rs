@@ -831,44 +831,36 @@ impl KvStore {
         wb.delete_cf(meta, descriptor_key(region_id));
         wb.delete_cf(meta, legacy_applied_key(region_id));
         self.delete_sessions(&mut wb, region_id)?;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        let mut applied = self.applied.lock();
-        let changes = [(region_id, None)];
-        let seq = self.db.latest_sequence_number() + 1;
-        let how = applied.record(&mut wb, self.cf(CF_APPLIED)?, &changes, seq)?;
-        let mut logs = self.session_logs.lock();
-        let written = self.db.write_opt(wb, &opts);
-        logs.forget(region_id);
-        drop(logs);
-        written?;
-        applied.written(&changes, how);
-        applied.durable.remove(&region_id);
-        Ok(())
+        self.write_region_replaced(wb, region_id, None)
     }
 
-    /// Writes `wb` (synced) with the region's applied index set to `index` through the
-    /// applied-index log, and records it as written and durable: a snapshot install.
-    pub(crate) fn write_installed(
+    /// Writes `wb`, which replaces a region's records (a snapshot install, `Some(index)`,
+    /// or a destroyed replica, `None`), synced, with the region's applied index set (or
+    /// removed) through the applied-index log; records it as written and durable, and
+    /// forgets the region's session state (read again on next use: replaced, or after an
+    /// error unknown).
+    pub(crate) fn write_region_replaced(
         &self,
         mut wb: WriteBatch,
         region_id: u64,
-        index: u64,
+        index: Option<u64>,
     ) -> Result<()> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         let mut applied = self.applied.lock();
-        let changes = [(region_id, Some(index))];
+        let changes = [(region_id, index)];
         let seq = self.db.latest_sequence_number() + 1;
         let how = applied.record(&mut wb, self.cf(CF_APPLIED)?, &changes, seq)?;
         let mut logs = self.session_logs.lock();
         let written = self.db.write_opt(wb, &opts);
-        // Read again on next use: replaced, or (after an error) unknown.
         logs.forget(region_id);
         drop(logs);
         written?;
         applied.written(&changes, how);
-        applied.durable.insert(region_id, index);
+        match index {
+            Some(i) => applied.durable.insert(region_id, i),
+            None => applied.durable.remove(&region_id),
+        };
         Ok(())
     }
 

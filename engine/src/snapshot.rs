@@ -209,7 +209,7 @@ impl KvStore {
             None => wb.delete_cf(meta, kv::descriptor_key(region)),
         }
         wb.delete_cf(meta, kv::legacy_applied_key(region));
-        self.write_installed(wb, region, header.applied_index)?;
+        self.write_region_replaced(wb, region, Some(header.applied_index))?;
         Ok(CompactPermit::new(region, header.applied_index))
     }
 }

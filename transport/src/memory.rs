@@ -268,19 +268,27 @@ impl Net {
 
     /// Puts `envelope` into its node's channel now.
     fn put(&self, envelope: RaftEnvelope) -> bool {
-        let inbox = self.nodes.lock().get(&envelope.to_node).cloned();
-        let from_node = envelope.from_node;
+        self.deliver(envelope.to_node, envelope.from_node, vec![envelope])
+    }
+
+    /// Hands `envelopes` (all from `from_node` to `to_node`) to that node in one delivery;
+    /// counts them delivered, or dropped if its inbox is gone or full.
+    fn deliver(&self, to_node: u64, from_node: u64, envelopes: Vec<RaftEnvelope>) -> bool {
+        let n = envelopes.len() as u64;
+        let inbox = self.nodes.lock().get(&to_node).cloned();
         let ok = inbox.is_some_and(|tx| {
             tx.try_send(Inbound::Messages {
                 from_node,
-                envelopes: vec![envelope],
+                envelopes,
             })
             .is_ok()
         });
         if ok {
-            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            self.counters.delivered.fetch_add(n, Ordering::Relaxed);
         } else {
-            self.drop_one();
+            for _ in 0..n {
+                self.drop_one();
+            }
         }
         ok
     }
@@ -303,25 +311,8 @@ impl Net {
             }
         }
         for (node, list) in by_node {
-            let n = list.len();
-            let inbox = self.nodes.lock().get(&node).cloned();
             let from_node = list[0].from_node;
-            let ok = inbox.is_some_and(|tx| {
-                tx.try_send(Inbound::Messages {
-                    from_node,
-                    envelopes: list,
-                })
-                .is_ok()
-            });
-            if ok {
-                self.counters
-                    .delivered
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            } else {
-                for _ in 0..n {
-                    self.drop_one();
-                }
-            }
+            self.deliver(node, from_node, list);
         }
     }
 
@@ -329,15 +320,15 @@ impl Net {
     /// least one copy was delivered or scheduled.
     fn route(&self, envelope: RaftEnvelope) -> bool {
         let mut now = Vec::new();
-        let any = self.route_into(envelope, &mut now);
+        let mut any = self.route_into(envelope, &mut now);
         for e in now {
-            self.put(e);
+            any |= self.put(e);
         }
         any
     }
 
     /// Runs the fault hooks on `envelope`: schedules the delayed copies and adds to `now`
-    /// those to deliver at once. Returns whether at least one copy survived.
+    /// those to deliver at once. Returns whether a delayed copy was scheduled.
     fn route_into(&self, envelope: RaftEnvelope, now: &mut Vec<RaftEnvelope>) -> bool {
         let link = (envelope.from_node, envelope.to_node);
         let (lose, duplicate, delay, newly_cut) = {
@@ -366,16 +357,15 @@ impl Net {
         } else {
             vec![envelope]
         };
-        let mut any = false;
+        let mut scheduled = false;
         for e in copies {
-            any |= if delay.is_zero() {
+            if delay.is_zero() {
                 now.push(e);
-                true
             } else {
-                self.schedule(e, delay)
-            };
+                scheduled |= self.schedule(e, delay);
+            }
         }
-        any
+        scheduled
     }
 
     fn schedule(&self, envelope: RaftEnvelope, delay: Duration) -> bool {
