@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use crate::error::{EngineError, Result};
 use crate::index::{RegionIndex, Shape};
-use crate::log::{LogBatch, WriteReport, WriteTicket};
+use crate::log::{LogBatch, LogWaker, WriteReport, WriteTicket};
 
 /// Submissions that may wait in the queue. Bounds the memory held by batches that the disk
 /// has not caught up with: past it, `submit` blocks (back-pressure on the regions).
@@ -39,6 +39,18 @@ pub(crate) struct Submission<P> {
     pub prepared: P,
     pub bytes: u64,
     pub reply: Sender<Result<WriteReport>>,
+    /// Called once the answer is in `reply` (see [`LogWaker`]).
+    pub wake: Option<LogWaker>,
+}
+
+impl<P> Submission<P> {
+    /// Sends the submission its answer, then wakes its submitter if it asked to be.
+    pub fn answer(self, result: Result<WriteReport>) {
+        let _ = self.reply.send(result);
+        if let Some(wake) = self.wake {
+            wake();
+        }
+    }
 }
 
 /// What a log implementation does with one group: validate, write, sync once, update its
@@ -98,12 +110,14 @@ impl<S: GroupSink> GroupCommitter<S> {
         })
     }
 
-    /// Queues a batch; blocks while the queue is full.
+    /// Queues a batch; blocks while the queue is full. `wake` is called once the ticket
+    /// holds the answer.
     pub fn submit(
         &self,
         batch: LogBatch,
         prepared: S::Prepared,
         bytes: u64,
+        wake: Option<LogWaker>,
     ) -> Result<WriteTicket> {
         let (reply, rx) = sync_channel(1);
         let tx = self.tx.as_ref().ok_or(EngineError::Closed)?;
@@ -113,6 +127,7 @@ impl<S: GroupSink> GroupCommitter<S> {
             prepared,
             bytes,
             reply,
+            wake,
         });
         if sent.is_err() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -131,7 +146,7 @@ impl<S: GroupSink> GroupCommitter<S> {
         let mut sink = self.sink.lock();
         if self.queued.load(Ordering::Acquire) > 0 {
             drop(sink);
-            return self.submit(batch, prepared, bytes)?.wait();
+            return self.submit(batch, prepared, bytes, None)?.wait();
         }
         let (reply, rx) = sync_channel(1);
         sink.commit(vec![Submission {
@@ -139,6 +154,7 @@ impl<S: GroupSink> GroupCommitter<S> {
             prepared,
             bytes,
             reply,
+            wake: None,
         }]);
         drop(sink);
         rx.recv().map_err(|_| EngineError::Closed)?
@@ -195,9 +211,7 @@ pub(crate) fn validate_group<L: Clone, P>(
                 shapes.extend(local);
                 accepted.push(sub);
             }
-            Err(e) => {
-                let _ = sub.reply.send(Err(e));
-            }
+            Err(e) => sub.answer(Err(e)),
         }
     }
     accepted
@@ -233,7 +247,7 @@ mod tests {
                 self.order
                     .lock()
                     .push((region, std::thread::current().id()));
-                let _ = sub.reply.send(Ok(WriteReport::default()));
+                sub.answer(Ok(WriteReport::default()));
             }
         }
     }
@@ -262,7 +276,7 @@ mod tests {
     fn a_waiting_writer_with_nothing_queued_commits_on_its_own_thread() {
         let (c, order, _entered, _release) = committer(u64::MAX);
         c.write(batch(1), (), 1).expect("write");
-        c.submit(batch(2), (), 1)
+        c.submit(batch(2), (), 1, None)
             .expect("submit")
             .wait()
             .expect("wait");
@@ -280,11 +294,11 @@ mod tests {
         // behind it; a write() of region 3 must not overtake region 2.
         let (c, order, entered, release) = committer(1);
         let c = Arc::new(c);
-        let first = c.submit(batch(1), (), 1).expect("submit 1");
+        let first = c.submit(batch(1), (), 1, None).expect("submit 1");
         entered
             .recv_timeout(Duration::from_secs(10))
             .expect("writer thread committing region 1");
-        let second = c.submit(batch(2), (), 1).expect("submit 2");
+        let second = c.submit(batch(2), (), 1, None).expect("submit 2");
         let writer = {
             let c = c.clone();
             std::thread::spawn(move || c.write(batch(3), (), 1))

@@ -65,8 +65,8 @@ pub use config::{EngineConfig, LogBackend, RocksConfig, RocksLogLevel, WalConfig
 pub use error::{EngineError, Result};
 pub use kv::{ApplyRound, KeyRange, KvStore};
 pub use log::{
-    CompactPermit, DurableMark, HeldBy, LogBatch, LogStats, LogStatsSnapshot, PurgeReport, RaftLog,
-    RegionBatch, SnapshotMark, WriteReport, WriteTicket,
+    CompactPermit, DurableMark, HeldBy, LogBatch, LogStats, LogStatsSnapshot, LogWaker,
+    PurgeReport, RaftLog, RegionBatch, SnapshotMark, WriteReport, WriteTicket,
 };
 pub use rocks_log::RocksLog;
 pub use snapshot::{SnapshotChunk, SnapshotHeader, SnapshotStream, SNAPSHOT_CHUNK_BYTES_MAX};

@@ -230,6 +230,12 @@ pub struct WriteReport {
     pub durable: Vec<DurableMark>,
 }
 
+/// Called by the log's writer thread once a submission's answer is in its [`WriteTicket`]
+/// ([`RaftLog::submit_waking`]): a submitter that does other work while its batch is
+/// written learns of the answer without blocking on the ticket. It runs on the writer
+/// thread, so it must be quick and must not block (send a wake-up, set a flag).
+pub type LogWaker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// A submitted batch on its way to the disk.
 #[derive(Debug)]
 pub struct WriteTicket {
@@ -332,6 +338,12 @@ pub trait RaftLog: Send + Sync {
     /// Queues a batch for the next group commit. Cheap checks (contiguous entries, permits)
     /// fail here; checks against the log's state fail on the ticket.
     fn submit(&self, batch: LogBatch) -> Result<WriteTicket>;
+
+    /// [`RaftLog::submit`], and `wake` is called once the ticket holds the answer (also when
+    /// the batch failed). Accepted submissions are written, and answered, in the order they
+    /// were made; one refused by the checks against the log's state may be answered before
+    /// those ahead of it.
+    fn submit_waking(&self, batch: LogBatch, wake: LogWaker) -> Result<WriteTicket>;
 
     /// Submits and waits until the batch is durable.
     fn write(&self, batch: LogBatch) -> Result<WriteReport> {

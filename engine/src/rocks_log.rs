@@ -23,8 +23,8 @@ use crate::config::{RocksConfig, WalConfig};
 use crate::error::{EngineError, Result};
 use crate::index::{Planned, RegionIndex, Shape};
 use crate::log::{
-    LogBatch, LogStats, LogStatsSnapshot, PurgeReport, RaftLog, SnapshotMark, WriteReport,
-    WriteTicket,
+    LogBatch, LogStats, LogStatsSnapshot, LogWaker, PurgeReport, RaftLog, SnapshotMark,
+    WriteReport, WriteTicket,
 };
 use crate::metrics::SyncMetrics;
 
@@ -278,7 +278,7 @@ impl GroupSink for RocksWriter {
                 self.metrics.failed();
                 let reason = e.to_string();
                 for sub in group {
-                    let _ = sub.reply.send(Err(EngineError::Poisoned(reason.clone())));
+                    sub.answer(Err(EngineError::Poisoned(reason.clone())));
                 }
                 return;
             }
@@ -301,7 +301,7 @@ impl GroupSink for RocksWriter {
         }
         drop(index);
         for (sub, report) in group.into_iter().zip(reports) {
-            let _ = sub.reply.send(Ok(report));
+            sub.answer(Ok(report));
         }
     }
 }
@@ -312,7 +312,15 @@ impl RaftLog for RocksLog {
             part.check_shape()?;
         }
         let bytes = batch.size_bytes();
-        self.committer.submit(batch, (), bytes)
+        self.committer.submit(batch, (), bytes, None)
+    }
+
+    fn submit_waking(&self, batch: LogBatch, wake: LogWaker) -> Result<WriteTicket> {
+        for part in &batch.regions {
+            part.check_shape()?;
+        }
+        let bytes = batch.size_bytes();
+        self.committer.submit(batch, (), bytes, Some(wake))
     }
 
     fn write(&self, batch: LogBatch) -> Result<WriteReport> {

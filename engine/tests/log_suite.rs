@@ -206,6 +206,54 @@ fn a_bad_submission_fails_alone_in_its_group() {
     }
 }
 
+/// `submit_waking`: each submission's waker runs once its ticket holds the answer — for a
+/// refused batch too — and the accepted submissions are answered in the order they were
+/// made (one the log refuses may be answered before those ahead of it), so a submitter
+/// can go on working and collect its writes when woken.
+#[test]
+fn a_woken_submitter_finds_its_answer_waiting_in_submission_order() {
+    use std::sync::mpsc::sync_channel;
+    use std::sync::Arc;
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(kind, dir.path(), &WalConfig::default());
+        let (tx, rx) = sync_channel::<usize>(16);
+        let batches = [
+            RegionBatch::new(1).with_entries(entries(1, 1, 2, 1)),
+            RegionBatch::new(1).with_entries(entries(1, 9, 1, 1)), // a gap: refused
+            RegionBatch::new(1).with_entries(entries(1, 3, 1, 1)),
+        ];
+        let tickets: Vec<_> = batches
+            .into_iter()
+            .enumerate()
+            .map(|(n, b)| {
+                let tx = tx.clone();
+                let wake: flotilla_engine::LogWaker = Arc::new(move || {
+                    let _ = tx.send(n);
+                });
+                log.submit_waking(b.into(), wake).unwrap()
+            })
+            .collect();
+        let mut woken = Vec::new();
+        for _ in 0..tickets.len() {
+            let n = rx.recv().unwrap();
+            let answer = tickets[n]
+                .try_wait()
+                .expect("the answer is there when woken");
+            assert_eq!(
+                answer.is_ok(),
+                n != 1,
+                "{kind:?}: submission {n}: {answer:?}"
+            );
+            woken.push(n);
+        }
+        assert!(rx.try_recv().is_err(), "{kind:?}: one wake each");
+        woken.retain(|&n| n != 1);
+        assert_eq!(woken, vec![0, 2], "{kind:?}: accepted ones in order");
+        assert_eq!(log.last_index(1), 3);
+    }
+}
+
 #[test]
 fn old_entries_are_read_back_from_disk() {
     for kind in KINDS {

@@ -805,3 +805,69 @@ fn restart_with_applied_past_the_stored_commit_trusts_the_applied_index() {
         "applied past the last log index"
     );
 }
+
+/// Pipelined persistence (a node goes on stepping and taking Readies while earlier ones'
+/// writes are on their way to the disk, etcd's "async storage writes"): a write reports
+/// durable only what it wrote. When a new leader's append replaces entries whose write is
+/// still in flight, the old write finishing — even after storage took its entries — must
+/// not make the replacements durable: the follower hands them out to apply, and
+/// acknowledges them, only once their own write is done.
+#[test]
+fn a_finished_write_does_not_vouch_for_entries_that_replaced_its_own() {
+    use flotilla_region::raft::Storage;
+    let s = MemStorage::new_with_conf_state(ConfState::with_voters([1, 2, 3]));
+    let mut node = RawNode::new(&config(1), s.clone()).unwrap();
+    // Leader 2 of term 1 appends 1..=3; their write starts but is not done.
+    node.step(append(2, 1, 1, (0, 0), ents_at(1, &[1, 1, 1]), 0))
+        .unwrap();
+    let first = node.ready();
+    assert_eq!(first.entries.len(), 3);
+    // Leader 3 of term 2 replaces 2 and 3 with its own 2, committed up to 2.
+    node.step(append(3, 1, 2, (1, 1), ents_at(2, &[2]), 2))
+        .unwrap();
+    let second = node.ready();
+    assert_eq!(
+        second
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect::<Vec<_>>(),
+        vec![(2, 2)],
+        "only the replacement is handed out to write"
+    );
+    assert!(second.committed_entries.is_empty(), "nothing durable yet");
+    // The first write finishes: storage holds 1..=3 of term 1.
+    s.wl().append(&first.entries).unwrap();
+    for (term, index) in first.persisted_marks() {
+        node.on_persisted(term, index);
+    }
+    let committed: Vec<u64> = if node.has_ready() {
+        node.ready()
+            .committed_entries
+            .iter()
+            .map(|e| e.index)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    assert!(
+        !committed.contains(&2),
+        "entry 2 of term 2 is handed out to apply before its write is done: {committed:?}"
+    );
+    // The second write finishes: now 2 of term 2 is durable, and applies.
+    s.wl().append(&second.entries).unwrap();
+    for (term, index) in second.persisted_marks() {
+        node.on_persisted(term, index);
+    }
+    assert_eq!(s.last_index().unwrap(), 2);
+    let rd = node.ready();
+    let applied: Vec<(u64, u64)> = rd
+        .committed_entries
+        .iter()
+        .map(|e| (e.index, e.term))
+        .collect();
+    assert!(
+        applied.ends_with(&[(2, 2)]),
+        "entry 2 of term 2 applies once durable: {applied:?}"
+    );
+}

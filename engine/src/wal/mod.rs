@@ -28,8 +28,8 @@ use crate::config::WalConfig;
 use crate::error::{EngineError, Result};
 use crate::index::{Planned, RegionIndex};
 use crate::log::{
-    LogBatch, LogStats, LogStatsSnapshot, PurgeReport, RaftLog, SnapshotMark, WriteReport,
-    WriteTicket,
+    LogBatch, LogStats, LogStatsSnapshot, LogWaker, PurgeReport, RaftLog, SnapshotMark,
+    WriteReport, WriteTicket,
 };
 
 pub use faulty::{DiskFaults, FaultyFileSystem};
@@ -280,7 +280,12 @@ fn prepare(batch: &LogBatch) -> Result<(Prepared, u64)> {
 impl RaftLog for Wal {
     fn submit(&self, batch: LogBatch) -> Result<WriteTicket> {
         let (prepared, bytes) = prepare(&batch)?;
-        self.committer.submit(batch, prepared, bytes)
+        self.committer.submit(batch, prepared, bytes, None)
+    }
+
+    fn submit_waking(&self, batch: LogBatch, wake: LogWaker) -> Result<WriteTicket> {
+        let (prepared, bytes) = prepare(&batch)?;
+        self.committer.submit(batch, prepared, bytes, Some(wake))
     }
 
     fn write(&self, batch: LogBatch) -> Result<WriteReport> {

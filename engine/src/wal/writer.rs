@@ -139,7 +139,7 @@ impl GroupSink for WalWriter {
     fn commit(&mut self, group: Vec<Submission<Prepared>>) {
         if let Some(reason) = &self.poisoned {
             for sub in group {
-                let _ = sub.reply.send(Err(EngineError::Poisoned(reason.clone())));
+                sub.answer(Err(EngineError::Poisoned(reason.clone())));
             }
             return;
         }
@@ -175,7 +175,7 @@ impl GroupSink for WalWriter {
             self.poisoned = Some(reason);
             self.cut_back(rec_off);
             for sub in group {
-                let _ = sub.reply.send(Err(EngineError::io(
+                sub.answer(Err(EngineError::io(
                     format!("append to segment {}", self.seq),
                     clone_io(&e),
                 )));
@@ -190,7 +190,7 @@ impl GroupSink for WalWriter {
             .synced(took, group.len() as u64, entries, self.buf.len() as u64);
         let reports = self.apply(&mut group, &bases, rec_off, rec_len);
         for (sub, report) in group.into_iter().zip(reports) {
-            let _ = sub.reply.send(Ok(report));
+            sub.answer(Ok(report));
         }
         if self.len >= self.segment_bytes_max {
             if let Err(e) = self.rotate() {

@@ -24,7 +24,8 @@ use bytes::Bytes;
 // std's channel rather than crossbeam's: see engine/src/commit.rs.
 use flotilla_common::{codec, ConfChange, EntryKind, HardState, MessageKind, RaftEnvelope};
 use flotilla_engine::{
-    ApplyRound, KeyRange, KvStore, LogBatch, RaftLog, RegionBatch, SnapshotMark,
+    ApplyRound, KeyRange, KvStore, LogBatch, LogWaker, RaftLog, RegionBatch, SnapshotMark,
+    WriteTicket,
 };
 use flotilla_transport::{Inbound, PeerEvent, SnapshotStatus, Transport};
 use parking_lot::RwLock;
@@ -364,6 +365,8 @@ pub enum StoreMsg {
         /// Where the report goes.
         reply: oneshot::Sender<Vec<RegionStatus>>,
     },
+    /// A log write of the store's is done (sent by the log's writer thread).
+    LogWritten,
     /// Stop the loop.
     Stop,
 }
@@ -422,6 +425,12 @@ pub struct Store {
     latencies: ProposalLatencies,
     /// The node's snapshot builds, off this thread (every replica's storage shares them).
     snapshot_builds: SnapshotBuilds,
+    /// The rounds' log writes under way, oldest first.
+    writes: std::collections::VecDeque<WriteInFlight>,
+    /// Wakes the loop when a log write is done ([`StoreMsg::LogWritten`]).
+    log_waker: LogWaker,
+    /// The last round's end finished writes: their effects wait for a round.
+    reaped: bool,
 }
 
 /// The nodes of a new cluster's region `i` (0-based) when each region gets `replicas`
@@ -511,9 +520,24 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
-/// Committed entries a round must apply for its log write to run on the writer thread,
-/// overlapping the apply; below this the round applies first and writes on its own thread.
-const OVERLAP_APPLY_ENTRIES_MIN: usize = 32;
+/// Log writes a store keeps in flight while it goes on with its next rounds, at most; a
+/// round that finds more waits for them (see `Store::round`).
+const WRITES_IN_FLIGHT_MAX: usize = 4;
+
+/// A round's log write on its way to the disk, and what waits for it.
+struct WriteInFlight {
+    /// The write (`None`: the round wrote nothing, but what it sends waits for the writes
+    /// before it).
+    ticket: Option<WriteTicket>,
+    /// Messages that promise durability (votes, acknowledgements).
+    outbound: Vec<RaftEnvelope>,
+    /// (region, term, index) of what the write makes durable, for each region's core.
+    marks: Vec<(u64, u64, u64)>,
+    /// Regions in the write.
+    regions: usize,
+    /// When it was submitted.
+    submitted: Instant,
+}
 
 /// Per-round overlay of writes not yet in RocksDB, so commands in one apply round see the
 /// effects of those before them.
@@ -649,6 +673,11 @@ impl Store {
         kv: Arc<KvStore>,
     ) -> Result<Store, Box<(StoreShell, NodeError)>> {
         let snapshot_builds = SnapshotBuilds::new(shell.cfg.snapshot_build_hook.clone());
+        let waker_tx = shell.self_tx.clone();
+        // A full inbox means the loop has inputs to take and reaps the write in its round.
+        let log_waker: LogWaker = Arc::new(move || {
+            let _ = waker_tx.try_send(StoreMsg::LogWritten);
+        });
         let mut store = Store {
             snapshot_builds,
             cfg: shell.cfg,
@@ -673,6 +702,9 @@ impl Store {
             opened_at: Instant::now(),
             round_started: Instant::now(),
             latencies: ProposalLatencies::default(),
+            writes: Default::default(),
+            log_waker,
+            reaped: false,
         };
         if let Err(e) = store.load_regions() {
             return Err(Box::new((store.into_shell(), e)));
@@ -818,7 +850,13 @@ impl Store {
         let tick = self.cfg.tick_interval;
         let mut next_tick = Instant::now() + tick;
         while !self.stopping {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            // Writes finished at the end of the last round may have left work (a leader's
+            // commit to apply and announce): then the loop does not sleep.
+            let wait = if std::mem::take(&mut self.reaped) {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             let first = self.rx.recv_timeout(wait);
             self.round_started = Instant::now();
             match first {
@@ -873,6 +911,10 @@ impl Store {
             if let Err(e) = round {
                 return Some(e);
             }
+        }
+        // Stopping: the writes under way finish, and what waited for them leaves.
+        if let Err(e) = self.reap_writes(true) {
+            warn!(node = self.cfg.node_id, "a last log write failed: {e}");
         }
         None
     }
@@ -1006,6 +1048,8 @@ impl Store {
                     .collect();
                 let _ = reply.send(out);
             }
+            // Reaped at the start of the next round.
+            StoreMsg::LogWritten => {}
             StoreMsg::Stop => self.stopping = true,
         }
     }
@@ -1802,6 +1846,7 @@ impl Store {
     fn round(&mut self) -> Result<(), NodeError> {
         let storage = storage_error;
         let node_id = self.cfg.node_id;
+        self.reap_writes(false)?;
         self.flush_proposals();
         let mut batch = LogBatch::new();
         let mut readies = Vec::new();
@@ -1920,44 +1965,62 @@ impl Store {
                 envelopes_into(node_id, &p.desc, msgs, &mut persisted_outbound);
             }
         }
-        // 3. One write, one fdatasync, for every region of this round. When the round has
-        // much to apply, the write starts now and runs on the log's writer thread while
-        // this thread applies (step 4): the apply's CPU and the sync's wait overlap instead
-        // of adding up. A small apply is not worth the hand-off's two context switches (a
-        // round of a few entries, as at low load, paid more for them than the overlap
-        // saved): it runs first, and the write after it on this thread. Either way the
-        // committed entries applied below were durable here before this round (a Ready
-        // hands out only entries this node has persisted), so their clients need not wait
-        // for this round's sync; on a restart the applied index vouches for the commit
-        // index the write would have stored.
-        let committed: usize = readies
-            .iter()
-            .map(|(_, rd)| rd.committed_entries.len())
-            .sum();
+        // 3. One write, one fdatasync, for every region of this round, on the log's writer
+        // thread. The store does not wait for it: while it syncs, the store applies (step
+        // 4) and goes on with the next rounds — proposals become appends, acknowledgements
+        // commit and answer clients — instead of every input waiting for the sync under
+        // way. What depends on the write (this round's acknowledgements and votes, and the
+        // core learning its entries are durable) waits in `writes` until the writer
+        // thread reports it done (`reap_writes`). The committed entries applied below
+        // were durable here before this round (a Ready hands out only entries this node
+        // has persisted), so their clients need not wait for any sync; on a restart the
+        // applied index vouches for the commit index the write would have stored.
         let regions = batch.regions.len();
-        let mut inline = None;
-        let ticket = if regions > 0 && committed >= OVERLAP_APPLY_ENTRIES_MIN {
-            Some(self.log.submit(batch).map_err(storage)?)
+        let ticket = if regions > 0 {
+            Some(
+                self.log
+                    .submit_waking(batch, self.log_waker.clone())
+                    .map_err(storage)?,
+            )
         } else {
-            inline = Some(batch);
             None
         };
-        // 4. Apply everything committed, and answer its clients. A write in flight is waited
-        // for even when the apply fails: the store must not reopen its log under it.
+        let marks: Vec<(u64, u64, u64)> = readies
+            .iter()
+            .flat_map(|(id, rd)| rd.persisted_marks().map(|(t, i)| (*id, t, i)))
+            .collect();
+        let snapshot_round = readies.iter().any(|(_, rd)| rd.snapshot.is_some());
+        // 4. Apply everything committed, and answer its clients.
         let applied = self.apply_readies(&mut readies);
-        if let Some(ticket) = ticket {
-            // Measured is what the store still waits for after its apply.
-            let waited = Instant::now();
-            ticket.wait().map_err(storage)?;
-            self.metrics.log_written(waited.elapsed(), regions);
-        } else if let Some(batch) = inline.filter(|_| regions > 0 && applied.is_ok()) {
-            let write_started = Instant::now();
-            self.log.write(batch).map_err(storage)?;
-            self.metrics.log_written(write_started.elapsed(), regions);
+        if ticket.is_some() || !self.writes.is_empty() || !persisted_outbound.is_empty() {
+            // Also a round that writes nothing waits for the writes before it: its
+            // acknowledgements may promise entries those carry.
+            self.writes.push_back(WriteInFlight {
+                ticket,
+                outbound: persisted_outbound,
+                marks,
+                regions,
+                submitted: Instant::now(),
+            });
         }
-        let (merged_away, membership) = applied?;
-        // 5. Durable: acknowledgements may leave.
-        send_envelopes(&*self.transport, persisted_outbound);
+        let (merged_away, membership) = match applied {
+            Ok(done) => done,
+            Err(e) => {
+                // The store must not reopen its log under a write in flight.
+                let _ = self.reap_writes(true);
+                return Err(e);
+            }
+        };
+        // A round that installs a snapshot, changes membership or merges waits for its
+        // write: what follows (destroying a removed replica, cutting a merged-away log)
+        // must come after it, and these rounds are rare. So does a round that finds
+        // `WRITES_IN_FLIGHT_MAX` writes under way: memory and the replies they hold stay
+        // bounded.
+        let wait = snapshot_round
+            || !membership.is_empty()
+            || !merged_away.is_empty()
+            || self.writes.len() > WRITES_IN_FLIGHT_MAX;
+        self.reaped = self.reap_writes(wait)? > 0;
         // Membership changes applied in this round: removal notices, and a replica removed
         // from this node destroyed — after the write, which may still carry its entries
         // (destroying cuts its raft log).
@@ -1984,12 +2047,51 @@ impl Store {
                     p.reads_waiting_apply.insert((rs.index, id), r);
                 }
             }
-            p.raw.advance(rd);
+            p.raw.advance_apply(&rd);
             let (served, failed) = serve_reads(&self.kv, p);
             self.metrics.reads_served(served);
             self.metrics.reads_failed(failed);
         }
         Ok(())
+    }
+
+    /// Finishes the log writes that are done, oldest first — all of them, waiting, when
+    /// `wait` — and returns how many: sends the acknowledgements and votes that waited for each, and tells each
+    /// region's raft core which of its entries are now durable (a leader may then commit).
+    /// Writes finish in the order they were submitted, so a write is finished only after
+    /// every write before it.
+    fn reap_writes(&mut self, wait: bool) -> Result<usize, NodeError> {
+        let mut reaped = 0;
+        while let Some(front) = self.writes.front() {
+            let done = match &front.ticket {
+                Some(t) if !wait => match t.try_wait() {
+                    None => break,
+                    done => done,
+                },
+                // Nothing to wait for, or waited for below.
+                _ => None,
+            };
+            let Some(w) = self.writes.pop_front() else {
+                break;
+            };
+            let result = match (done, w.ticket) {
+                (Some(result), _) => Some(result),
+                (None, Some(ticket)) => Some(ticket.wait()),
+                (None, None) => None,
+            };
+            if let Some(result) = result {
+                result.map_err(storage_error)?;
+                self.metrics.log_written(w.submitted.elapsed(), w.regions);
+            }
+            send_envelopes(&*self.transport, w.outbound);
+            for (region_id, term, index) in w.marks {
+                if let Some(p) = self.peers.get_mut(&region_id) {
+                    p.raw.on_persisted(term, index);
+                }
+            }
+            reaped += 1;
+        }
+        Ok(reaped)
     }
 
     /// Step 4 of a round: applies the committed entries of `readies` (one RocksDB write for

@@ -207,17 +207,15 @@ impl<S: Storage> RaftLog<S> {
         self.applying = self.applying.max(index);
     }
 
-    /// Entries up to (`index`, `term`) are durable.
+    /// Entries up to (`index`, `term`) are durable. Ignored unless the entry at `index` is
+    /// still held in memory with that term: one that left memory was reported durable
+    /// already, and one replaced since (a new leader's append truncated it) is not what the
+    /// write made durable. Storage is not asked: with writes in flight it may still hold the
+    /// replaced entry while its replacement is on its way to the disk.
     pub fn stable_to(&mut self, index: u64, term: u64) {
-        let in_memory = self.unstable.maybe_term(index);
-        let matches = match in_memory {
-            Some(t) => t == term,
-            None => self.store.term(index).map(|t| t == term).unwrap_or(false),
-        };
-        if !matches {
+        if !self.unstable.stable_to(index, term) {
             return;
         }
-        self.unstable.stable_to(index, term);
         self.persisted = self.persisted.max(index.min(self.last_index()));
     }
 

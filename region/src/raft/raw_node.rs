@@ -52,6 +52,19 @@ pub struct Ready {
     pub must_sync: bool,
 }
 
+impl Ready {
+    /// The positions (term, index) this Ready makes durable, in the order to report them
+    /// with [`RawNode::on_persisted`]: the snapshot's, then the last entry's.
+    pub fn persisted_marks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .map(|s| (s.metadata.term, s.metadata.index));
+        let last = self.entries.last().map(|e| (e.term, e.index));
+        snapshot.into_iter().chain(last)
+    }
+}
+
 /// One member's replication state, as a leader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProgressStatus {
@@ -254,13 +267,16 @@ impl<S: Storage> RawNode<S> {
 
     /// Everything in `rd` was persisted and its committed entries applied.
     pub fn advance(&mut self, rd: Ready) {
-        if let Some(snap) = &rd.snapshot {
-            self.raft
-                .on_persisted(snap.metadata.term, snap.metadata.index);
+        for (term, index) in rd.persisted_marks() {
+            self.raft.on_persisted(term, index);
         }
-        if let Some(last) = rd.entries.last() {
-            self.raft.on_persisted(last.term, last.index);
-        }
+        self.advance_apply(&rd);
+    }
+
+    /// The committed entries (or the snapshot) of `rd` were applied; what it persists may
+    /// still be on its way to the disk, and is reported with [`RawNode::on_persisted`] for
+    /// each of [`Ready::persisted_marks`] once it is durable.
+    pub fn advance_apply(&mut self, rd: &Ready) {
         let applied = rd
             .committed_entries
             .last()

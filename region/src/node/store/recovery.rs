@@ -300,7 +300,11 @@ impl StoreShell {
             // Raft traffic and the results of measurements started before the failure:
             // the replicas they were for are gone (the senders retry; the measurements
             // run again on the rebuilt replicas).
-            StoreMsg::Inbound(_) | StoreMsg::SplitCheck { .. } | StoreMsg::MergeCheck { .. } => {}
+            // A write of the failed engine's done: nothing waits for it any more.
+            StoreMsg::Inbound(_)
+            | StoreMsg::SplitCheck { .. }
+            | StoreMsg::MergeCheck { .. }
+            | StoreMsg::LogWritten => {}
             StoreMsg::Stop => {}
         }
     }
