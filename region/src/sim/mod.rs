@@ -111,6 +111,12 @@ pub struct SimConfig {
     pub workload: WorkloadConfig,
     /// Settings of the cores that vary between runs.
     pub core: CoreTuning,
+    /// Chance that a peer leaves a Ready's write in flight and goes on (pipelined
+    /// persistence, as the node's store does); 0 writes every Ready before the next.
+    pub write_lag: f64,
+    /// Chance, each time a peer's Readies are handled, that its oldest write in flight
+    /// finishes (then the next, and so on).
+    pub write_finish: f64,
 }
 
 /// The core settings a run varies: safety must hold under all of them, and timing and flow
@@ -167,6 +173,8 @@ impl SimConfig {
                 target_voters: nodes,
                 node_id_max: nodes as u64 + 12,
             },
+            write_lag: 0.0,
+            write_finish: 0.5,
             core: CoreTuning {
                 heartbeat_tick: HEARTBEAT_TICKS,
                 pre_vote: true,
@@ -184,6 +192,15 @@ impl SimConfig {
             max_inflight_msgs: rng.gen_range(1..=16),
             max_size_per_msg: rng.gen_range(64..=4096),
         };
+        // Drawn after the core's settings, for the same reason. Half the runs pipeline.
+        config.write_lag = if rng.gen_bool(0.5) {
+            rng.gen_range(0.1..0.9)
+        } else {
+            0.0
+        };
+        // Slow disks too: writes that stay in flight for many rounds widen the windows a
+        // crash or a premature acknowledgement can hit.
+        config.write_finish = rng.gen_range(0.05..0.6);
         config
     }
 }
@@ -221,6 +238,8 @@ pub struct SimStats {
     pub partitions: u64,
     /// Snapshots sent by leaders and installed by followers.
     pub snapshots_installed: u64,
+    /// Writes that stayed in flight while their peer went on, then finished.
+    pub writes_lagged: u64,
     /// Messages sent.
     pub messages_sent: u64,
     /// Messages dropped (loss, partitions, receiver down).
@@ -249,6 +268,7 @@ impl SimStats {
         self.crashes_before_persist += o.crashes_before_persist;
         self.partitions += o.partitions;
         self.snapshots_installed += o.snapshots_installed;
+        self.writes_lagged += o.writes_lagged;
         self.messages_sent += o.messages_sent;
         self.messages_dropped += o.messages_dropped;
         self.messages_refused += o.messages_refused;
@@ -263,7 +283,7 @@ impl fmt::Display for SimStats {
             "{} steps, {} elections, {} entries committed, {} applied over all peers, {} writes acked \
              ({} retries, {} forwarded by followers, {} duplicates suppressed), {} reads checked, {} membership changes, \
              {} transfers, {} crashes ({} before persisting), {} partitions, {} snapshots installed, \
-             {} messages ({} dropped), liveness in at most {} ticks",
+             {} writes finished after their peer went on, {} messages ({} dropped), liveness in at most {} ticks",
             self.steps,
             self.elections,
             self.committed_index,
@@ -279,6 +299,7 @@ impl fmt::Display for SimStats {
             self.crashes_before_persist,
             self.partitions,
             self.snapshots_installed,
+            self.writes_lagged,
             self.messages_sent,
             self.messages_dropped,
             self.liveness_ticks,
@@ -368,6 +389,8 @@ impl Simulation {
                 },
             );
             n.joined = true;
+            n.write_lag = config.write_lag;
+            n.write_finish = config.write_finish;
             n.snapshot_every = rng.gen_range(20..100);
             n.compact_keep = rng.gen_range(0..20);
             n.start(rng.gen(), &mut inv).expect("a fresh peer starts");
@@ -421,6 +444,7 @@ impl Simulation {
         s.messages_sent = self.net.sent;
         s.messages_dropped = self.net.dropped;
         s.snapshots_installed = self.nodes.values().map(|n| n.snapshots_installed).sum();
+        s.writes_lagged = self.nodes.values().map(|n| n.writes_lagged).sum();
         s
     }
 
@@ -564,7 +588,7 @@ impl Simulation {
 
     fn step_inner(&mut self) -> Result<(), Violation> {
         if self.faults_active {
-            self.inject_faults();
+            self.inject_faults()?;
         }
         self.restart_due()?;
         self.create_wanted_peers()?;
@@ -587,11 +611,11 @@ impl Simulation {
             self.deliver()?;
         }
         self.handle_readies()?;
-        self.decommission_removed();
+        self.decommission_removed()?;
         self.check_step()
     }
 
-    fn inject_faults(&mut self) {
+    fn inject_faults(&mut self) -> Result<(), Violation> {
         let up: Vec<u64> = self
             .nodes
             .values()
@@ -600,7 +624,7 @@ impl Simulation {
             .collect();
         if self.rng.gen_bool(self.config.crash_probability) {
             if let Some(&id) = up.choose(&mut self.rng) {
-                self.crash(id);
+                self.crash(id)?;
             }
         }
         if self.rng.gen_bool(self.config.partition_probability) {
@@ -633,16 +657,18 @@ impl Simulation {
                 self.net.partition(groups);
             }
         }
+        Ok(())
     }
 
-    fn crash(&mut self, id: u64) {
+    fn crash(&mut self, id: u64) -> Result<(), Violation> {
         let Some(n) = self.nodes.get_mut(&id) else {
-            return;
+            return Ok(());
         };
-        n.crash(&mut self.inv);
+        n.crash(&mut self.inv, &mut self.rng)?;
         self.stats.crashes += 1;
         let down = self.rng.gen_range(DOWN_TICKS_MIN..=DOWN_TICKS_MAX);
         self.restart_at.insert(id, self.now + down);
+        Ok(())
     }
 
     fn restart_due(&mut self) -> Result<(), Violation> {
@@ -676,6 +702,8 @@ impl Simulation {
                     ..self.core_config.clone()
                 },
             );
+            n.write_lag = self.config.write_lag;
+            n.write_finish = self.config.write_finish;
             n.snapshot_every = self.rng.gen_range(20..100);
             n.compact_keep = self.rng.gen_range(0..20);
             n.start(self.rng.gen(), &mut self.inv)?;
@@ -719,6 +747,7 @@ impl Simulation {
                 events: &mut events,
                 dropped: &mut dropped,
             };
+            node.finish_some_writes(&mut ctx)?;
             let crashed = node.handle_readies(&mut ctx, crash)?;
             if let Some(raw) = node
                 .raw
@@ -795,7 +824,7 @@ impl Simulation {
 
     /// Marks peers that appear in the latest membership as joined, and shuts down for good
     /// the joined peers that have been out of it for [`REMOVED_LINGER_TICKS`].
-    fn decommission_removed(&mut self) {
+    fn decommission_removed(&mut self) -> Result<(), Violation> {
         // The membership as of the highest index any peer applied: committed, so a peer
         // missing from it is out of the group for good.
         for n in self.nodes.values().filter(|n| n.is_up()) {
@@ -824,10 +853,11 @@ impl Simulation {
         }
         for id in shut {
             let n = self.nodes.get_mut(&id).expect("listed");
-            n.crash(&mut self.inv);
+            n.crash(&mut self.inv, &mut self.rng)?;
             n.decommissioned = true;
             self.restart_at.remove(&id);
         }
+        Ok(())
     }
 
     /// The per-step properties: every running leader is checked for Election Safety,

@@ -12,11 +12,19 @@
 //! install snapshot, persist, send persisted messages, apply, answer reads, advance), and
 //! can crash between any two of those steps: after sending but before persisting is the
 //! case that loses entries a peer already told others about.
+//!
+//! Like the node's store, a peer may also pipeline its writes (`write_lag`): a Ready's
+//! entries and hard state then stay in flight while the peer applies, answers reads and
+//! takes further Readies; the writes finish later, in order — each persists, sends the
+//! messages that waited for it and reports its marks to the core with `on_persisted`. A
+//! crash makes a prefix of the writes in flight durable and loses the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use flotilla_common::{codec, ConfChange, ConfState, Entry, EntryKind, Message, Snapshot};
+use flotilla_common::{
+    codec, ConfChange, ConfState, Entry, EntryKind, HardState, Message, Snapshot,
+};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -219,6 +227,21 @@ impl LogView for CoreLog<'_> {
 /// property violation so that the seed is printed.
 const READY_PROTOCOL: &str = "Ready protocol";
 
+/// A Ready's write still on its way to the disk (pipelined persistence), and what waits
+/// for it.
+struct WriteInFlight {
+    /// Entries to append.
+    entries: Vec<Entry>,
+    /// Hard state to store.
+    hard_state: Option<HardState>,
+    /// Votes and acknowledgements: they leave once the write is durable.
+    persisted_messages: Vec<Message>,
+    /// (term, index) the core learns are durable then.
+    marks: Vec<(u64, u64)>,
+    /// The term the peer led throughout the Ready, if it did (Leader Append-Only).
+    led: Option<u64>,
+}
+
 /// A simulated peer.
 pub struct SimNode {
     /// The peer id.
@@ -251,6 +274,15 @@ pub struct SimNode {
     pub readies: u64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: u64,
+    /// Chance that a Ready's write stays in flight instead of finishing at once.
+    pub write_lag: f64,
+    /// Chance, each time the peer's Readies are handled, that its oldest write in flight
+    /// finishes (and then the next, and so on): small values keep writes in flight long.
+    pub write_finish: f64,
+    /// Writes in flight, oldest first.
+    writes: VecDeque<WriteInFlight>,
+    /// Writes that finished after the peer had gone on (stayed in flight at least once).
+    pub writes_lagged: u64,
 }
 
 impl SimNode {
@@ -272,6 +304,10 @@ impl SimNode {
             joined: false,
             readies: 0,
             snapshots_installed: 0,
+            write_lag: 0.0,
+            write_finish: 0.5,
+            writes: VecDeque::new(),
+            writes_lagged: 0,
         }
     }
 
@@ -319,14 +355,21 @@ impl SimNode {
         Ok(())
     }
 
-    /// Crashes the peer: everything not in its storage is gone.
-    pub fn crash(&mut self, inv: &mut Invariants) {
+    /// Crashes the peer: everything not in its storage is gone. Of its writes in flight, a
+    /// random prefix made it to the disk (none reported); the rest are lost.
+    pub fn crash(&mut self, inv: &mut Invariants, rng: &mut ChaCha8Rng) -> Result<(), Violation> {
+        let durable = rng.gen_range(0..=self.writes.len());
+        let writes: Vec<WriteInFlight> = self.writes.drain(..).collect();
         self.raw = None;
+        for w in writes.iter().take(durable) {
+            self.persist(w, inv)?;
+        }
         self.sm = StateMachine::default();
         self.pending_reads.clear();
         self.led_term = None;
         inv.leader_append_only.forget(self.id);
         inv.leader_completeness.forget(self.id);
+        Ok(())
     }
 
     /// Handles Ready batches until the core has none (at most a few rounds). Returns
@@ -373,11 +416,14 @@ impl SimNode {
             send(ctx, m);
         }
         if crash == Some(CrashPoint::AfterSend) {
-            self.crash(ctx.inv);
+            self.crash(ctx.inv, ctx.rng)?;
             return Ok(true);
         }
 
-        // 3. Install a snapshot.
+        // 3. Install a snapshot — after every write in flight, which come first.
+        if rd.snapshot.is_some() {
+            self.finish_writes(&mut raw, ctx, usize::MAX)?;
+        }
         if let Some(snap) = rd.snapshot.clone() {
             if led_throughout {
                 return Err(Violation::new(
@@ -413,53 +459,29 @@ impl SimNode {
             );
         }
 
-        // 4. Persist entries and hard state.
-        if let Some(first) = rd.entries.first() {
-            let first_index = first.index;
-            let written: Vec<(u64, u64, u64)> = rd
-                .entries
-                .iter()
-                .map(|e| (e.index, e.term, entry_fingerprint(e)))
-                .collect();
-            let durable_last = self.storage.last_index().unwrap_or(0);
-            if led_throughout && first_index <= durable_last {
-                let old = self
-                    .storage
-                    .entries(first_index, durable_last + 1, u64::MAX)
-                    .unwrap_or_default();
-                let overwritten: Vec<(u64, u64, u64)> = old
-                    .iter()
-                    .map(|e| (e.index, e.term, entry_fingerprint(e)))
-                    .collect();
-                ctx.inv.leader_append_only.observe_persist(
-                    id,
-                    leader_now.unwrap_or(0),
-                    &overwritten,
-                    &written,
-                )?;
+        // 4. Persist entries and hard state: at once (after the writes in flight), or left
+        // in flight while the peer goes on.
+        let write = WriteInFlight {
+            entries: rd.entries.clone(),
+            hard_state: rd.hard_state,
+            persisted_messages: std::mem::take(&mut rd.persisted_messages),
+            marks: rd.persisted_marks().collect(),
+            led: leader_now.filter(|_| led_throughout),
+        };
+        let lagging = rd.snapshot.is_none() && ctx.rng.gen_bool(self.write_lag);
+        if lagging {
+            self.writes.push_back(write);
+        } else {
+            self.finish_writes(&mut raw, ctx, usize::MAX)?;
+            self.persist(&write, ctx.inv)?;
+            if crash == Some(CrashPoint::AfterPersist) {
+                self.crash(ctx.inv, ctx.rng)?;
+                return Ok(true);
             }
-            self.storage.wl().append(&rd.entries).map_err(|e| {
-                Violation::new(
-                    READY_PROTOCOL,
-                    format!("peer {id}: appending at {first_index}: {e}"),
-                )
-            })?;
-            let prev_term = self.storage.term(first_index - 1).unwrap_or(0);
-            ctx.inv
-                .log_matching
-                .observe_append(id, prev_term, &written)?;
-        }
-        if let Some(hs) = rd.hard_state {
-            self.storage.wl().set_hard_state(hs);
-        }
-        if crash == Some(CrashPoint::AfterPersist) {
-            self.crash(ctx.inv);
-            return Ok(true);
-        }
-
-        // 5. Votes and acks leave only now.
-        for m in std::mem::take(&mut rd.persisted_messages) {
-            send(ctx, m);
+            // 5. Votes and acks leave only now.
+            for m in write.persisted_messages {
+                send(ctx, m);
+            }
         }
 
         // 6. Apply committed entries.
@@ -546,7 +568,7 @@ impl SimNode {
                 .observe_committed_entry(term, e.index, e.term);
         }
         if crash == Some(CrashPoint::AfterApply) {
-            self.crash(ctx.inv);
+            self.crash(ctx.inv, ctx.rng)?;
             return Ok(true);
         }
 
@@ -573,12 +595,96 @@ impl SimNode {
         }
         self.pending_reads = waiting;
 
-        // 8. Done.
-        raw.advance(rd);
+        // 8. Done: what the Ready persisted is reported now, or when its write finishes.
+        if lagging {
+            raw.advance_apply(&rd);
+        } else {
+            raw.advance(rd);
+        }
         self.led_term = (raw.raft().role() == Role::Leader).then(|| raw.raft().term());
         self.raw = Some(raw);
         self.maybe_snapshot(ctx.rng);
         Ok(false)
+    }
+
+    /// Finishes some of the writes in flight, oldest first: each with probability
+    /// `write_finish`, and the first that does not ends the turn.
+    pub fn finish_some_writes(&mut self, ctx: &mut ReadyCtx<'_>) -> Result<(), Violation> {
+        let Some(mut raw) = self.raw.take() else {
+            return Ok(());
+        };
+        let mut n = 0;
+        while n < self.writes.len() && ctx.rng.gen_bool(self.write_finish) {
+            n += 1;
+        }
+        let done = self.finish_writes(&mut raw, ctx, n);
+        self.raw = Some(raw);
+        done
+    }
+
+    /// Finishes the oldest `n` writes in flight (all of them for `usize::MAX`): each is
+    /// persisted, then the messages that waited for it leave, then the core learns what is
+    /// durable.
+    fn finish_writes(
+        &mut self,
+        raw: &mut RawNode<MemStorage>,
+        ctx: &mut ReadyCtx<'_>,
+        n: usize,
+    ) -> Result<(), Violation> {
+        for _ in 0..n {
+            let Some(w) = self.writes.pop_front() else {
+                break;
+            };
+            self.persist(&w, ctx.inv)?;
+            self.writes_lagged += 1;
+            for m in w.persisted_messages {
+                send(ctx, m);
+            }
+            for (term, index) in w.marks {
+                raw.on_persisted(term, index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a write durable: its entries (an entry at index i replaces the stored suffix
+    /// from i) and hard state go to the storage, checked for Leader Append-Only and Log
+    /// Matching.
+    fn persist(&mut self, w: &WriteInFlight, inv: &mut Invariants) -> Result<(), Violation> {
+        let id = self.id;
+        if let Some(first) = w.entries.first() {
+            let first_index = first.index;
+            let written: Vec<(u64, u64, u64)> = w
+                .entries
+                .iter()
+                .map(|e| (e.index, e.term, entry_fingerprint(e)))
+                .collect();
+            let durable_last = self.storage.last_index().unwrap_or(0);
+            if let Some(term) = w.led.filter(|_| first_index <= durable_last) {
+                let old = self
+                    .storage
+                    .entries(first_index, durable_last + 1, u64::MAX)
+                    .unwrap_or_default();
+                let overwritten: Vec<(u64, u64, u64)> = old
+                    .iter()
+                    .map(|e| (e.index, e.term, entry_fingerprint(e)))
+                    .collect();
+                inv.leader_append_only
+                    .observe_persist(id, term, &overwritten, &written)?;
+            }
+            self.storage.wl().append(&w.entries).map_err(|e| {
+                Violation::new(
+                    READY_PROTOCOL,
+                    format!("peer {id}: appending at {first_index}: {e}"),
+                )
+            })?;
+            let prev_term = self.storage.term(first_index - 1).unwrap_or(0);
+            inv.log_matching.observe_append(id, prev_term, &written)?;
+        }
+        if let Some(hs) = w.hard_state {
+            self.storage.wl().set_hard_state(hs);
+        }
+        Ok(())
     }
 
     /// Snapshots the state machine into storage and compacts the log below it, every
