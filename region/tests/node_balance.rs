@@ -497,8 +497,8 @@ async fn grows_from_three_to_five_nodes_and_shrinks_back_under_load() {
     c.stop();
 }
 
-/// Test 3 of issue 9: a node of four dies and loses its data; after `node_down_timeout`
-/// its replicas are rebuilt on the three others; the dead node is removed by hand (it
+/// Test 3 of issue 9: a node of four dies and loses its data; none of its replicas is
+/// rebuilt before `node_down_timeout`, and after it they are rebuilt on the three others; the dead node is removed by hand (it
 /// holds nothing, so it is retired at once), and a fresh node that joins gets its share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_nodes_replicas_are_rebuilt_and_a_fresh_node_takes_its_share() {
@@ -512,15 +512,46 @@ async fn a_dead_nodes_replicas_are_rebuilt_and_a_fresh_node_takes_its_share() {
     let writers = start_writers(4, handles.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // The nodes each region with a replica on node 4 has replicas on, before it dies.
+    let before: BTreeMap<u64, BTreeSet<u64>> = c
+        .handle(1)
+        .cluster()
+        .regions()
+        .iter()
+        .map(|r| (r.id, r.peers.iter().map(|p| p.node_id).collect()))
+        .filter(|(_, nodes): &(u64, BTreeSet<u64>)| nodes.contains(&4))
+        .collect();
+    assert!(!before.is_empty(), "node 4 holds no replica");
     let killed = Instant::now();
     c.kill_and_wipe(4);
     *handles.write() = c.handles();
+    // Until node 4 has been silent for `node_down_timeout` (its last gossip may have left
+    // up to a gossip interval before it died), none of its replicas is rebuilt: no such
+    // region gains a replica, voter or learner, on another node.
+    let mut looks = 0;
+    while killed.elapsed() < NODE_DOWN - GOSSIP * 2 {
+        for h in c.handles() {
+            for r in h.cluster().regions() {
+                let Some(nodes) = before.get(&r.id) else {
+                    continue;
+                };
+                assert!(
+                    r.peers.iter().all(|p| nodes.contains(&p.node_id)),
+                    "{:?} after node 4 died, before node_down_timeout, node {} sees region {} \
+                     on {:?}, not only {nodes:?}",
+                    killed.elapsed(),
+                    h.node_id(),
+                    r.id,
+                    r.peers
+                );
+            }
+        }
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(looks > 10, "looked {looks} times");
     let rest = set(&[1, 2, 3]);
     wait_balanced(&c, &rest, REGIONS, Duration::from_secs(60)).await;
-    assert!(
-        killed.elapsed() >= NODE_DOWN,
-        "rebuilt only once the node was down for node_down_timeout"
-    );
 
     c.handle(1)
         .cluster()
