@@ -347,30 +347,74 @@ async fn wait_balanced(c: &Cluster, nodes: &BTreeSet<u64>, regions: usize, limit
     }
 }
 
-/// Checks, while `stop` is not set, that no region of the view ever has fewer than three
-/// voters (a quorum of three can always be formed from the nodes up); answers the number
-/// of looks.
+/// Longest a region may go without a replica that leads it, while nodes join and leave:
+/// a few election timeouts (500 ms to 1 s each, at the default ticks) of a busy machine.
+const LEADER_GAP_MAX: Duration = Duration::from_secs(4);
+
+/// What [`watch_quorums`] saw.
+#[derive(Debug, Clone, Copy)]
+struct QuorumWatch {
+    /// Samples taken.
+    looks: u64,
+    /// The longest time any region went without a leader.
+    longest_leader_gap: Duration,
+}
+
+/// Samples, while `stop` is not set, every replica on the nodes of `handles` (the running
+/// nodes, from their own region state, not gossip): each replica's configuration must have
+/// at least three voters, a majority of them on running nodes; and every region must have
+/// a replica leading it (one whose own state names its node as leader) at most
+/// [`LEADER_GAP_MAX`] after it last had one.
 fn watch_quorums(
     handles: Arc<parking_lot::RwLock<Vec<NodeHandle>>>,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<u64> {
+) -> tokio::task::JoinHandle<QuorumWatch> {
     tokio::spawn(async move {
         let mut looks = 0;
+        let mut last_led: BTreeMap<u64, Instant> = BTreeMap::new();
+        let mut longest_leader_gap = Duration::ZERO;
         while !stop.load(Ordering::Relaxed) {
-            for h in handles.read().iter() {
-                for r in h.cluster().regions() {
-                    let voters = r.peers.iter().filter(|p| p.role == PeerRole::Voter).count();
+            let hs = handles.read().clone();
+            let running: BTreeSet<u64> = hs.iter().map(|h| h.node_id()).collect();
+            let now = Instant::now();
+            let (mut seen, mut led) = (BTreeSet::new(), BTreeSet::new());
+            for h in &hs {
+                for r in h.regions().all() {
+                    seen.insert(r.id);
+                    if r.leader_node == Some(h.node_id()) {
+                        led.insert(r.id);
+                    }
+                    let up = r.voter_nodes.iter().filter(|n| running.contains(n)).count();
                     assert!(
-                        voters >= 3,
-                        "region {} down to {voters} voters: {r:?}",
-                        r.id
+                        r.voter_nodes.len() >= 3 && up * 2 > r.voter_nodes.len(),
+                        "node {}'s replica of region {} has voters on {:?}, {up} of them on \
+                         the running nodes {running:?}",
+                        h.node_id(),
+                        r.id,
+                        r.voter_nodes
                     );
                 }
+            }
+            for id in seen {
+                let since = if led.contains(&id) {
+                    last_led.insert(id, now);
+                    Duration::ZERO
+                } else {
+                    now - *last_led.entry(id).or_insert(now)
+                };
+                longest_leader_gap = longest_leader_gap.max(since);
+                assert!(
+                    since <= LEADER_GAP_MAX,
+                    "region {id} without a leader for {since:?} on the running nodes {running:?}"
+                );
             }
             looks += 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        looks
+        QuorumWatch {
+            looks,
+            longest_leader_gap,
+        }
     })
 }
 
@@ -380,8 +424,9 @@ fn set(ids: &[u64]) -> BTreeSet<u64> {
 
 /// Tests 1 and 2 of issue 9: 64 regions on three nodes under write load; two empty nodes
 /// join and get their share of replicas and leaderships; then they are removed one after
-/// the other, under load, and drained back onto nodes 1–3, no region ever short of
-/// voters; every acknowledged write is there.
+/// the other, under load, and drained back onto nodes 1–3, no region ever without a
+/// majority of its voters on running nodes nor long without a leader; every acknowledged
+/// write is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grows_from_three_to_five_nodes_and_shrinks_back_under_load() {
     const REGIONS: usize = 64;
@@ -428,9 +473,10 @@ async fn grows_from_three_to_five_nodes_and_shrinks_back_under_load() {
             || c.handle(gone).regions().all().is_empty(),
         )
         .await;
-        // It is no longer gossiped to: stop it.
-        c.nodes.remove(&gone).expect("running").stop();
+        // It is no longer gossiped to: stop it (the watcher counts it down first).
+        let node = c.nodes.remove(&gone).expect("running");
         *handles.write() = c.handles();
+        node.stop();
         let left: BTreeSet<u64> = c.nodes.keys().copied().collect();
         wait_balanced(&c, &left, REGIONS, Duration::from_secs(30)).await;
     }
@@ -440,14 +486,19 @@ async fn grows_from_three_to_five_nodes_and_shrinks_back_under_load() {
     for w in writers {
         acked.push(w.await.expect("writer"));
     }
-    assert!(quorums.await.expect("watcher") > 10, "the watcher looked");
+    let watch = quorums.await.expect("watcher");
+    eprintln!(
+        "quorum watcher: {} looks, longest leader gap {:?}",
+        watch.looks, watch.longest_leader_gap
+    );
+    assert!(watch.looks > 10, "the watcher looked: {watch:?}");
     let hs: Vec<NodeHandle> = [1, 2, 3].iter().map(|&n| c.handle(n)).collect();
     check_writes(&hs, &acked).await;
     c.stop();
 }
 
-/// Test 3 of issue 9: a node of four dies and loses its data; after `node_down_timeout`
-/// its replicas are rebuilt on the three others; the dead node is removed by hand (it
+/// Test 3 of issue 9: a node of four dies and loses its data; none of its replicas is
+/// rebuilt before `node_down_timeout`, and after it they are rebuilt on the three others; the dead node is removed by hand (it
 /// holds nothing, so it is retired at once), and a fresh node that joins gets its share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_nodes_replicas_are_rebuilt_and_a_fresh_node_takes_its_share() {
@@ -461,15 +512,46 @@ async fn a_dead_nodes_replicas_are_rebuilt_and_a_fresh_node_takes_its_share() {
     let writers = start_writers(4, handles.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // The nodes each region with a replica on node 4 has replicas on, before it dies.
+    let before: BTreeMap<u64, BTreeSet<u64>> = c
+        .handle(1)
+        .cluster()
+        .regions()
+        .iter()
+        .map(|r| (r.id, r.peers.iter().map(|p| p.node_id).collect()))
+        .filter(|(_, nodes): &(u64, BTreeSet<u64>)| nodes.contains(&4))
+        .collect();
+    assert!(!before.is_empty(), "node 4 holds no replica");
     let killed = Instant::now();
     c.kill_and_wipe(4);
     *handles.write() = c.handles();
+    // Until node 4 has been silent for `node_down_timeout` (its last gossip may have left
+    // up to a gossip interval before it died), none of its replicas is rebuilt: no such
+    // region gains a replica, voter or learner, on another node.
+    let mut looks = 0;
+    while killed.elapsed() < NODE_DOWN - GOSSIP * 2 {
+        for h in c.handles() {
+            for r in h.cluster().regions() {
+                let Some(nodes) = before.get(&r.id) else {
+                    continue;
+                };
+                assert!(
+                    r.peers.iter().all(|p| nodes.contains(&p.node_id)),
+                    "{:?} after node 4 died, before node_down_timeout, node {} sees region {} \
+                     on {:?}, not only {nodes:?}",
+                    killed.elapsed(),
+                    h.node_id(),
+                    r.id,
+                    r.peers
+                );
+            }
+        }
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(looks > 10, "looked {looks} times");
     let rest = set(&[1, 2, 3]);
     wait_balanced(&c, &rest, REGIONS, Duration::from_secs(60)).await;
-    assert!(
-        killed.elapsed() >= NODE_DOWN,
-        "rebuilt only once the node was down for node_down_timeout"
-    );
 
     c.handle(1)
         .cluster()

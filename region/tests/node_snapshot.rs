@@ -1,7 +1,8 @@
 //! Snapshots of a three-node in-process cluster (engine on disk, in-memory transport), six
 //! regions: a snapshot is built off the store's thread, so the node keeps committing other
 //! regions' writes while a build is held half-way; and a snapshot lost on its way is sent
-//! again until the lagging replica holds every write.
+//! again until the lagging replica holds every write. Over TCP (every link through a
+//! proxy), a snapshot stream cut part-way is sent again by the leader on its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -14,7 +15,12 @@ use flotilla_region::node::{
     KvCommand, KvResponse, Node, NodeConfig, NodeHandle, PutCondition, SnapshotBuildHook,
     StoreConfig,
 };
-use flotilla_transport::MemoryNetwork;
+use flotilla_transport::{
+    InboundReceiver, MemoryNetwork, TcpTransport, Transport, TransportConfig,
+};
+
+mod proxy;
+use proxy::Proxy;
 
 const NODES: u64 = 3;
 /// Six regions, so that every node leads two once the balancer is done: the node that
@@ -25,6 +31,10 @@ const LAGGING_WRITES: u64 = 200;
 const VALUE_BYTES: usize = 16 << 10;
 /// Writes to another region that must commit while region 1's snapshot build is held.
 const OTHER_WRITES: u64 = 50;
+/// Chunks of region 1's first snapshot stream to node 3 that go through before the proxy
+/// cuts it: the snapshot is about 50 chunks of `SNAPSHOT_CHUNK_BYTES`.
+const CHUNKS_BEFORE_CUT: u64 = 8;
+const SNAPSHOT_CHUNK_BYTES: usize = 64 << 10;
 /// How long a held build waits for the test to release it, at most: a store that waited
 /// for its build would otherwise hang the test instead of failing it.
 const HOLD_MAX: Duration = Duration::from_secs(30);
@@ -63,12 +73,31 @@ struct Cluster {
 /// snapshot; each node's snapshot builds go through `hook(node id)`.
 fn start_cluster(hook: impl Fn(u64) -> SnapshotBuildHook) -> Cluster {
     let net = MemoryNetwork::new(5);
+    let transports = (1..=NODES)
+        .map(|id| {
+            let (transport, inbound) = net.join(id, 1024);
+            (Arc::new(transport) as Arc<dyn Transport>, inbound)
+        })
+        .collect();
+    let (nodes, dirs) = start_nodes(hook, transports);
+    Cluster {
+        nodes,
+        _dirs: dirs,
+        net,
+    }
+}
+
+/// Starts node `i + 1` over `transports[i]`, each in a new data directory, logs compacted
+/// early as [`start_cluster`] says.
+fn start_nodes(
+    hook: impl Fn(u64) -> SnapshotBuildHook,
+    transports: Vec<(Arc<dyn Transport>, InboundReceiver)>,
+) -> (Vec<Node>, Vec<tempfile::TempDir>) {
     let dirs: Vec<tempfile::TempDir> = (0..NODES)
         .map(|_| tempfile::tempdir().expect("temp dir"))
         .collect();
     let mut nodes = Vec::new();
-    for id in 1..=NODES {
-        let (transport, inbound) = net.join(id, 1024);
+    for (id, (transport, inbound)) in (1..=NODES).zip(transports) {
         let cfg = NodeConfig {
             store: StoreConfig {
                 node_id: id,
@@ -84,13 +113,9 @@ fn start_cluster(hook: impl Fn(u64) -> SnapshotBuildHook) -> Cluster {
             request_timeout: Duration::from_secs(5),
             cluster: Default::default(),
         };
-        nodes.push(Node::start(cfg, Arc::new(transport), inbound).expect("node starts"));
+        nodes.push(Node::start(cfg, transport, inbound).expect("node starts"));
     }
-    Cluster {
-        nodes,
-        _dirs: dirs,
-        net,
-    }
+    (nodes, dirs)
 }
 
 fn key1(i: u64) -> Bytes {
@@ -149,17 +174,18 @@ async fn move_region_1_off_node_3(h1: &NodeHandle) {
     }
 }
 
-/// Writes `LAGGING_WRITES` values to region 1 while node 3 hears nothing, until node 1 has
-/// compacted region 1's log past what node 3 holds. Node 3 must not lead region 1 then.
-async fn leave_node_3_behind(c: &Cluster, h: &NodeHandle) {
-    c.net.isolate(3);
+/// Writes `LAGGING_WRITES` values to region 1 while node 3 hears nothing (`isolate` cuts
+/// it off), until node 1 has compacted region 1's log past what node 3 holds. Node 3 must
+/// not lead region 1 then.
+async fn leave_node_3_behind(node_1: &Node, h: &NodeHandle, isolate: impl FnOnce()) {
+    isolate();
     for i in 0..LAGGING_WRITES {
         let r = h.write(put(key1(i), value(i)), (1000, i + 1)).await;
         assert_eq!(r, Ok(KvResponse::Written(true)), "region 1 write {i}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let first = c.nodes[0].log().expect("log open").first_index(1);
+        let first = node_1.log().expect("log open").first_index(1);
         if first > 100 {
             break;
         }
@@ -213,7 +239,7 @@ async fn the_store_keeps_committing_while_a_snapshot_is_built() {
     let h3 = c.nodes[2].handle();
     wait_for_leaders(&h1).await;
     move_region_1_off_node_3(&h1).await;
-    leave_node_3_behind(&c, &h1).await;
+    leave_node_3_behind(&c.nodes[0], &h1, || c.net.isolate(3)).await;
     c.net.heal();
 
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -300,7 +326,7 @@ async fn a_lost_snapshot_is_sent_again() {
     let h3 = c.nodes[2].handle();
     wait_for_leaders(&h1).await;
     move_region_1_off_node_3(&h1).await;
-    leave_node_3_behind(&c, &h1).await;
+    leave_node_3_behind(&c.nodes[0], &h1, || c.net.isolate(3)).await;
     let dropped = Arc::new(AtomicU64::new(0));
     let seen = Arc::new(AtomicU64::new(0));
     {
@@ -340,6 +366,62 @@ async fn a_lost_snapshot_is_sent_again() {
     }
     assert!(built >= 2, "{built} snapshots built");
     for n in c.nodes {
+        n.stop();
+    }
+}
+
+/// Three nodes over TCP on loopback, every link through a proxy. Region 1's first snapshot
+/// stream to node 3 is cut after a few chunks (the proxy closes the connection mid-stream):
+/// the leader's transport reports the stream failed, and the leader builds and streams a
+/// new snapshot by itself until node 3 holds every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_stream_cut_part_way_is_sent_again_by_the_leader() {
+    let mut tcp = Vec::new();
+    let mut transports = Vec::new();
+    for id in 1..=NODES {
+        let mut cfg = TransportConfig::new(1, id, "127.0.0.1:0".parse().expect("address"));
+        cfg.io_threads = 1;
+        cfg.snapshot_chunk_bytes = SNAPSHOT_CHUNK_BYTES;
+        // Reconnect soon after the proxy lets node 3 back in.
+        cfg.reconnect_backoff_max = Duration::from_millis(200);
+        let (t, inbound) = TcpTransport::start(cfg, []).expect("transport starts");
+        let t = Arc::new(t);
+        tcp.push(t.clone());
+        transports.push((t as Arc<dyn Transport>, inbound));
+    }
+    let addrs: Vec<_> = tcp.iter().map(|t| (t.node_id(), t.local_addr())).collect();
+    let proxy = Proxy::start(&addrs).await;
+    for t in &tcp {
+        for &(to, _) in addrs.iter().filter(|(to, _)| *to != t.node_id()) {
+            t.add_peer(to, proxy.addr(t.node_id(), to));
+        }
+    }
+    let (nodes, _dirs) = start_nodes(|_| SnapshotBuildHook::default(), transports);
+    let h1 = nodes[0].handle();
+    let h3 = nodes[2].handle();
+    wait_for_leaders(&h1).await;
+    move_region_1_off_node_3(&h1).await;
+    leave_node_3_behind(&nodes[0], &h1, || proxy.isolate(3)).await;
+    proxy.cut_snapshot_streams(3, 1, CHUNKS_BEFORE_CUT, 1);
+    proxy.heal();
+    node_3_holds_region_1(&h3).await;
+
+    let streams = proxy.snapshot_streams(3, 1);
+    assert_eq!(streams.cut, 1, "the first stream was cut: {streams:?}");
+    assert_eq!(
+        streams.chunks_before_cut,
+        vec![CHUNKS_BEFORE_CUT],
+        "it was cut part-way: {streams:?}"
+    );
+    assert!(
+        streams.started >= 2 && streams.completed >= 1,
+        "a later stream went through whole: {streams:?}"
+    );
+    // The senders (nodes 1 and 2) saw the cut stream fail and a later one finish.
+    let sent: u64 = tcp[..2].iter().map(|t| t.stats().snapshots_sent).sum();
+    let failed: u64 = tcp[..2].iter().map(|t| t.stats().snapshots_failed).sum();
+    assert!(sent >= 1 && failed >= 1, "sent {sent}, failed {failed}");
+    for n in nodes {
         n.stop();
     }
 }

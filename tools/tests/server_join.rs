@@ -257,7 +257,8 @@ fn a_fourth_server_joins_and_serves_a_moved_replica() {
     let got: Option<Vec<u8>> = redis::cmd("GET").arg(KEY).query(&mut c1).unwrap();
     assert_eq!(got.as_deref(), Some(&b"after"[..]));
 
-    // ctl status shows the directory; remove-node refuses to leave fewer than three up.
+    // ctl status shows the directory. (remove-node's refusals, among them leaving fewer
+    // than three up, are checked in node_directory_http.rs.)
     let out = ctl(servers[0].status, &["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("NODE") && text.contains("up"), "{text}");

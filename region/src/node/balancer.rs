@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
-use super::cluster::{ClusterView, FORWARD_QUEUE_MAX};
+use super::cluster::{ClusterView, NodeInfo, FORWARD_QUEUE_MAX};
 use super::descriptor::PeerRole;
 use super::directory::NodeState;
 use super::error::NodeError;
@@ -467,7 +467,7 @@ fn coordinate(
         now.duration_since(o.sent) < cfg.move_timeout
             && by_id.get(id).is_some_and(|r| !move_shows_done(r, o))
     });
-    let nodes = placement_nodes(cfg, view, since, now);
+    let nodes = placement_nodes(cfg, view.node_id(), view.nodes(), since, now);
     // Orders go only to nodes heard from lately: the view may still name a leader on a
     // node that just went down (until the new leader's gossip arrives), and an order lost
     // there would hold its region for `move_timeout`.
@@ -641,16 +641,18 @@ fn coordinate(
     out
 }
 
-/// The nodes the plan sees: every node not removed, with `down` for one not heard from
-/// for `node_down_timeout`; one not heard from recently but not yet down is left out.
+/// The nodes the plan sees, of `nodes` as coordinator `me` knows them: every node not
+/// removed, with `down` for one not heard from for `node_down_timeout` (counted from
+/// `since`, when `me` became coordinator, for a node never heard from); one not heard from
+/// recently but not yet down is left out.
 fn placement_nodes(
     cfg: &BalancerConfig,
-    view: &ClusterView,
+    me: u64,
+    nodes: Vec<NodeInfo>,
     since: Instant,
     now: Instant,
 ) -> Vec<PlacementNode> {
-    let me = view.node_id();
-    view.nodes()
+    nodes
         .into_iter()
         .filter(|n| n.entry.state != NodeState::Removed)
         .filter_map(|n| {
@@ -697,6 +699,107 @@ fn retire_drained(handle: &NodeHandle, view: &ClusterView, regions: &[RegionSumm
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::directory::{NodeAddresses, NodeEntry};
+
+    /// Node `id` as the cluster view shows it: last heard `last_heard` ago (`None`:
+    /// never), alive or not.
+    fn info(id: u64, state: NodeState, last_heard: Option<Duration>, alive: bool) -> NodeInfo {
+        let mut entry = NodeEntry::new(id, NodeAddresses::default());
+        entry.state = state;
+        NodeInfo {
+            entry,
+            last_heard,
+            alive,
+            replicas: 0,
+            leaders: 0,
+            moves: 0,
+            snapshots: 0,
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_node_is_down_after_sixty_seconds_of_silence_by_default() {
+        assert_eq!(BalancerConfig::default().node_down_timeout, secs(60));
+    }
+
+    #[test]
+    fn a_silent_node_is_left_out_until_node_down_timeout_then_planned_as_down() {
+        let cfg = BalancerConfig::default();
+        let now = Instant::now();
+        let since = now - secs(600);
+        let look = |last_heard: Duration| {
+            placement_nodes(
+                &cfg,
+                1,
+                vec![
+                    info(1, NodeState::Up, Some(Duration::ZERO), true),
+                    info(2, NodeState::Up, Some(last_heard), false),
+                ],
+                since,
+                now,
+            )
+        };
+        let up = node(1, false, false);
+        // Silent but not yet down: neither a source nor a target of moves.
+        assert_eq!(look(secs(5)), vec![up]);
+        assert_eq!(
+            look(cfg.node_down_timeout - Duration::from_millis(1)),
+            vec![up]
+        );
+        // Down from node_down_timeout on: its replicas are rebuilt elsewhere.
+        assert_eq!(look(cfg.node_down_timeout), vec![up, node(2, true, false)]);
+        assert_eq!(look(secs(3600)), vec![up, node(2, true, false)]);
+    }
+
+    #[test]
+    fn a_node_never_heard_from_is_down_only_node_down_timeout_after_the_coordinator_started() {
+        let cfg = BalancerConfig::default();
+        let now = Instant::now();
+        let look = |coordinating_for: Duration| {
+            placement_nodes(
+                &cfg,
+                1,
+                vec![
+                    info(1, NodeState::Up, Some(Duration::ZERO), true),
+                    info(2, NodeState::Up, None, false),
+                ],
+                now - coordinating_for,
+                now,
+            )
+        };
+        assert_eq!(look(secs(59)), vec![node(1, false, false)]);
+        assert_eq!(
+            look(secs(60)),
+            vec![node(1, false, false), node(2, true, false)]
+        );
+    }
+
+    #[test]
+    fn alive_nodes_are_never_down_removed_ones_are_left_out_and_removing_ones_drain() {
+        let cfg = BalancerConfig::default();
+        let now = Instant::now();
+        let nodes = vec![
+            info(1, NodeState::Up, Some(Duration::ZERO), true),
+            // Alive counts over a stale age.
+            info(2, NodeState::Up, Some(secs(3600)), true),
+            info(3, NodeState::Removing, Some(Duration::ZERO), true),
+            info(4, NodeState::Removed, Some(secs(3600)), false),
+            info(5, NodeState::Removing, Some(secs(3600)), false),
+        ];
+        assert_eq!(
+            placement_nodes(&cfg, 1, nodes, now - secs(3600), now),
+            vec![
+                node(1, false, false),
+                node(2, false, false),
+                node(3, false, true),
+                node(5, true, true),
+            ]
+        );
+    }
 
     fn node(id: u64, down: bool, draining: bool) -> PlacementNode {
         PlacementNode { id, draining, down }
