@@ -233,6 +233,16 @@ impl RegionMap {
         map.insert(r.start_key.clone(), r);
     }
 
+    /// Publishes several regions' routes in one step (a split's: the old region's and its
+    /// new neighbours').
+    pub(crate) fn replace(&self, routes: Vec<RegionRoute>) {
+        let mut map = self.by_start.write();
+        for r in routes {
+            map.retain(|start, old| old.id != r.id || *start == r.start_key);
+            map.insert(r.start_key.clone(), r);
+        }
+    }
+
     /// Forgets every region's leader (this node no longer hears from any).
     fn forget_leaders(&self) {
         for r in self.by_start.write().values_mut() {
@@ -739,6 +749,17 @@ impl Store {
     /// Creates the replica of `region_id` from its stored descriptor. `campaign`: whether
     /// it starts an election at once (`None`: only a new cluster's preferred replica does).
     fn load_region(&mut self, region_id: u64, campaign: Option<bool>) -> Result<(), NodeError> {
+        self.load_region_routed(region_id, campaign, true)
+    }
+
+    /// [`Store::load_region`]; `route`: publish its route now (a split publishes its new
+    /// regions' routes together with the old region's, in one step).
+    fn load_region_routed(
+        &mut self,
+        region_id: u64,
+        campaign: Option<bool>,
+        route: bool,
+    ) -> Result<(), NodeError> {
         let ps = PeerStorage::new(
             region_id,
             self.log.clone(),
@@ -792,7 +813,9 @@ impl Store {
         }
         // Measured at the first check: it may have grown past the limit while down.
         peer.written_since_check = self.cfg.region_max_bytes / SPLIT_CHECK_WRITTEN_FRACTION;
-        self.refresh_route(&peer);
+        if route {
+            self.refresh_route(&peer);
+        }
         self.peers.insert(region_id, peer);
         // Messages that arrived before this replica existed (a vote from a replica that
         // applied the split first) are delivered now.
@@ -2229,17 +2252,20 @@ impl Store {
                 }
                 None => (false, trigger),
             };
-            // The new regions' routes first: until the old region's shrinks, lookups pick
-            // the nearest start, so the two overlapping is harmless where a gap is not.
+            let mut routes = Vec::with_capacity(plan.new.len() + 1);
             for d in &plan.new {
-                self.load_region(d.id, Some(campaign))?;
+                self.load_region_routed(d.id, Some(campaign), false)?;
                 if let Some(p) = self.peers.get_mut(&d.id) {
                     p.written_since_check = written;
+                    routes.push(p.route());
                 }
             }
+            // The old region's range shrinks as the new ones appear, in one step: no
+            // reader sees the ranges overlap or a gap between them.
             if let Some(p) = self.peers.get(&plan.left.id) {
-                self.regions.update(p.route());
+                routes.push(p.route());
             }
+            self.regions.replace(routes);
         }
         if applied_entries > 0 {
             self.metrics
@@ -2646,5 +2672,63 @@ mod bootstrap_tests {
         // No more replicas than nodes; at least one.
         assert_eq!(bootstrap_nodes(&[1, 2, 3], 7, 5), vec![2, 3, 1]);
         assert_eq!(bootstrap_nodes(&[4, 9], 0, 0), vec![4]);
+    }
+}
+
+#[cfg(test)]
+mod region_map_tests {
+    use super::{RegionMap, RegionRoute};
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn route(id: u64, start: &'static [u8], end: &'static [u8]) -> RegionRoute {
+        RegionRoute {
+            id,
+            start_key: Bytes::from_static(start),
+            end_key: Bytes::from_static(end),
+            epoch: Default::default(),
+            leader_node: None,
+            voter_nodes: Vec::new(),
+            merging_into: None,
+        }
+    }
+
+    /// Whether the routes, in key order, cover the key space once: no gap, no overlap.
+    fn tiles(routes: &[RegionRoute]) -> bool {
+        routes.first().is_some_and(|r| r.start_key.is_empty())
+            && routes.last().is_some_and(|r| r.end_key.is_empty())
+            && routes.windows(2).all(|w| w[0].end_key == w[1].start_key)
+    }
+
+    /// A split published with `replace` is seen whole or not at all: a reader looking at
+    /// the table while regions split and merge back never finds two ranges overlapping or
+    /// a gap (two separate updates, the new region's first, showed an overlap).
+    #[test]
+    fn readers_never_see_a_split_half_published() {
+        let map = Arc::new(RegionMap::default());
+        map.update(route(1, b"", b""));
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (map, done) = (map.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut looks = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    let all = map.all();
+                    assert!(tiles(&all), "after {looks} looks: {all:?}");
+                    looks += 1;
+                }
+                looks
+            })
+        };
+        for _ in 0..20_000 {
+            map.replace(vec![route(2, b"m", b""), route(1, b"", b"m")]);
+            map.merge(&[2], route(1, b"", b""));
+        }
+        done.store(true, Ordering::Relaxed);
+        let looks = reader
+            .join()
+            .expect("the reader saw the table tile every time");
+        assert!(looks > 0);
     }
 }
