@@ -14,8 +14,11 @@ cargo test --workspace --locked
 target_dir="${CARGO_TARGET_DIR:-target}"
 bin="$target_dir/debug/engine-bench"
 cargo build --locked -q -p flotilla-engine --bin engine-bench
-if ! ldd "$bin" | grep -q 'librocksdb\.so'; then
+# ldd's output is read whole before grep looks at it: `ldd | grep -q` under pipefail fails
+# whenever grep stops reading at its match before ldd has written the rest (SIGPIPE).
+links="$(ldd "$bin")"
+if ! grep -q 'librocksdb\.so' <<<"$links"; then
   echo "error: $bin does not link librocksdb.so dynamically (RocksDB was built from source?)" >&2
   exit 1
 fi
-echo "rocksdb link check: $bin links $(ldd "$bin" | grep -o 'librocksdb\.so[^ ]*')"
+echo "rocksdb link check: $bin links $(grep -o 'librocksdb\.so[^ ]*' <<<"$links")"

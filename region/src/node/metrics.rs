@@ -22,8 +22,9 @@ use super::error::NodeError;
 pub const ROUNDS_TOTAL: &str = "flotilla_node_rounds_total";
 /// Histogram: seconds one round took, from its first input to its last answer.
 pub const ROUND_DURATION_SECONDS: &str = "flotilla_node_round_duration_seconds";
-/// Histogram: seconds the store waited for a round's log write (group commit: queueing in
-/// the log's writer thread, the write and the sync), in rounds that wrote.
+/// Histogram: seconds from a round's hand-off of its log write to the writer thread until
+/// the store reaped it (queueing behind earlier writes, the write, the sync), in rounds
+/// that wrote. The store does not wait for it: later rounds run meanwhile.
 pub const LOG_WRITE_DURATION_SECONDS: &str = "flotilla_node_log_write_duration_seconds";
 /// Histogram: regions in a round's log write, in rounds that wrote.
 pub const LOG_WRITE_REGIONS: &str = "flotilla_node_log_write_regions";
@@ -168,7 +169,7 @@ impl NodeMetrics {
         self.round_duration.record(started.elapsed().as_secs_f64());
     }
 
-    /// A round wrote `regions` regions to the log, waiting `took` for it.
+    /// A round's write of `regions` regions to the log was reaped `took` after its hand-off.
     pub fn log_written(&self, took: Duration, regions: usize) {
         self.log_write_duration.record(took.as_secs_f64());
         self.log_write_regions.record(regions as f64);
