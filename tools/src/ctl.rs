@@ -16,6 +16,7 @@
 //!
 //! Tables are for people; `--json` prints what the server sent, for scripts.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use crate::escape::escape;
 use crate::http::{HttpClientError, StatusClient};
 use crate::service::{
     ClusterNodeStatus, ClusterRegionStatus, MemberRole, NodeStatus, PeerStatus, RegionStatus,
-    ReplicaRole,
+    ReplicaRole, SnapshotsStatus,
 };
 use flotilla_region::node::NodeAddresses;
 
@@ -39,6 +40,10 @@ pub const CTL_TIMEOUT_MILLIS_DEFAULT: u64 = 5_000;
 /// allowed the node's request timeout (default 5 s), and a learner that must catch up
 /// from a snapshot takes a while.
 pub const MOVE_TIMEOUT_MILLIS_MIN: u64 = 60_000;
+
+/// How long `status` waits for each other node's own `/status` (for its snapshot
+/// progress; `--timeout-ms` if shorter): a node that does not answer by then shows `?`.
+pub const NODE_SNAPSHOTS_TIMEOUT_MILLIS: u64 = 1_000;
 
 /// `flotilla ctl` arguments.
 #[derive(Debug, Clone, Args)]
@@ -61,7 +66,8 @@ pub struct CtlArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum CtlCommand {
     /// The node: id, number of regions, how many it leads, by role; then the cluster's
-    /// nodes: addresses, state, alive, replicas and leaders (from gossip).
+    /// nodes: addresses, state, alive, replicas and leaders (from gossip), and the
+    /// snapshot progress each node reports of itself (asked of it, 1 s at most).
     Status,
     /// Every region with a replica on the node: range, epoch, role, term, commit, applied,
     /// leader. With `--all`: every region of the cluster the node knows of (from gossip).
@@ -195,8 +201,12 @@ pub async fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 (CtlCommand::Status, false) => {
                     out.write_all(status_table(&status).as_bytes())?;
                     if !status.nodes.is_empty() {
+                        let timeout = Duration::from_millis(
+                            args.timeout_ms.min(NODE_SNAPSHOTS_TIMEOUT_MILLIS),
+                        );
+                        let snapshots = nodes_snapshots(&status, timeout).await;
                         writeln!(out)?;
-                        out.write_all(nodes_table(&status.nodes).as_bytes())?;
+                        out.write_all(nodes_table(&status.nodes, &snapshots).as_bytes())?;
                     }
                 }
                 (_, false) if all => {
@@ -338,6 +348,103 @@ async fn call(client: &StatusClient, method: Method, path: &str) -> Result<bytes
     })
 }
 
+/// What `status` learned of a node's snapshots by asking the node itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeSnapshots {
+    /// The node's own `/status` answered this.
+    Answered(SnapshotsStatus),
+    /// Not asked: the node is `removed`.
+    NotAsked,
+    /// Unknown: the node did not answer in time, answered an error or something else than
+    /// a status, or has no status address.
+    Unknown,
+}
+
+/// The part of a `/status` answer that `status` reads from the other nodes.
+#[derive(serde::Deserialize)]
+struct SnapshotsOnly {
+    #[serde(default)]
+    snapshots: SnapshotsStatus,
+}
+
+/// Asks every node of `status`'s directory (concurrently, each within `timeout`) for its
+/// own snapshot progress; the node that sent `status` is not asked again.
+pub async fn nodes_snapshots(
+    status: &NodeStatus,
+    timeout: Duration,
+) -> BTreeMap<u64, NodeSnapshots> {
+    let mut found = BTreeMap::new();
+    let mut asks = tokio::task::JoinSet::new();
+    for node in &status.nodes {
+        let known = if node.id == status.node_id {
+            NodeSnapshots::Answered(status.snapshots)
+        } else if node.state == "removed" {
+            NodeSnapshots::NotAsked
+        } else if let Some(addr) = &node.status_addr {
+            let (id, client) = (node.id, StatusClient::new(addr.clone(), timeout));
+            asks.spawn(async move { (id, ask_snapshots(&client).await) });
+            continue;
+        } else {
+            NodeSnapshots::Unknown
+        };
+        found.insert(node.id, known);
+    }
+    while let Some(asked) = asks.join_next().await {
+        if let Ok((id, answer)) = asked {
+            found.insert(id, answer);
+        }
+    }
+    found
+}
+
+/// One node's snapshot progress from its `/status`, or [`NodeSnapshots::Unknown`].
+async fn ask_snapshots(client: &StatusClient) -> NodeSnapshots {
+    match call(client, Method::GET, "/status").await {
+        Ok(body) => serde_json::from_slice::<SnapshotsOnly>(&body)
+            .map_or(NodeSnapshots::Unknown, |s| {
+                NodeSnapshots::Answered(s.snapshots)
+            }),
+        Err(_) => NodeSnapshots::Unknown,
+    }
+}
+
+/// A SNAPSHOTS cell of the nodes table: `2 streams, 12.0/64.0 MiB` (sent and received
+/// together, bytes done / in all), `1 build, 3.0 MiB read`, both joined by `; `; `-` when
+/// none is under way or the node was not asked; `?` when unknown.
+pub fn snapshots_cell(snapshots: &NodeSnapshots) -> String {
+    let s = match snapshots {
+        NodeSnapshots::Answered(s) => s,
+        NodeSnapshots::NotAsked => return "-".to_string(),
+        NodeSnapshots::Unknown => return "?".to_string(),
+    };
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let mut parts = Vec::new();
+    let streams = s.sending + s.receiving;
+    if streams > 0 {
+        let done = s.sending_bytes_done + s.receiving_bytes_done;
+        let total = s.sending_bytes_total + s.receiving_bytes_total;
+        parts.push(format!(
+            "{}, {:.1}/{:.1} MiB",
+            plural(streams, "stream"),
+            mib(done),
+            mib(total)
+        ));
+    }
+    if s.building > 0 {
+        parts.push(format!(
+            "{}, {:.1} MiB read",
+            plural(s.building, "build"),
+            mib(s.building_bytes_read)
+        ));
+    }
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// The `status` table: one row per fact.
 pub fn status_table(status: &NodeStatus) -> String {
     let count = |role: ReplicaRole| status.regions.iter().filter(|r| r.role == role).count();
@@ -390,8 +497,12 @@ pub fn regions_table(regions: &[RegionStatus]) -> String {
     )
 }
 
-/// The nodes table of `status`: one row per node of the directory.
-pub fn nodes_table(nodes: &[ClusterNodeStatus]) -> String {
+/// The nodes table of `status`: one row per node of the directory. SNAPSHOTS is the
+/// [`snapshots_cell`] of the node's entry in `snapshots` (`?` when it has none).
+pub fn nodes_table(
+    nodes: &[ClusterNodeStatus],
+    snapshots: &BTreeMap<u64, NodeSnapshots>,
+) -> String {
     let opt = |a: &Option<String>| a.clone().unwrap_or_else(|| "-".to_string());
     let rows: Vec<Vec<String>> = nodes
         .iter()
@@ -405,7 +516,7 @@ pub fn nodes_table(nodes: &[ClusterNodeStatus]) -> String {
                 n.replicas.to_string(),
                 n.leaders.to_string(),
                 n.moves.to_string(),
-                n.snapshots.to_string(),
+                snapshots_cell(snapshots.get(&n.id).unwrap_or(&NodeSnapshots::Unknown)),
                 opt(&n.raft_addr),
                 opt(&n.client_addr),
                 opt(&n.status_addr),
@@ -546,5 +657,99 @@ mod tests {
             "1,2,4(l)"
         );
         assert_eq!(peers_cell(&[]), "-");
+    }
+
+    fn node(id: u64, state: &str, status_addr: Option<&str>) -> ClusterNodeStatus {
+        ClusterNodeStatus {
+            id,
+            raft_addr: Some(format!("10.0.0.{id}:9000")),
+            client_addr: None,
+            status_addr: status_addr.map(str::to_owned),
+            state: state.to_string(),
+            alive: state != "removed",
+            last_heard_ms: Some(40 * id),
+            replicas: 3,
+            leaders: 1,
+            moves: 0,
+            // Gossip's count, which the table no longer shows.
+            snapshots: 7,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn nodes_table_shows_each_node_s_own_snapshot_progress_or_a_dash_or_a_question_mark() {
+        let nodes = [
+            node(1, "up", Some("10.0.0.1:8000")),
+            node(2, "up", Some("10.0.0.2:8000")),
+            node(3, "removing", Some("10.0.0.3:8000")),
+            node(4, "up", None),
+            node(5, "removed", Some("10.0.0.5:8000")),
+            node(6, "up", Some("10.0.0.6:8000")),
+        ];
+        let snapshots = BTreeMap::from([
+            (
+                1,
+                NodeSnapshots::Answered(SnapshotsStatus {
+                    sending: 1,
+                    sending_bytes_done: 4 << 20,
+                    sending_bytes_total: 32 << 20,
+                    receiving: 1,
+                    receiving_bytes_done: 8 << 20,
+                    receiving_bytes_total: 32 << 20,
+                    ..Default::default()
+                }),
+            ),
+            (2, NodeSnapshots::Answered(SnapshotsStatus::default())),
+            (
+                3,
+                NodeSnapshots::Answered(SnapshotsStatus {
+                    building: 1,
+                    building_bytes_read: 3 << 20,
+                    sending: 1,
+                    sending_bytes_done: 1 << 19,
+                    sending_bytes_total: 1 << 20,
+                    ..Default::default()
+                }),
+            ),
+            (4, NodeSnapshots::Unknown),
+            (5, NodeSnapshots::NotAsked),
+            // Node 6 has no entry: it never answered.
+        ]);
+        assert_eq!(
+            nodes_table(&nodes, &snapshots),
+            "NODE  STATE     ALIVE  HEARD  REPLICAS  LEADERS  MOVES  SNAPSHOTS                                     RAFT           CLIENT  STATUS\n\
+             1     up        yes    40ms   3         1        0      2 streams, 12.0/64.0 MiB                      10.0.0.1:9000  -       10.0.0.1:8000\n\
+             2     up        yes    80ms   3         1        0      -                                             10.0.0.2:9000  -       10.0.0.2:8000\n\
+             3     removing  yes    120ms  3         1        0      1 stream, 0.5/1.0 MiB; 1 build, 3.0 MiB read  10.0.0.3:9000  -       10.0.0.3:8000\n\
+             4     up        yes    160ms  3         1        0      ?                                             10.0.0.4:9000  -       -\n\
+             5     removed   no     200ms  3         1        0      -                                             10.0.0.5:9000  -       10.0.0.5:8000\n\
+             6     up        yes    240ms  3         1        0      ?                                             10.0.0.6:9000  -       10.0.0.6:8000\n"
+        );
+    }
+
+    #[test]
+    fn snapshots_cell_counts_streams_and_builds_in_the_singular_and_the_plural() {
+        let cell = |s| snapshots_cell(&NodeSnapshots::Answered(s));
+        assert_eq!(
+            cell(SnapshotsStatus {
+                receiving: 2,
+                receiving_bytes_done: 3 << 20,
+                receiving_bytes_total: 10 << 20,
+                ..Default::default()
+            }),
+            "2 streams, 3.0/10.0 MiB"
+        );
+        assert_eq!(
+            cell(SnapshotsStatus {
+                building: 2,
+                building_bytes_read: 1 << 20,
+                ..Default::default()
+            }),
+            "2 builds, 1.0 MiB read"
+        );
+        assert_eq!(cell(SnapshotsStatus::default()), "-");
+        assert_eq!(snapshots_cell(&NodeSnapshots::Unknown), "?");
+        assert_eq!(snapshots_cell(&NodeSnapshots::NotAsked), "-");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_tools::ctl::{self, CtlArgs, CtlCommand, CtlError};
 use flotilla_tools::http::{install_prometheus_recorder, StatusClient};
+use flotilla_tools::service::{ClusterNodeStatus, SnapshotsStatus};
 use flotilla_tools::{
     EpochStatus, MemberRole, MemoryKvService, NodeStatus, PeerStatus, RegionStatus, ReplicaRole,
     RespServer, ServiceError, ServiceFuture, StatusServer, StatusSource,
@@ -33,6 +34,8 @@ struct FakeNode {
     removals: Mutex<Vec<(u64, u64)>>,
     moves: Mutex<Vec<(u64, u64, u64)>>,
     joint_moves: Mutex<Vec<(u64, u64, u64)>>,
+    /// What `/status` answers instead of [`FakeNode::node_status`].
+    answer: Mutex<Option<NodeStatus>>,
 }
 
 /// The peer id the fake node gives every learner it adds.
@@ -136,7 +139,10 @@ impl StatusSource for FakeNode {
     }
 
     fn status(&self) -> NodeStatus {
-        FakeNode::node_status()
+        self.answer
+            .lock()
+            .clone()
+            .unwrap_or_else(FakeNode::node_status)
     }
 
     fn add_learner(&self, region: u64, node: u64) -> ServiceFuture<u64> {
@@ -378,6 +384,97 @@ async fn ctl_prints_tables_and_json() {
     .await
     .unwrap_err();
     assert_eq!(err.to_string(), "404 Not Found: region 99 not found");
+}
+
+/// A fake node whose `/status` answers `status`.
+async fn start_answering(status: NodeStatus) -> SocketAddr {
+    let node = FakeNode::default();
+    *node.answer.lock() = Some(status);
+    start(Arc::new(node)).await
+}
+
+#[tokio::test]
+async fn ctl_status_shows_the_snapshots_each_node_reports_of_itself_and_a_question_mark_for_one_that_does_not_answer(
+) {
+    let idle = start_answering(NodeStatus {
+        node_id: 3,
+        ..Default::default()
+    })
+    .await;
+    let busy = start_answering(NodeStatus {
+        node_id: 5,
+        snapshots: SnapshotsStatus {
+            receiving: 2,
+            receiving_bytes_done: 3 << 20,
+            receiving_bytes_total: 10 << 20,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = silent.local_addr().unwrap().to_string();
+    let entry = |id: u64, state: &str, status_addr: Option<String>| ClusterNodeStatus {
+        id,
+        raft_addr: Some(format!("127.0.0.1:{}", 9000 + id)),
+        client_addr: None,
+        status_addr,
+        state: state.into(),
+        alive: true,
+        last_heard_ms: Some(10),
+        replicas: 3,
+        leaders: 1,
+        moves: 0,
+        // Gossip's count: the column must not show it.
+        snapshots: 9,
+        generation: 1,
+    };
+    let mut status = FakeNode::node_status();
+    status.nodes = vec![
+        // The node ctl talks to has answered already: its listed address is not asked.
+        entry(2, "up", Some(silent.clone())),
+        entry(3, "up", Some(idle.to_string())),
+        entry(4, "up", Some(silent.clone())),
+        entry(5, "removing", Some(busy.to_string())),
+        entry(6, "removed", Some(busy.to_string())),
+        entry(7, "up", None),
+    ];
+    let addr = start_answering(status).await;
+
+    let started = std::time::Instant::now();
+    let out = run_ctl(addr, CtlCommand::Status, false).await.unwrap();
+    let took = started.elapsed();
+    let table = out.split("\n\n").nth(1).expect("a nodes table");
+    let cells: Vec<(String, String)> = table
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let cells: Vec<&str> = line
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            (cells[0].to_string(), cells[7].to_string())
+        })
+        .collect();
+    let want = [
+        ("2", "1 stream, 12.3/64.0 MiB"),
+        ("3", "-"),
+        ("4", "?"),
+        ("5", "2 streams, 3.0/10.0 MiB"),
+        ("6", "-"),
+        ("7", "?"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(n, c)| (n.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(cells, want, "{out}");
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the silent node held ctl status for {took:?}"
+    );
 }
 
 /// The `flotilla` binary itself: clap wiring, output, exit codes.

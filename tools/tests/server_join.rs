@@ -262,6 +262,19 @@ fn a_fourth_server_joins_and_serves_a_moved_replica() {
     let out = ctl(servers[0].status, &["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("NODE") && text.contains("up"), "{text}");
+    // SNAPSHOTS comes from each node's own /status: all four answer at their listed
+    // status addresses, so none shows `?`.
+    let table = text.split("\n\n").nth(1).expect("a nodes table");
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for row in rows {
+        let cells: Vec<&str> = row
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_ne!(cells[7], "?", "{text}");
+    }
     std::mem::drop(c4);
 
     // Restarted with --join again: its directory is on disk; --initial-cluster is refused.
