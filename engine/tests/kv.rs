@@ -441,3 +441,81 @@ fn a_scan_stops_at_its_limit_and_its_range() {
     let all = kv.scan(&KeyRange::new(&b"k095"[..], Bytes::new()), usize::MAX);
     assert_eq!(all.unwrap().len(), 6);
 }
+
+/// A snapshot is installed atomically: when its stream breaks part-way (a chunk that does
+/// not decode, as from a connection cut mid-chunk) or carries a key outside the region,
+/// the install fails and the follower keeps exactly what it had — its data in the range,
+/// its applied index and its descriptor — so a retried snapshot starts from a clean state.
+#[test]
+fn a_snapshot_broken_part_way_installs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open_kv(dir.path());
+    let mut setup = ApplyRound::new();
+    setup.set_descriptor(1, b"new descriptor".to_vec());
+    setup.set_applied(1, 0);
+    source.apply(setup).unwrap();
+    for v in 1..=KEYS {
+        source.apply(round(v)).unwrap();
+    }
+    let stream = source.snapshot_region(1, region_range()).unwrap();
+    let header = stream.header().clone();
+    let chunks: Vec<SnapshotChunk> = stream.map(|c| c.unwrap()).collect();
+    assert!(chunks.len() >= 2, "several chunks: {}", chunks.len());
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let follower = KvStore::open(follower_dir.path(), &small_rocks()).unwrap();
+    let mut before = ApplyRound::new();
+    before.put(1, b"key99999".to_vec(), b"kept".to_vec());
+    before.set_descriptor(1, b"old descriptor".to_vec());
+    before.set_applied(1, 3);
+    follower.apply(before).unwrap();
+    let unchanged = |what: &str| {
+        assert_eq!(
+            follower.get(b"key99999").unwrap().as_deref(),
+            Some(&b"kept"[..]),
+            "{what}: data"
+        );
+        assert_eq!(
+            follower.get(&key(1)).unwrap(),
+            None,
+            "{what}: no key of the snapshot"
+        );
+        assert_eq!(follower.applied_index(1), 3, "{what}: applied index");
+        assert_eq!(
+            follower.descriptor(1).unwrap().as_deref(),
+            Some(&b"old descriptor"[..]),
+            "{what}: descriptor"
+        );
+    };
+
+    let broken = vec![
+        Ok(chunks[0].clone()),
+        SnapshotChunk::decode(&chunks[1].encode().unwrap()[..10]),
+    ];
+    assert!(broken[1].is_err(), "a cut chunk does not decode");
+    assert!(follower.install_snapshot(&header, broken).is_err());
+    unchanged("a stream cut part-way");
+
+    let mut outside = chunks[1].clone();
+    outside
+        .pairs
+        .push((Bytes::from_static(b"zzz-outside"), Bytes::from_static(b"x")));
+    let foreign = vec![Ok(chunks[0].clone()), Ok(outside)];
+    assert!(matches!(
+        follower.install_snapshot(&header, foreign),
+        Err(EngineError::InvalidBatch { .. })
+    ));
+    unchanged("a key outside the range");
+
+    // The whole stream, retried, installs.
+    let permit = follower
+        .install_snapshot(&header, chunks.into_iter().map(Ok))
+        .unwrap();
+    assert_eq!(permit.durable_applied(), KEYS);
+    assert_eq!(follower.applied_index(1), KEYS);
+    assert_eq!(follower.get(b"key99999").unwrap(), None, "replaced");
+    assert_eq!(
+        follower.descriptor(1).unwrap().as_deref(),
+        Some(&b"new descriptor"[..])
+    );
+}

@@ -2,15 +2,17 @@
 //!
 //! Each round of the loop:
 //! 1. takes every queued input (raft messages from the transport, client requests, the
-//!    tick) and feeds it to the replica it is for;
+//!    tick, the log's notice that a write is done) and feeds it to the replica it is for;
+//!    finishes the log writes that are done (sends the votes and acknowledgements that
+//!    waited for them, tells each replica's core what is durable);
 //! 2. takes a Ready from every replica that has one; sends the messages that may leave at
 //!    once (a leader's appends);
-//! 3. writes the entries and hard states of **all** replicas to the shared raft log as one
-//!    batch with one fdatasync (group commit);
-//! 4. sends the messages that promise durability (votes, acknowledgements);
-//! 5. applies the committed entries of all replicas to RocksDB in one WriteBatch that also
+//! 3. hands the entries and hard states of **all** replicas to the shared raft log as one
+//!    batch (one fdatasync, group commit), without waiting for it: the messages that
+//!    promise durability wait with the write (step 1 of a later round);
+//! 4. applies the committed entries of all replicas to RocksDB in one WriteBatch that also
 //!    records every touched region's applied index, then answers the waiting clients;
-//! 6. serves reads whose read index is now applied.
+//! 5. serves reads whose read index is now applied.
 //!
 //! DESIGN.md puts every region in its own actix actor. One loop per node that owns all
 //! replicas batches naturally (a round *is* the group of Readies to commit together) and
@@ -1865,7 +1867,8 @@ impl Store {
         }
     }
 
-    /// Steps 2–6 of the loop (see the module docs).
+    /// The loop's steps after taking the inputs: finishing the writes that are done,
+    /// then steps 2–5 (see the module docs).
     fn round(&mut self) -> Result<(), NodeError> {
         let storage = storage_error;
         let node_id = self.cfg.node_id;
@@ -2079,10 +2082,12 @@ impl Store {
     }
 
     /// Finishes the log writes that are done, oldest first — all of them, waiting, when
-    /// `wait` — and returns how many: sends the acknowledgements and votes that waited for each, and tells each
-    /// region's raft core which of its entries are now durable (a leader may then commit).
-    /// Writes finish in the order they were submitted, so a write is finished only after
-    /// every write before it.
+    /// `wait` — and returns how many: sends the acknowledgements and votes that waited for
+    /// each, and tells each region's raft core which of its entries are now durable (a
+    /// leader may then commit). Writes finish in the order they were submitted, so a write
+    /// is finished only after every write before it. A failed write fails the store: the
+    /// writes after it are waited for (nothing that waited for them is sent) before the
+    /// error is returned, so the store never reopens its log under a write in flight.
     fn reap_writes(&mut self, wait: bool) -> Result<usize, NodeError> {
         let mut reaped = 0;
         while let Some(front) = self.writes.front() {
@@ -2103,7 +2108,14 @@ impl Store {
                 (None, None) => None,
             };
             if let Some(result) = result {
-                result.map_err(storage_error)?;
+                if let Err(e) = result {
+                    for later in self.writes.drain(..) {
+                        if let Some(ticket) = later.ticket {
+                            let _ = ticket.wait();
+                        }
+                    }
+                    return Err(storage_error(e));
+                }
                 self.metrics.log_written(w.submitted.elapsed(), w.regions);
             }
             send_envelopes(&*self.transport, w.outbound);
