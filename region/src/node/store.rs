@@ -543,8 +543,10 @@ struct WriteInFlight {
     ticket: Option<WriteTicket>,
     /// Messages that promise durability (votes, acknowledgements).
     outbound: Vec<RaftEnvelope>,
-    /// (region, term, index) of what the write makes durable, for each region's core.
-    marks: Vec<(u64, u64, u64)>,
+    /// (region, raft peer id, term, index) of what the write makes durable, for each
+    /// region's core. The peer id tells a replica destroyed and created again while the
+    /// write was in flight (peer ids are never reused) from the one that wrote.
+    marks: Vec<(u64, u64, u64, u64)>,
     /// Regions in the write.
     regions: usize,
     /// When it was submitted.
@@ -2011,9 +2013,10 @@ impl Store {
         } else {
             None
         };
-        let marks: Vec<(u64, u64, u64)> = readies
+        let marks: Vec<(u64, u64, u64, u64)> = readies
             .iter()
-            .flat_map(|(id, rd)| rd.persisted_marks().map(|(t, i)| (*id, t, i)))
+            .filter_map(|(id, rd)| Some((*id, self.peers.get(id)?.raw.raft().id(), rd)))
+            .flat_map(|(id, peer, rd)| rd.persisted_marks().map(move |(t, i)| (id, peer, t, i)))
             .collect();
         let snapshot_round = readies.iter().any(|(_, rd)| rd.snapshot.is_some());
         // 4. Apply everything committed, and answer its clients.
@@ -2119,9 +2122,11 @@ impl Store {
                 self.metrics.log_written(w.submitted.elapsed(), w.regions);
             }
             send_envelopes(&*self.transport, w.outbound);
-            for (region_id, term, index) in w.marks {
+            for (region_id, peer_id, term, index) in w.marks {
                 if let Some(p) = self.peers.get_mut(&region_id) {
-                    p.raw.on_persisted(term, index);
+                    if p.raw.raft().id() == peer_id {
+                        p.raw.on_persisted(term, index);
+                    }
                 }
             }
             reaped += 1;
