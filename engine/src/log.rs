@@ -231,7 +231,7 @@ pub struct WriteReport {
 }
 
 /// Called by the log's writer thread once a submission's answer is in its [`WriteTicket`]
-/// ([`RaftLog::submit_waking`]): a submitter that does other work while its batch is
+/// ([`RaftLog::submit_with`]): a submitter that does other work while its batch is
 /// written learns of the answer without blocking on the ticket. It runs on the writer
 /// thread, so it must be quick and must not block (send a wake-up, set a flag).
 pub type LogWaker = std::sync::Arc<dyn Fn() + Send + Sync>;
@@ -336,14 +336,16 @@ impl LogStats {
 /// [`EngineError::Compacted`] or [`EngineError::Unavailable`].
 pub trait RaftLog: Send + Sync {
     /// Queues a batch for the next group commit. Cheap checks (contiguous entries, permits)
-    /// fail here; checks against the log's state fail on the ticket.
-    fn submit(&self, batch: LogBatch) -> Result<WriteTicket>;
+    /// fail here; checks against the log's state fail on the ticket. `wake`, if given, is
+    /// called once the ticket holds the answer (also when the batch failed). Accepted
+    /// submissions are written, and answered, in the order they were made; one refused by
+    /// the checks against the log's state may be answered before those ahead of it.
+    fn submit_with(&self, batch: LogBatch, wake: Option<LogWaker>) -> Result<WriteTicket>;
 
-    /// [`RaftLog::submit`], and `wake` is called once the ticket holds the answer (also when
-    /// the batch failed). Accepted submissions are written, and answered, in the order they
-    /// were made; one refused by the checks against the log's state may be answered before
-    /// those ahead of it.
-    fn submit_waking(&self, batch: LogBatch, wake: LogWaker) -> Result<WriteTicket>;
+    /// [`RaftLog::submit_with`] without a waker.
+    fn submit(&self, batch: LogBatch) -> Result<WriteTicket> {
+        self.submit_with(batch, None)
+    }
 
     /// Submits and waits until the batch is durable.
     fn write(&self, batch: LogBatch) -> Result<WriteReport> {

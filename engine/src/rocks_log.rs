@@ -307,20 +307,12 @@ impl GroupSink for RocksWriter {
 }
 
 impl RaftLog for RocksLog {
-    fn submit(&self, batch: LogBatch) -> Result<WriteTicket> {
+    fn submit_with(&self, batch: LogBatch, wake: Option<LogWaker>) -> Result<WriteTicket> {
         for part in &batch.regions {
             part.check_shape()?;
         }
         let bytes = batch.size_bytes();
-        self.committer.submit(batch, (), bytes, None)
-    }
-
-    fn submit_waking(&self, batch: LogBatch, wake: LogWaker) -> Result<WriteTicket> {
-        for part in &batch.regions {
-            part.check_shape()?;
-        }
-        let bytes = batch.size_bytes();
-        self.committer.submit(batch, (), bytes, Some(wake))
+        self.committer.submit(batch, (), bytes, wake)
     }
 
     fn write(&self, batch: LogBatch) -> Result<WriteReport> {

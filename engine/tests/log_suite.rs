@@ -206,7 +206,7 @@ fn a_bad_submission_fails_alone_in_its_group() {
     }
 }
 
-/// `submit_waking`: each submission's waker runs once its ticket holds the answer — for a
+/// `submit_with` a waker: each submission's waker runs once its ticket holds the answer — for a
 /// refused batch too — and the accepted submissions are answered in the order they were
 /// made (one the log refuses may be answered before those ahead of it), so a submitter
 /// can go on working and collect its writes when woken.
@@ -231,7 +231,7 @@ fn a_woken_submitter_finds_its_answer_waiting_in_submission_order() {
                 let wake: flotilla_engine::LogWaker = Arc::new(move || {
                     let _ = tx.send(n);
                 });
-                log.submit_waking(b.into(), wake).unwrap()
+                log.submit_with(b.into(), Some(wake)).unwrap()
             })
             .collect();
         let mut woken = Vec::new();

@@ -278,14 +278,9 @@ fn prepare(batch: &LogBatch) -> Result<(Prepared, u64)> {
 }
 
 impl RaftLog for Wal {
-    fn submit(&self, batch: LogBatch) -> Result<WriteTicket> {
+    fn submit_with(&self, batch: LogBatch, wake: Option<LogWaker>) -> Result<WriteTicket> {
         let (prepared, bytes) = prepare(&batch)?;
-        self.committer.submit(batch, prepared, bytes, None)
-    }
-
-    fn submit_waking(&self, batch: LogBatch, wake: LogWaker) -> Result<WriteTicket> {
-        let (prepared, bytes) = prepare(&batch)?;
-        self.committer.submit(batch, prepared, bytes, Some(wake))
+        self.committer.submit(batch, prepared, bytes, wake)
     }
 
     fn write(&self, batch: LogBatch) -> Result<WriteReport> {

@@ -228,18 +228,16 @@ impl RegionMap {
     }
 
     fn update(&self, r: RegionRoute) {
-        let mut map = self.by_start.write();
-        // A region whose start moved (it took in a merged neighbour on its left) leaves
-        // its old entry behind: drop it.
-        map.retain(|start, old| old.id != r.id || *start == r.start_key);
-        map.insert(r.start_key.clone(), r);
+        self.replace([r]);
     }
 
     /// Publishes several regions' routes in one step (a split's: the old region's and its
     /// new neighbours').
-    pub(crate) fn replace(&self, routes: Vec<RegionRoute>) {
+    pub(crate) fn replace(&self, routes: impl IntoIterator<Item = RegionRoute>) {
         let mut map = self.by_start.write();
         for r in routes {
+            // A region whose start moved (it took in a merged neighbour on its left) leaves
+            // its old entry behind: drop it.
             map.retain(|start, old| old.id != r.id || *start == r.start_key);
             map.insert(r.start_key.clone(), r);
         }
@@ -2007,7 +2005,7 @@ impl Store {
         let ticket = if regions > 0 {
             Some(
                 self.log
-                    .submit_waking(batch, self.log_waker.clone())
+                    .submit_with(batch, Some(self.log_waker.clone()))
                     .map_err(storage)?,
             )
         } else {
