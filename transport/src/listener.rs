@@ -116,14 +116,13 @@ async fn serve_raft(shared: &Shared, from_node: u64, addr: SocketAddr, conn: Est
         // Awaiting capacity here is the back-pressure: this reader stops, TCP fills up,
         // and the sender's bounded queue starts refusing.
         if !envelopes.is_empty()
-            && shared
+            && !shared
                 .inbound
                 .send(Inbound::Messages {
                     from_node,
                     envelopes,
                 })
                 .await
-                .is_err()
         {
             return; // the node dropped its receiver: shutting down
         }

@@ -7,7 +7,8 @@
 //! envelope arrives as a one-envelope [`Inbound::Messages`].
 
 use crate::error::SendError;
-use crate::transport::{Inbound, InboundReceiver, PeerEvent, SnapshotStatus, Transport};
+use crate::inbound::{inbound_channel, InboundReceiver, InboundSender};
+use crate::transport::{Inbound, PeerEvent, SnapshotStatus, Transport};
 use flotilla_common::{MessageKind, RaftEnvelope};
 use parking_lot::{Condvar, Mutex};
 use rand::rngs::StdRng;
@@ -18,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Envelopes held back by a delay at once; more are dropped, so a test that sets a long
 /// delay under heavy load cannot grow memory without bound.
@@ -93,7 +93,7 @@ struct DelayQueue {
 }
 
 struct Net {
-    nodes: Mutex<HashMap<u64, mpsc::Sender<Inbound>>>,
+    nodes: Mutex<HashMap<u64, InboundSender>>,
     faults: Mutex<Faults>,
     counters: Counters,
     delays: Arc<DelayQueue>,
@@ -142,7 +142,7 @@ impl MemoryNetwork {
         node_id: u64,
         inbound_batches_max: usize,
     ) -> (MemoryTransport, InboundReceiver) {
-        let (tx, rx) = mpsc::channel(inbound_batches_max.max(1));
+        let (tx, rx) = inbound_channel(inbound_batches_max);
         self.net.nodes.lock().insert(node_id, tx);
         let t = MemoryTransport {
             node_id,

@@ -126,7 +126,7 @@ pub(crate) async fn send(
     };
     drop(slot);
     // Awaited, not tried: raft waits for this verdict before it sends another snapshot.
-    let _ = shared
+    shared
         .inbound
         .send(Inbound::Event(PeerEvent::SnapshotStatus {
             to_node,
@@ -326,14 +326,18 @@ async fn stream_in(
             ))
         }
     }
-    shared
+    let taken = shared
         .inbound
         .send(Inbound::Messages {
             from_node,
             envelopes: vec![*envelope],
         })
-        .await
-        .map_err(|_| StreamError::Refused("node is shutting down".into()))
+        .await;
+    if taken {
+        Ok(())
+    } else {
+        Err(StreamError::Refused("node is shutting down".into()))
+    }
 }
 
 #[cfg(test)]

@@ -7,11 +7,12 @@
 
 use crate::config::TransportConfig;
 use crate::error::{SendError, TransportError};
+use crate::inbound::{inbound_channel, InboundReceiver, InboundSender};
 use crate::listener;
 use crate::metrics::{add, Totals, TransportStats};
 use crate::peer::{self, Peer, Pushed};
 use crate::snapshot;
-use crate::transport::{InboundReceiver, Transport};
+use crate::transport::Transport;
 use flotilla_common::{MessageKind, RaftEnvelope};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -19,14 +20,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Runtime;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 /// State shared by the handle and every task.
 pub(crate) struct Shared {
     pub config: TransportConfig,
     pub totals: Totals,
-    pub inbound: mpsc::Sender<crate::transport::Inbound>,
+    pub inbound: InboundSender,
     pub peers: RwLock<HashMap<u64, Arc<Peer>>>,
     pub snapshot_slots: Arc<Semaphore>,
     pub connection_slots: Arc<Semaphore>,
@@ -63,7 +64,7 @@ impl TcpTransport {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(std_listener)?
         };
-        let (tx, rx) = mpsc::channel(config.inbound_batches_max);
+        let (tx, rx) = inbound_channel(config.inbound_batches_max);
         let shared = Arc::new(Shared {
             snapshot_slots: Arc::new(Semaphore::new(config.snapshots_in_flight_max)),
             connection_slots: Arc::new(Semaphore::new(config.connections_inbound_max)),

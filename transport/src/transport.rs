@@ -72,10 +72,6 @@ pub enum Inbound {
     Event(PeerEvent),
 }
 
-/// The receiving end handed out when a transport starts. A node reads it from an async
-/// task (`recv().await`) or a thread (`blocking_recv()`).
-pub type InboundReceiver = tokio::sync::mpsc::Receiver<Inbound>;
-
 /// News about a peer, for the raft layer (raft-rs's `report_unreachable` and
 /// `report_snapshot`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

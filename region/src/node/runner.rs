@@ -1,5 +1,5 @@
 //! Starting and stopping a node: open the engine in the data directory, bootstrap it if
-//! new, start the store loop and the thread that feeds it the transport's traffic.
+//! new, start the store loop, and have the transport hand what arrives straight to it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use flotilla_engine::{EngineConfig, FileSystem, RaftLog};
-use flotilla_transport::{Inbound, InboundReceiver, Transport};
-use std::sync::mpsc::SyncSender as Sender;
+use flotilla_transport::{Inbound, InboundReceiver, InboundSink, SinkRefused, Transport};
+use std::sync::mpsc::{SyncSender as Sender, TrySendError};
 use tracing::{info, warn};
 
 use super::balancer;
@@ -52,8 +52,73 @@ pub struct Node {
     cluster_thread: Option<JoinHandle<()>>,
     balancer_thread: Option<JoinHandle<()>>,
     balancer_stop: Arc<AtomicBool>,
-    inbound_thread: Option<JoinHandle<()>>,
     log: LogSlot,
+}
+
+/// Where the transport hands what arrives, on its own threads: node messages (gossip,
+/// directory changes) to the cluster thread's queue, the rest to the store loop's. A
+/// thread of the node's own in between (as before) cost every received batch a second
+/// queue and a second thread wake-up.
+struct NodeInbox {
+    node_id: u64,
+    store: Sender<StoreMsg>,
+    cluster: Sender<ClusterInput>,
+}
+
+impl NodeInbox {
+    /// Sends the node messages of `m` to the cluster thread (dropped when its queue is
+    /// full: gossip is sent again every interval) and returns what is left for the store.
+    fn sort(&self, m: Inbound) -> Option<Inbound> {
+        match m {
+            Inbound::Messages {
+                from_node,
+                mut envelopes,
+            } if envelopes.iter().any(is_node_message) => {
+                envelopes.retain(|e| {
+                    if !is_node_message(e) {
+                        return true;
+                    }
+                    let input = ClusterInput::Message(from_node, e.clone());
+                    if self.cluster.try_send(input).is_err() {
+                        warn!(
+                            node = self.node_id,
+                            from_node, "cluster queue full: node message dropped"
+                        );
+                    }
+                    false
+                });
+                (!envelopes.is_empty()).then_some(Inbound::Messages {
+                    from_node,
+                    envelopes,
+                })
+            }
+            m => Some(m),
+        }
+    }
+}
+
+impl InboundSink for NodeInbox {
+    fn try_deliver(&self, m: Inbound) -> Result<(), SinkRefused> {
+        let Some(m) = self.sort(m) else {
+            return Ok(());
+        };
+        match self.store.try_send(StoreMsg::Inbound(m)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(sent)) => match sent {
+                StoreMsg::Inbound(m) => Err(SinkRefused::Full(m)),
+                // Handed back is what was sent, an inbound message: there is no other.
+                _ => Ok(()),
+            },
+            Err(TrySendError::Disconnected(_)) => Err(SinkRefused::Closed),
+        }
+    }
+
+    fn deliver(&self, m: Inbound) -> bool {
+        match self.sort(m) {
+            Some(m) => self.store.send(StoreMsg::Inbound(m)).is_ok(),
+            None => true,
+        }
+    }
 }
 
 impl Node {
@@ -83,7 +148,7 @@ impl Node {
         cfg: NodeConfig,
         opener: EngineOpener,
         transport: Arc<dyn Transport>,
-        mut inbound: InboundReceiver,
+        inbound: InboundReceiver,
     ) -> Result<Node, NodeError> {
         // The same opening a recovery after a storage failure goes through.
         let (log, kv) = opener.open()?;
@@ -128,47 +193,16 @@ impl Node {
         let (cluster_tx, cluster_rx) = std::sync::mpsc::sync_channel(CLUSTER_QUEUE_MAX);
         let cluster_thread = cluster::start(view.clone(), cluster_rx, tx.clone())
             .map_err(|e| NodeError::Storage(e.to_string()))?;
-        let fwd = tx.clone();
-        let to_cluster = cluster_tx.clone();
-        let inbound_thread = std::thread::Builder::new()
-            .name(format!("inbound-{node_id}"))
-            .spawn(move || {
-                while let Some(m) = inbound.blocking_recv() {
-                    let m = match m {
-                        Inbound::Messages {
-                            from_node,
-                            mut envelopes,
-                        } if envelopes.iter().any(is_node_message) => {
-                            // Node messages go to the cluster thread, the rest to the store.
-                            envelopes.retain(|e| {
-                                if !is_node_message(e) {
-                                    return true;
-                                }
-                                let input = ClusterInput::Message(from_node, e.clone());
-                                if to_cluster.try_send(input).is_err() {
-                                    warn!(
-                                        node = node_id,
-                                        from_node, "cluster queue full: node message dropped"
-                                    );
-                                }
-                                false
-                            });
-                            if envelopes.is_empty() {
-                                continue;
-                            }
-                            Inbound::Messages {
-                                from_node,
-                                envelopes,
-                            }
-                        }
-                        m => m,
-                    };
-                    if fwd.send(StoreMsg::Inbound(m)).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let inbox = NodeInbox {
+            node_id,
+            store: tx.clone(),
+            cluster: cluster_tx.clone(),
+        };
+        if !inbound.attach(Arc::new(inbox)) {
+            return Err(NodeError::Storage(
+                "the store stopped while it was being started".into(),
+            ));
+        }
         let handle = NodeHandle::new(node_id, tx.clone(), regions, view, cfg.request_timeout);
         let balancer_stop = Arc::new(AtomicBool::new(false));
         let balancer_thread = balancer::start(
@@ -185,7 +219,6 @@ impl Node {
             cluster_thread: Some(cluster_thread),
             balancer_thread: Some(balancer_thread),
             balancer_stop,
-            inbound_thread: Some(inbound_thread),
             log,
         })
     }
@@ -202,8 +235,8 @@ impl Node {
         self.log.read().clone()
     }
 
-    /// Stops the store loop and waits for it. The inbound thread ends when the transport
-    /// drops its sender.
+    /// Stops the store loop and waits for it. What the transport receives afterwards is
+    /// refused (its connections' readers stop).
     pub fn stop(mut self) {
         self.balancer_stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.balancer_thread.take() {
@@ -217,8 +250,6 @@ impl Node {
         if let Some(t) = self.store_thread.take() {
             let _ = t.join();
         }
-        // Detach: it exits once the transport's side of the channel is gone.
-        drop(self.inbound_thread.take());
     }
 }
 
