@@ -17,6 +17,10 @@ pub struct TransportStats {
     pub messages_sent: u64,
     /// Raft frame bytes written (headers included).
     pub bytes_sent: u64,
+    /// Writes a sending thread made itself, without waking the peer's task.
+    pub writes_inline: u64,
+    /// Of those, writes the socket took only in part (the task wrote the rest).
+    pub writes_inline_partial: u64,
     /// Raft frames read and accepted.
     pub frames_received: u64,
     /// Raft messages read and handed to the node.
@@ -69,6 +73,8 @@ pub(crate) struct Totals {
     pub frames_sent: AtomicU64,
     pub messages_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
+    pub writes_inline: AtomicU64,
+    pub writes_inline_partial: AtomicU64,
     pub frames_received: AtomicU64,
     pub messages_received: AtomicU64,
     pub bytes_received: AtomicU64,
@@ -100,6 +106,8 @@ impl Totals {
             frames_sent: g(&self.frames_sent),
             messages_sent: g(&self.messages_sent),
             bytes_sent: g(&self.bytes_sent),
+            writes_inline: g(&self.writes_inline),
+            writes_inline_partial: g(&self.writes_inline_partial),
             frames_received: g(&self.frames_received),
             messages_received: g(&self.messages_received),
             bytes_received: g(&self.bytes_received),

@@ -8,23 +8,32 @@
 //! buffer out in one step, closes the last frame and writes everything with one call:
 //! while a write is on the wire new messages pile up and leave together in the next one,
 //! so batches grow with the load and a lone heartbeat still leaves at once.
+//!
+//! A batch ([`Peer::push_many`], the store's messages of a round) is written by the
+//! sending thread itself when the connection is up and nobody else is writing on it
+//! ([`Peer::flush`]): a non-blocking write that the socket takes whole in the common case,
+//! instead of waking the task (two context switches and a thread hand-off per batch). What
+//! the socket does not take at once, and a write error, are left to the task, which writes
+//! the rest first or closes the connection. One writer at a time (`Queue::writing`) keeps
+//! the bytes in order.
 
 use crate::batch::push_envelope;
 use crate::config::TransportConfig;
 use crate::frame::FrameWriter;
 use crate::handshake::{dial, StreamKind};
-use crate::metrics::{add, OutboundMetrics};
+use crate::metrics::{add, OutboundMetrics, Totals};
 use crate::tcp::Shared;
 use crate::transport::{Inbound, PeerEvent};
-use crate::wire::write_all_timeout;
 use flotilla_common::RaftEnvelope;
 use parking_lot::Mutex;
 use rand::Rng;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
@@ -37,6 +46,39 @@ struct Queue {
     frames: FrameWriter,
     /// Messages in `frames`.
     messages: usize,
+    /// The connection's write half while one is up: a sender that finds nobody writing
+    /// may write on it from its own thread.
+    conn: Option<Arc<OwnedWriteHalf>>,
+    /// Bumped at each connection's start and end: what a sender's write on an older
+    /// connection reports is ignored.
+    generation: u64,
+    /// The task or a sender is writing on the connection.
+    writing: bool,
+    /// What a sender's write left unwritten (the socket was full): the task writes it
+    /// before anything queued after it.
+    rest: Option<Unsent>,
+    /// A sender's write failed: the task closes the connection.
+    broken: Option<std::io::Error>,
+    /// An empty buffer to swap in for the frames a sender takes to write.
+    spare: FrameWriter,
+}
+
+/// Frames a sender could write only in part.
+struct Unsent {
+    frames: FrameWriter,
+    /// Bytes of `frames` already on the wire.
+    written: usize,
+    messages: usize,
+}
+
+/// What the task does next.
+enum Next {
+    /// Write the frames in its buffer, from this byte on; they hold this many messages.
+    Write { from: usize, messages: usize },
+    /// Wait to be woken (nothing queued, or a sender is writing).
+    Wait,
+    /// A sender's write failed: close the connection.
+    Broken(std::io::Error),
 }
 
 /// What became of an envelope `push` took.
@@ -140,9 +182,9 @@ impl Peer {
         Ok(pushed)
     }
 
-    /// Encodes `envelopes` into the queue under one lock and wakes the task at most once;
-    /// returns how many were dropped as too big for any frame, and the envelopes refused at
-    /// a bound (the tail of `envelopes`, in order).
+    /// Encodes `envelopes` into the queue under one lock; returns how many were dropped as
+    /// too big for any frame, and the envelopes refused at a bound (the tail of
+    /// `envelopes`, in order). Wakes nobody: the caller then calls [`Peer::flush`].
     pub fn push_many(
         &self,
         mut envelopes: Vec<RaftEnvelope>,
@@ -150,9 +192,8 @@ impl Peer {
     ) -> (usize, Vec<RaftEnvelope>) {
         let mut taken = 0;
         let mut too_big = 0;
-        let wake = {
+        {
             let mut q = self.queue.lock();
-            let was_empty = q.messages == 0;
             for envelope in &envelopes {
                 if q.messages >= config.queue_messages_max
                     || q.frames.len() >= config.queue_bytes_max
@@ -170,24 +211,140 @@ impl Peer {
                 }
                 taken += 1;
             }
-            was_empty && q.messages > 0
-        };
+        }
         // Freed here, after the lock, by the thread that built them.
         let refused = envelopes.split_off(taken);
         drop(envelopes);
-        if wake {
-            self.wake.notify_one();
-        }
         (too_big, refused)
     }
 
-    /// Swaps the queued frames into `out` (whose old buffer, cleared, becomes the queue's)
-    /// and returns how many messages they hold. The last frame is left open.
-    fn take(&self, out: &mut FrameWriter) -> usize {
-        out.clear();
+    /// Writes what is queued on the calling thread, if the connection is up, nobody is
+    /// writing on it and the socket takes the bytes now (a non-blocking write); whatever
+    /// it does not take, or a failure, is left to the task, which is woken.
+    pub fn flush(&self, totals: &Totals) {
+        let (conn, mut frames, messages, generation) = {
+            let mut q = self.queue.lock();
+            if q.messages == 0 {
+                return;
+            }
+            let free = !q.writing && q.rest.is_none() && q.broken.is_none();
+            let Some(conn) = q.conn.clone().filter(|_| free) else {
+                drop(q);
+                self.wake.notify_one();
+                return;
+            };
+            let mut frames = std::mem::take(&mut q.spare);
+            std::mem::swap(&mut q.frames, &mut frames);
+            q.writing = true;
+            (conn, frames, std::mem::take(&mut q.messages), q.generation)
+        };
+        frames.finish();
+        let bytes = frames.bytes();
+        let mut written = 0;
+        let failure = loop {
+            match conn.try_write(&bytes[written..]) {
+                Ok(0) => break Some(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    written += n;
+                    if written == bytes.len() {
+                        break None;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        drop(conn);
+        let whole = failure.is_none() && written == frames.len();
+        add(&totals.writes_inline, 1);
+        if failure.is_none() && !whole {
+            add(&totals.writes_inline_partial, 1);
+        }
+        let mut dropped = 0;
+        let wake = {
+            let mut q = self.queue.lock();
+            q.writing = false;
+            let current = q.generation == generation;
+            if whole {
+                sent(totals, self, &frames, messages);
+                frames.clear_retaining(WRITE_BUFFER_RETAIN_BYTES);
+                q.spare = frames;
+                q.messages > 0
+            } else {
+                match failure {
+                    Some(e) if current => {
+                        q.broken = Some(e);
+                        dropped = messages;
+                    }
+                    None if current => {
+                        q.rest = Some(Unsent {
+                            frames,
+                            written,
+                            messages,
+                        })
+                    }
+                    // The connection it was for is gone, and what it carried with it.
+                    _ => dropped = messages,
+                }
+                true
+            }
+        };
+        drop_messages(totals, self, dropped);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// What the task does next; takes the frames to write into `frames` (emptied
+    /// before).
+    fn next(&self, frames: &mut FrameWriter) -> Next {
         let mut q = self.queue.lock();
-        std::mem::swap(&mut q.frames, out);
-        std::mem::take(&mut q.messages)
+        if let Some(e) = q.broken.take() {
+            return Next::Broken(e);
+        }
+        if q.writing {
+            return Next::Wait;
+        }
+        let next = if let Some(rest) = q.rest.take() {
+            let old = std::mem::replace(frames, rest.frames);
+            if q.spare.is_empty() {
+                q.spare = old;
+            }
+            Next::Write {
+                from: rest.written,
+                messages: rest.messages,
+            }
+        } else if q.messages > 0 {
+            frames.clear();
+            std::mem::swap(&mut q.frames, frames);
+            frames.finish();
+            Next::Write {
+                from: 0,
+                messages: std::mem::take(&mut q.messages),
+            }
+        } else {
+            return Next::Wait;
+        };
+        q.writing = true;
+        next
+    }
+
+    /// A connection is up: senders may write on `conn`.
+    fn connected(&self, conn: Arc<OwnedWriteHalf>) {
+        let mut q = self.queue.lock();
+        q.generation += 1;
+        q.conn = Some(conn);
+    }
+
+    /// The connection is gone: no sender writes on it any more (one under way finishes on
+    /// the old socket). Returns the messages of a sender's unwritten rest, now lost.
+    fn disconnected(&self) -> usize {
+        let mut q = self.queue.lock();
+        q.generation += 1;
+        q.conn = None;
+        q.broken = None;
+        q.rest.take().map_or(0, |r| r.messages)
     }
 
     /// Empties the queue; returns how many messages were dropped.
@@ -240,9 +397,9 @@ impl Backoff {
     }
 }
 
-fn drop_messages(shared: &Shared, peer: &Peer, n: usize) {
+fn drop_messages(totals: &Totals, peer: &Peer, n: usize) {
     if n > 0 {
-        add(&shared.totals.messages_dropped, n as u64);
+        add(&totals.messages_dropped, n as u64);
         peer.metrics.dropped.increment(n as u64);
     }
 }
@@ -298,7 +455,7 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>) {
         }
         // The peer is down (or was): what waits for it is stale by the time it is back,
         // and raft resends what matters.
-        drop_messages(&shared, &peer, peer.clear());
+        drop_messages(&shared.totals, &peer, peer.clear());
         event(
             &shared,
             PeerEvent::Unreachable {
@@ -326,47 +483,95 @@ async fn send_loop(
     conn: crate::handshake::Established,
     frames: &mut FrameWriter,
 ) -> String {
+    let reader = conn.reader;
+    let writer = Arc::new(conn.writer);
+    peer.connected(writer.clone());
+    let why = send_frames(shared, peer, reader, &writer, frames).await;
+    let lost = peer.disconnected();
+    drop_messages(&shared.totals, peer, lost);
+    why
+}
+
+async fn send_frames(
+    shared: &Shared,
+    peer: &Peer,
+    mut reader: crate::wire::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: &OwnedWriteHalf,
+    frames: &mut FrameWriter,
+) -> String {
     let config = &shared.config;
-    let mut reader = conn.reader;
-    let mut writer = conn.writer;
     let mut probe = [0u8; 1];
     loop {
         if peer.is_removed() {
             return "peer removed".into();
         }
-        let sent = peer.take(frames);
-        frames.finish();
-        if sent == 0 {
-            tokio::select! {
-                _ = peer.wake.notified() => continue,
-                // The acceptor never writes on a raft stream after the handshake: a read
-                // that completes means it closed (or broke protocol).
-                r = reader.get_mut().read(&mut probe) => {
-                    return match r {
-                        Ok(0) => "closed by peer".into(),
-                        Ok(_) => "peer sent data on a one-way stream".into(),
-                        Err(e) => format!("read: {e}"),
-                    };
+        let (from, messages) = match peer.next(frames) {
+            Next::Write { from, messages } => (from, messages),
+            Next::Broken(e) => return format!("write: {e}"),
+            Next::Wait => {
+                tokio::select! {
+                    _ = peer.wake.notified() => continue,
+                    // The acceptor never writes on a raft stream after the handshake: a
+                    // read that completes means it closed (or broke protocol).
+                    r = reader.get_mut().read(&mut probe) => {
+                        return match r {
+                            Ok(0) => "closed by peer".into(),
+                            Ok(_) => "peer sent data on a one-way stream".into(),
+                            Err(e) => format!("read: {e}"),
+                        };
+                    }
                 }
             }
-        }
-        peer.metrics.queue_depth.set(sent as f64);
-        if let Err(e) = write_all_timeout(&mut writer, frames.bytes(), config.write_timeout).await {
+        };
+        peer.metrics.queue_depth.set(messages as f64);
+        let written = write_shared(writer, &frames.bytes()[from..], config.write_timeout).await;
+        peer.queue.lock().writing = false;
+        if let Err(e) = written {
             // What was in this write may or may not have arrived; count it lost.
-            drop_messages(shared, peer, sent);
+            drop_messages(&shared.totals, peer, messages);
             return format!("write: {e}");
         }
-        let (frame_count, bytes) = (frames.frame_count(), frames.len() as u64);
-        add(&shared.totals.frames_sent, frame_count);
-        add(&shared.totals.messages_sent, sent as u64);
-        add(&shared.totals.bytes_sent, bytes);
-        peer.metrics.frames.increment(frame_count);
-        peer.metrics.messages.increment(sent as u64);
-        peer.metrics.bytes.increment(bytes);
+        sent(&shared.totals, peer, frames, messages);
         frames.clear_retaining(WRITE_BUFFER_RETAIN_BYTES);
-        // A writable socket never makes write_all wait: yield so that one busy peer does
+        // A writable socket never makes the write wait: yield so that one busy peer does
         // not starve the other tasks of this runtime.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Counts a written buffer of frames.
+fn sent(totals: &Totals, peer: &Peer, frames: &FrameWriter, messages: usize) {
+    let (frame_count, bytes) = (frames.frame_count(), frames.len() as u64);
+    add(&totals.frames_sent, frame_count);
+    add(&totals.messages_sent, messages as u64);
+    add(&totals.bytes_sent, bytes);
+    peer.metrics.frames.increment(frame_count);
+    peer.metrics.messages.increment(messages as u64);
+    peer.metrics.bytes.increment(bytes);
+}
+
+/// Writes all of `bytes` on a write half shared with the senders (one writer at a time,
+/// by `Queue::writing`), failing with `TimedOut` if the peer does not take them in time.
+async fn write_shared(w: &OwnedWriteHalf, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+    let write = async {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            w.writable().await?;
+            match w.try_write(rest) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            ErrorKind::TimedOut,
+            "peer did not read in time",
+        )),
     }
 }
 
@@ -399,9 +604,14 @@ mod tests {
             assert_eq!(peer.push(small(i), &config).unwrap(), Pushed::Queued);
         }
         let mut frames = FrameWriter::new();
-        assert_eq!(peer.take(&mut frames), 50);
+        assert!(matches!(
+            peer.next(&mut frames),
+            Next::Write {
+                from: 0,
+                messages: 50
+            }
+        ));
         assert!(peer.is_empty());
-        frames.finish();
         let mut rest = frames.bytes();
         let mut out = Vec::new();
         let mut seen_frames = 0;
@@ -439,5 +649,120 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(15));
+    }
+
+    /// Decodes the raft frames of `bytes` (whole frames only) and returns the message
+    /// indexes, in order.
+    fn indexes_in(bytes: &[u8]) -> Vec<u64> {
+        let mut rest = bytes;
+        let mut out = Vec::new();
+        while let Decoded::Frame {
+            payload,
+            frame_bytes,
+        } = decode_frame(rest, 64 << 20).unwrap()
+        {
+            decode_batch(payload, &mut out).unwrap();
+            rest = &rest[frame_bytes..];
+        }
+        assert!(rest.is_empty(), "a frame cut short");
+        out.iter().map(|e| e.message.index).collect()
+    }
+
+    /// The hand-over between a sending thread's own write and the peer's task: once the
+    /// socket takes a write only in part, no sender writes until the task has written
+    /// that write's rest, and the task writes it before anything queued after it.
+    #[test]
+    fn a_write_taken_in_part_is_finished_by_the_task_before_anything_later() {
+        let mut config = TransportConfig::new(1, 1, "127.0.0.1:0".parse().unwrap());
+        config.queue_bytes_max = 1 << 30;
+        let big = |i: u64| {
+            let mut m = Message::new(MessageKind::Append, 1, 2, 1);
+            m.index = i;
+            m.entries = vec![Entry::new(EntryKind::Normal, 1, i, vec![i as u8; 64 << 10])];
+            RaftEnvelope::new(1, 1, 2, m)
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_read_half, writer) = rt.block_on(async {
+            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.writable().await.unwrap();
+            s.into_split()
+        });
+        // The receiving end reads nothing until the end: the socket fills.
+        let (mut server, _) = listener.accept().unwrap();
+        let writer = Arc::new(writer);
+        let totals = Totals::default();
+        let peer = Peer::new(2, addr);
+        peer.connected(writer.clone());
+        let mut next = 0;
+        while totals.writes_inline_partial.load(Ordering::Relaxed) == 0 {
+            assert!(next < 4096, "the socket never filled");
+            let (too_big, refused) = peer.push_many((next..next + 4).map(big).collect(), &config);
+            assert_eq!((too_big, refused.len()), (0, 0));
+            peer.flush(&totals);
+            next += 4;
+        }
+        let inline = totals.writes_inline.load(Ordering::Relaxed);
+        assert_eq!(
+            inline,
+            next / 4,
+            "every batch so far was written by its sender"
+        );
+        // A rest is waiting for the task: a later batch is queued, not written.
+        let (_, refused) = peer.push_many((next..next + 4).map(big).collect(), &config);
+        assert!(refused.is_empty());
+        peer.flush(&totals);
+        assert_eq!(totals.writes_inline.load(Ordering::Relaxed), inline);
+        // What the receiving end reads, on a thread of its own from now on.
+        let reading = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut server, &mut all).unwrap();
+            all
+        });
+        // The task: the rest of the partial write first (from where the socket stopped),
+        // then the batch queued after it.
+        let mut frames = FrameWriter::new();
+        let Next::Write { from, messages } = peer.next(&mut frames) else {
+            panic!("the task has the rest to write");
+        };
+        assert_eq!(
+            messages, 4,
+            "the rest is the last batch a sender wrote in part"
+        );
+        rt.block_on(write_shared(
+            &writer,
+            &frames.bytes()[from..],
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+        // While the task writes, a sender does not.
+        assert!(matches!(peer.next(&mut FrameWriter::new()), Next::Wait));
+        peer.queue.lock().writing = false;
+        let Next::Write { from, messages } = peer.next(&mut frames) else {
+            panic!("the batch queued after the rest");
+        };
+        assert_eq!((from, messages), (0, 4));
+        rt.block_on(write_shared(
+            &writer,
+            frames.bytes(),
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+        peer.queue.lock().writing = false;
+        // Free again: the sender writes itself.
+        let (_, refused) = peer.push_many(vec![big(next + 4)], &config);
+        assert!(refused.is_empty());
+        peer.flush(&totals);
+        assert_eq!(totals.writes_inline.load(Ordering::Relaxed), inline + 1);
+        assert_eq!(peer.disconnected(), 0);
+        drop(writer);
+        drop(_read_half);
+        let bytes = reading.join().unwrap();
+        assert_eq!(indexes_in(&bytes), (0..next + 5).collect::<Vec<_>>());
+        assert_eq!(totals.messages_dropped.load(Ordering::Relaxed), 0);
     }
 }

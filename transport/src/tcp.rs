@@ -219,6 +219,7 @@ impl Transport for TcpTransport {
                 continue;
             };
             let (too_big, refused) = p.push_many(group, &self.shared.config);
+            p.flush(&self.shared.totals);
             if too_big > 0 {
                 self.too_big(p, too_big as u64);
             }

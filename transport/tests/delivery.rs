@@ -334,3 +334,87 @@ fn a_batch_to_a_silent_peer_is_bounded_and_refused_in_order() {
     assert_eq!(back, (100..150).collect::<Vec<u64>>());
     assert_eq!(a.stats().messages_refused, 50);
 }
+
+/// Batches are written by the sending thread itself while the socket takes them; once a
+/// receiver that does not read lets the socket fill, a write is taken only in part and
+/// the peer's task writes the rest, before anything sent after it. Everything arrives
+/// once and in order, and nothing is counted lost.
+#[test]
+fn batches_written_by_their_sender_arrive_in_order_when_the_socket_fills() {
+    // One batch of inbound buffering: the receiving side's reader stops at once, and
+    // loopback's socket buffers (a few MiB) fill behind it.
+    let mut nodes = cluster(2, |c| c.inbound_batches_max = 1).into_iter();
+    let (a, _a_rx) = nodes.next().unwrap();
+    let (_b, b_rx) = nodes.next().unwrap();
+    const TOTAL: u64 = 512;
+    const BATCH: u64 = 8;
+    let big = |seq: u64| {
+        let mut e = append(seq % 64, 1, 2, seq);
+        e.message.entries[0].data = vec![seq as u8; 64 << 10].into();
+        e
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The first message opens the connection (the task writes what waited for it); once
+    // it has arrived the connection is up and idle, and the sender writes itself.
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut inbox = Inbox::new(b_rx);
+        let mut next = 0;
+        while next == 0 {
+            match inbox.next(Duration::from_secs(10)) {
+                Some(Inbound::Messages { envelopes, .. }) => {
+                    assert_eq!(envelopes.len(), 1);
+                    assert_eq!(envelopes[0].message.index, 0);
+                    next = 1;
+                }
+                Some(Inbound::Event(PeerEvent::Connected { .. })) => {}
+                other => panic!("the first message: {other:?}"),
+            }
+        }
+        opened_tx.send(()).unwrap();
+        // Read again only once the sender has had time to fill the socket.
+        std::thread::sleep(Duration::from_secs(1));
+        while next < TOTAL {
+            match inbox.next(Duration::from_secs(10)) {
+                Some(Inbound::Messages { envelopes, .. }) => {
+                    for e in envelopes {
+                        assert_eq!(e.message.index, next, "out of order or repeated");
+                        assert_eq!(e.message.entries[0].data.len(), 64 << 10);
+                        assert!(e.message.entries[0].data.iter().all(|&b| b == next as u8));
+                        next += 1;
+                    }
+                }
+                Some(Inbound::Event(PeerEvent::Connected { .. })) => {}
+                other => panic!("after {next} of {TOTAL}: {other:?}"),
+            }
+        }
+    });
+    assert!(a.send_batch(vec![big(0)]).is_empty());
+    opened
+        .recv_timeout(Duration::from_secs(10))
+        .expect("first message");
+    for first in (1..TOTAL).step_by(BATCH as usize) {
+        let mut envelopes: Vec<_> = (first..(first + BATCH).min(TOTAL)).map(big).collect();
+        while !envelopes.is_empty() {
+            envelopes = a
+                .send_batch(envelopes)
+                .into_iter()
+                .map(|e| e.into_envelope())
+                .collect();
+            if !envelopes.is_empty() {
+                assert!(Instant::now() < deadline, "batch refused at the deadline");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    reader.join().expect("reader");
+    let s = a.stats();
+    assert_eq!(s.messages_dropped, 0, "{s:?}");
+    assert_eq!(s.messages_sent, TOTAL, "{s:?}");
+    assert_eq!(s.connects, 1, "{s:?}");
+    assert!(s.writes_inline > 0, "the sender wrote none itself: {s:?}");
+    assert!(
+        s.writes_inline_partial > 0,
+        "the socket never filled under an inline write: {s:?}"
+    );
+}
