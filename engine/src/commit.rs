@@ -46,9 +46,10 @@ pub(crate) struct Submission<P> {
 impl<P> Submission<P> {
     /// Sends the submission its answer, then wakes its submitter if it asked to be.
     pub fn answer(self, result: Result<WriteReport>) {
+        let durable = result.is_ok();
         let _ = self.reply.send(result);
         if let Some(wake) = self.wake {
-            wake();
+            wake(durable);
         }
     }
 }

@@ -230,11 +230,13 @@ pub struct WriteReport {
     pub durable: Vec<DurableMark>,
 }
 
-/// Called by the log's writer thread once a submission's answer is in its [`WriteTicket`]
-/// ([`RaftLog::submit_with`]): a submitter that does other work while its batch is
-/// written learns of the answer without blocking on the ticket. It runs on the writer
-/// thread, so it must be quick and must not block (send a wake-up, set a flag).
-pub type LogWaker = std::sync::Arc<dyn Fn() + Send + Sync>;
+/// Called by the log's writer thread, once, when a submission's answer is in its
+/// [`WriteTicket`] ([`RaftLog::submit_with`]), with whether the batch is durable (false:
+/// the ticket holds the error): a submitter that does other work while its batch is
+/// written learns of the answer without blocking on the ticket, and may send at once what
+/// waited for the batch (a store sends its acknowledgements). It runs on the writer
+/// thread, between two group commits, so it must be quick and must not block.
+pub type LogWaker = Box<dyn FnOnce(bool) + Send>;
 
 /// A submitted batch on its way to the disk.
 #[derive(Debug)]

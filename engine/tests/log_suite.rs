@@ -206,18 +206,17 @@ fn a_bad_submission_fails_alone_in_its_group() {
     }
 }
 
-/// `submit_with` a waker: each submission's waker runs once its ticket holds the answer — for a
+/// `submit_with` a waker: each submission's waker runs once its ticket holds the answer, told whether the batch is durable — for a
 /// refused batch too — and the accepted submissions are answered in the order they were
 /// made (one the log refuses may be answered before those ahead of it), so a submitter
 /// can go on working and collect its writes when woken.
 #[test]
 fn a_woken_submitter_finds_its_answer_waiting_in_submission_order() {
     use std::sync::mpsc::sync_channel;
-    use std::sync::Arc;
     for kind in KINDS {
         let dir = tempfile::tempdir().unwrap();
         let log = open(kind, dir.path(), &WalConfig::default());
-        let (tx, rx) = sync_channel::<usize>(16);
+        let (tx, rx) = sync_channel::<(usize, bool)>(16);
         let batches = [
             RegionBatch::new(1).with_entries(entries(1, 1, 2, 1)),
             RegionBatch::new(1).with_entries(entries(1, 9, 1, 1)), // a gap: refused
@@ -228,15 +227,15 @@ fn a_woken_submitter_finds_its_answer_waiting_in_submission_order() {
             .enumerate()
             .map(|(n, b)| {
                 let tx = tx.clone();
-                let wake: flotilla_engine::LogWaker = Arc::new(move || {
-                    let _ = tx.send(n);
+                let wake: flotilla_engine::LogWaker = Box::new(move |durable| {
+                    let _ = tx.send((n, durable));
                 });
                 log.submit_with(b.into(), Some(wake)).unwrap()
             })
             .collect();
         let mut woken = Vec::new();
         for _ in 0..tickets.len() {
-            let n = rx.recv().unwrap();
+            let (n, durable) = rx.recv().unwrap();
             let answer = tickets[n]
                 .try_wait()
                 .expect("the answer is there when woken");
@@ -245,6 +244,7 @@ fn a_woken_submitter_finds_its_answer_waiting_in_submission_order() {
                 n != 1,
                 "{kind:?}: submission {n}: {answer:?}"
             );
+            assert_eq!(durable, answer.is_ok(), "{kind:?}: submission {n}");
             woken.push(n);
         }
         assert!(rx.try_recv().is_err(), "{kind:?}: one wake each");

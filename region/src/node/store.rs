@@ -9,7 +9,9 @@
 //!    once (a leader's appends);
 //! 3. hands the entries and hard states of **all** replicas to the shared raft log as one
 //!    batch (one fdatasync, group commit), without waiting for it: the messages that
-//!    promise durability wait with the write (step 1 of a later round);
+//!    promise durability (acknowledgements, votes) leave from the log's writer thread the
+//!    moment the write is durable; what else waits for it (each core learning what is
+//!    durable) waits for step 1 of a later round;
 //! 4. applies the committed entries of all replicas to RocksDB in one WriteBatch that also
 //!    records every touched region's applied index, then answers the waiting clients;
 //! 5. serves reads whose read index is now applied.
@@ -19,6 +21,7 @@
 //! costs no message hop per region; see docs/architecture.md.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -437,8 +440,9 @@ pub struct Store {
     snapshot_builds: SnapshotBuilds,
     /// The rounds' log writes under way, oldest first.
     writes: std::collections::VecDeque<WriteInFlight>,
-    /// Wakes the loop when a log write is done ([`StoreMsg::LogWritten`]).
-    log_waker: LogWaker,
+    /// Set by the log's writer thread when a write of this store failed: from then on no
+    /// write's acknowledgements leave from the writer thread (see [`Store::round`]).
+    log_failed: Arc<AtomicBool>,
     /// The last round's end finished writes: their effects wait for a round.
     reaped: bool,
 }
@@ -539,7 +543,8 @@ struct WriteInFlight {
     /// The write (`None`: the round wrote nothing, but what it sends waits for the writes
     /// before it).
     ticket: Option<WriteTicket>,
-    /// Messages that promise durability (votes, acknowledgements).
+    /// Messages that promise durability (votes, acknowledgements) of a round that wrote
+    /// nothing; a round's write sends its own from the writer thread.
     outbound: Vec<RaftEnvelope>,
     /// (region, raft peer id, term, index) of what the write makes durable, for each
     /// region's core. The peer id tells a replica destroyed and created again while the
@@ -685,11 +690,6 @@ impl Store {
         kv: Arc<KvStore>,
     ) -> Result<Store, Box<(StoreShell, NodeError)>> {
         let snapshot_builds = SnapshotBuilds::new(shell.cfg.snapshot_build_hook.clone());
-        let waker_tx = shell.self_tx.clone();
-        // A full inbox means the loop has inputs to take and reaps the write in its round.
-        let log_waker: LogWaker = Arc::new(move || {
-            let _ = waker_tx.try_send(StoreMsg::LogWritten);
-        });
         let mut store = Store {
             snapshot_builds,
             cfg: shell.cfg,
@@ -715,7 +715,7 @@ impl Store {
             round_started: Instant::now(),
             latencies: ProposalLatencies::default(),
             writes: Default::default(),
-            log_waker,
+            log_failed: Arc::new(AtomicBool::new(false)),
             reaped: false,
         };
         if let Err(e) = store.load_regions() {
@@ -2003,11 +2003,8 @@ impl Store {
         // applied index vouches for the commit index the write would have stored.
         let regions = batch.regions.len();
         let ticket = if regions > 0 {
-            Some(
-                self.log
-                    .submit_with(batch, Some(self.log_waker.clone()))
-                    .map_err(storage)?,
-            )
+            let wake = self.log_wake(std::mem::take(&mut persisted_outbound));
+            Some(self.log.submit_with(batch, Some(wake)).map_err(storage)?)
         } else {
             None
         };
@@ -2082,10 +2079,29 @@ impl Store {
         Ok(())
     }
 
+    /// What the log's writer thread does when this round's write is done: sends the
+    /// round's acknowledgements and votes (`acks`) at once, instead of leaving them for
+    /// this loop to send when it reaps the write — which, on a busy node, is at the end
+    /// of the round under way, up to a round later for every write a leader waits on —
+    /// then wakes the loop to reap it. Not after a failed write, nor after any write that
+    /// follows one (an acknowledgement may promise entries an earlier write carried): the
+    /// store then fails, and nothing that waited on a write leaves. The log answers the
+    /// accepted writes in order, and a refused one no later than those ahead of it, so the
+    /// flag is set before any later write's waker runs.
+    fn log_wake(&self, acks: Vec<RaftEnvelope>) -> LogWaker {
+        acks_when_durable(
+            self.log_failed.clone(),
+            self.transport.clone(),
+            self.self_tx.clone(),
+            acks,
+        )
+    }
+
     /// Finishes the log writes that are done, oldest first — all of them, waiting, when
-    /// `wait` — and returns how many: sends the acknowledgements and votes that waited for
-    /// each, and tells each region's raft core which of its entries are now durable (a
-    /// leader may then commit). Writes finish in the order they were submitted, so a write
+    /// `wait` — and returns how many: sends the acknowledgements and votes of the rounds
+    /// that wrote nothing (a written round's left with its write, [`Store::log_wake`]),
+    /// and tells each region's raft core which of its entries are now durable (a leader
+    /// may then commit). Writes finish in the order they were submitted, so a write
     /// is finished only after every write before it. A failed write fails the store: the
     /// writes after it are waited for (nothing that waited for them is sent) before the
     /// error is returned, so the store never reopens its log under a write in flight.
@@ -2654,6 +2670,25 @@ fn envelopes_into(
 }
 
 /// Sends a round's envelopes in one batch: each node's sender wakes once for all of them.
+/// [`Store::log_wake`]'s waker: sends `acks` once the write is durable, unless it or an
+/// earlier write `failed` (which a failed write sets), then wakes the loop (`wake_tx`).
+fn acks_when_durable(
+    failed: Arc<AtomicBool>,
+    transport: Arc<dyn Transport>,
+    wake_tx: Sender<StoreMsg>,
+    acks: Vec<RaftEnvelope>,
+) -> LogWaker {
+    Box::new(move |durable| {
+        if !durable {
+            failed.store(true, Ordering::Release);
+        } else if !failed.load(Ordering::Acquire) {
+            send_envelopes(&*transport, acks);
+        }
+        // A full inbox means the loop has inputs to take and reaps the write in its round.
+        let _ = wake_tx.try_send(StoreMsg::LogWritten);
+    })
+}
+
 fn send_envelopes(transport: &dyn Transport, envelopes: Vec<RaftEnvelope>) {
     if envelopes.is_empty() {
         return;
@@ -2745,5 +2780,60 @@ mod region_map_tests {
             .join()
             .expect("the reader saw the table tile every time");
         assert!(looks > 0);
+    }
+}
+
+#[cfg(test)]
+mod ack_tests {
+    use super::{acks_when_durable, StoreMsg};
+    use flotilla_common::{Message, MessageKind, RaftEnvelope};
+    use flotilla_transport::{Inbound, MemoryNetwork, Transport};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    fn ack(index: u64) -> Vec<RaftEnvelope> {
+        let mut m = Message::new(MessageKind::AppendResponse, 2, 1, 3);
+        m.index = index;
+        vec![RaftEnvelope::new(7, 2, 1, m)]
+    }
+
+    /// A round's acknowledgements leave from the writer thread once its write is durable —
+    /// and never for a failed write, nor for any write after one, whose acknowledgements
+    /// may promise entries the failed write carried. The loop is woken every time.
+    #[test]
+    fn acknowledgements_leave_with_a_durable_write_and_never_after_a_failed_one() {
+        let net = MemoryNetwork::new(1);
+        let (leader_side, mut leader_inbox) = net.join(1, 64);
+        let (follower, _follower_inbox) = net.join(2, 64);
+        drop(leader_side);
+        let transport: Arc<dyn Transport> = Arc::new(follower);
+        let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(16);
+        let failed = Arc::new(AtomicBool::new(false));
+        let waker = |index| {
+            acks_when_durable(
+                failed.clone(),
+                transport.clone(),
+                wake_tx.clone(),
+                ack(index),
+            )
+        };
+        let received = |inbox: &mut flotilla_transport::InboundReceiver| {
+            let mut indexes = Vec::new();
+            while let Ok(m) = inbox.try_recv() {
+                if let Inbound::Messages { envelopes, .. } = m {
+                    indexes.extend(envelopes.iter().map(|e| e.message.index));
+                }
+            }
+            indexes
+        };
+        waker(10)(true);
+        assert_eq!(received(&mut leader_inbox), vec![10]);
+        waker(11)(false);
+        waker(12)(true);
+        assert_eq!(received(&mut leader_inbox), Vec::<u64>::new());
+        let wakes = wake_rx
+            .try_iter()
+            .filter(|m| matches!(m, StoreMsg::LogWritten));
+        assert_eq!(wakes.count(), 3);
     }
 }
