@@ -209,6 +209,8 @@ pub(crate) struct OutboundMetrics {
     pub connects: Counter,
     pub refused: Counter,
     pub dropped: Counter,
+    pub writes_inline: Counter,
+    pub writes_inline_partial: Counter,
     pub queue_depth: Gauge,
 }
 
@@ -222,6 +224,11 @@ impl OutboundMetrics {
             connects: counter!("flotilla_transport_connects_total", "peer" => p.clone()),
             refused: counter!("flotilla_transport_messages_refused_total", "peer" => p.clone()),
             dropped: counter!("flotilla_transport_messages_dropped_total", "peer" => p.clone()),
+            writes_inline: counter!("flotilla_transport_writes_inline_total", "peer" => p.clone()),
+            writes_inline_partial: counter!(
+                "flotilla_transport_writes_inline_partial_total",
+                "peer" => p.clone()
+            ),
             queue_depth: gauge!("flotilla_transport_queue_messages", "peer" => p),
         }
     }

@@ -258,8 +258,10 @@ impl Peer {
         drop(conn);
         let whole = failure.is_none() && written == frames.len();
         add(&totals.writes_inline, 1);
+        self.metrics.writes_inline.increment(1);
         if failure.is_none() && !whole {
             add(&totals.writes_inline_partial, 1);
+            self.metrics.writes_inline_partial.increment(1);
         }
         let mut dropped = 0;
         let wake = {
