@@ -139,6 +139,20 @@ impl RocksConfig {
         opts.set_write_buffer_size(self.write_buffer_bytes as usize);
         opts.set_max_write_buffer_number(self.max_write_buffer_number);
         opts.set_log_level(self.info_log_level.rocksdb());
+        // No compression in the two levels every write passes through (each flush writes
+        // L0, and L0 is merged into L1 over and over): compressing there cost a busy node
+        // CPU on every rewrite of data that soon moves down. LZ4 in the middle levels,
+        // Zstandard at the bottom, where most of a large store rests.
+        use rocksdb::DBCompressionType as C;
+        opts.set_compression_per_level(&[
+            C::None,
+            C::None,
+            C::Lz4,
+            C::Lz4,
+            C::Lz4,
+            C::Zstd,
+            C::Zstd,
+        ]);
         let cache = rocksdb::Cache::new_lru_cache(self.block_cache_bytes as usize)?;
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);
