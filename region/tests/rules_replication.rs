@@ -585,6 +585,68 @@ fn inflight_window_bounds_unacknowledged_appends() {
     assert_eq!(net.log(2), net.log(1));
 }
 
+/// A commit is announced without a message of its own to a follower that has entries past
+/// it in flight: the next append carries the new commit index (etcd and raft-rs send an
+/// empty append to every follower at every commit, and each is answered — a quarter of a
+/// busy region's messages). A leader that stops writing still tells every follower its
+/// last commit at once, without waiting for a heartbeat.
+#[test]
+fn a_commit_rides_on_the_next_append_to_a_follower_with_entries_in_flight() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    let a = net.node(1).propose(b"a".to_vec()).unwrap();
+    net.flush(1);
+    let b = net.node(1).propose(b"b".to_vec()).unwrap();
+    net.flush(1);
+    // Follower 2 gets both appends; only its acknowledgement of `a` reaches the leader.
+    net.deliver_where(|m| m.kind == MessageKind::Append && m.to == 2);
+    let acks = net.take_where(|m| m.kind == MessageKind::AppendResponse && m.from == 2);
+    assert_eq!(acks.len(), 2);
+    let sent = net.sent.len();
+    let ack_a = acks
+        .iter()
+        .find(|m| m.index == a)
+        .expect("2 acknowledged a")
+        .clone();
+    net.deliver(ack_a);
+    net.flush(1);
+    assert_eq!(net.raft(1).commit_index(), a, "a is on 1 and 2: committed");
+    let empty: Vec<&Message> = net.sent[sent..]
+        .iter()
+        .filter(|m| m.kind == MessageKind::Append && m.entries.is_empty())
+        .collect();
+    assert!(
+        empty.is_empty(),
+        "2 has b in flight and 3 has a and b: no empty append, got {empty:?}"
+    );
+    assert_eq!(net.raft(2).commit_index(), 1);
+
+    // The next proposal's append tells 2 that a committed.
+    let c = net.node(1).propose(b"c".to_vec()).unwrap();
+    net.flush(1);
+    let to_2 = net.take_where(|m| m.kind == MessageKind::Append && m.to == 2);
+    assert_eq!(to_2.len(), 1);
+    assert_eq!(to_2[0].commit, a, "the append of c carries the commit of a");
+    net.deliver(to_2[0].clone());
+    net.flush(2);
+    assert_eq!(net.raft(2).commit_index(), a);
+
+    // The leader stops writing: once everything commits, every follower learns it at once.
+    for ack in acks.into_iter().filter(|m| m.index == b) {
+        net.send(ack);
+    }
+    net.stabilize();
+    assert_eq!(net.raft(1).commit_index(), c);
+    for id in [2, 3] {
+        assert_eq!(net.raft(id).commit_index(), c, "peer {id}");
+        assert_eq!(
+            net.peer(id).applied_data(),
+            vec!["a", "b", "c"],
+            "peer {id}"
+        );
+    }
+}
+
 /// §7 log compaction / InstallSnapshot: the leader compacts its log below its applied index;
 /// a follower that needs the compacted entries is sent the snapshot (its progress is in
 /// Snapshot state meanwhile), installs it, and catches up with the entries after it — its
