@@ -598,17 +598,19 @@ fn a_commit_rides_on_the_next_append_to_a_follower_with_entries_in_flight() {
     net.flush(1);
     let b = net.node(1).propose(b"b".to_vec()).unwrap();
     net.flush(1);
-    // Follower 2 gets both appends; only its acknowledgement of `a` reaches the leader.
+    // Follower 2 takes both appends, one after the other; only its acknowledgement of `a`
+    // reaches the leader.
+    let is_ack_from_2 = |m: &Message| m.kind == MessageKind::AppendResponse && m.from == 2;
+    net.deliver_where(|m| {
+        m.kind == MessageKind::Append && m.to == 2 && m.entries.last().map(|e| e.index) == Some(a)
+    });
+    let ack_a = net.take_where(is_ack_from_2);
     net.deliver_where(|m| m.kind == MessageKind::Append && m.to == 2);
-    let acks = net.take_where(|m| m.kind == MessageKind::AppendResponse && m.from == 2);
-    assert_eq!(acks.len(), 2);
+    let acks = net.take_where(is_ack_from_2);
+    assert_eq!((ack_a.len(), acks.len()), (1, 1));
+    assert_eq!((ack_a[0].index, acks[0].index), (a, b));
     let sent = net.sent.len();
-    let ack_a = acks
-        .iter()
-        .find(|m| m.index == a)
-        .expect("2 acknowledged a")
-        .clone();
-    net.deliver(ack_a);
+    net.deliver(ack_a[0].clone());
     net.flush(1);
     assert_eq!(net.raft(1).commit_index(), a, "a is on 1 and 2: committed");
     let empty: Vec<&Message> = net.sent[sent..]
@@ -632,9 +634,7 @@ fn a_commit_rides_on_the_next_append_to_a_follower_with_entries_in_flight() {
     assert_eq!(net.raft(2).commit_index(), a);
 
     // The leader stops writing: once everything commits, every follower learns it at once.
-    for ack in acks.into_iter().filter(|m| m.index == b) {
-        net.send(ack);
-    }
+    net.send(acks[0].clone());
     net.stabilize();
     assert_eq!(net.raft(1).commit_index(), c);
     for id in [2, 3] {
@@ -645,6 +645,47 @@ fn a_commit_rides_on_the_next_append_to_a_follower_with_entries_in_flight() {
             "peer {id}"
         );
     }
+}
+
+/// Acknowledgements are cumulative: a follower that takes two appends before its next Ready
+/// answers once, with the higher index, and the leader's view ends as after two answers. A
+/// refusal is never folded into an acknowledgement.
+#[test]
+fn a_follower_answers_appends_taken_together_with_one_acknowledgement() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    let a = net.node(1).propose(b"a".to_vec()).unwrap();
+    net.flush(1);
+    let b = net.node(1).propose(b"b".to_vec()).unwrap();
+    net.flush(1);
+    let to_2 = net.take_where(|m| m.kind == MessageKind::Append && m.to == 2);
+    assert_eq!(to_2.len(), 2);
+    for m in to_2 {
+        net.node(2).step(m).unwrap();
+    }
+    net.flush(2);
+    let acks = append_responses(&net, 2);
+    assert_eq!(acks.len(), 1, "one acknowledgement for both: {acks:?}");
+    assert_eq!(acks[0].index, b);
+    assert!(!acks[0].reject);
+    net.take_where(|m| m.to == 3);
+    net.stabilize();
+    assert_eq!(net.matched(1, 2), b);
+    assert_eq!(net.raft(1).commit_index(), b, "1 and 2 hold a and b");
+    assert!(a < b);
+
+    // An append that does not match is refused, and the refusal leaves beside the
+    // acknowledgement of one that does.
+    let term = net.term(1);
+    let good = append(1, 3, term, (1, 1), ents_at(2, &[term, term]), 1);
+    let bad = append(1, 3, term, (9, term), ents_at(10, &[term]), 1);
+    net.node(3).step(good).unwrap();
+    net.node(3).step(bad).unwrap();
+    net.flush(3);
+    let answers = append_responses(&net, 3);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(!answers[0].reject && answers[0].index == b);
+    assert!(answers[1].reject);
 }
 
 /// §7 log compaction / InstallSnapshot: the leader compacts its log below its applied index;

@@ -970,6 +970,20 @@ impl<S: Storage> Raft<S> {
     // ---- leader side of replication --------------------------------------------------
 
     pub(crate) fn send(&mut self, m: Message) {
+        // Acknowledgements are cumulative: of two successive ones to the same leader in the
+        // same term (a follower that took two appends in one Ready), the later covers the
+        // earlier — the leader's view of the follower, its window and its commit end the
+        // same after one as after both — so only the higher index leaves.
+        if is_plain_ack(&m) {
+            if let Some(last) = self.msgs.last_mut() {
+                if is_plain_ack(last) && last.to == m.to && last.term == m.term {
+                    if m.index > last.index {
+                        *last = m;
+                    }
+                    return;
+                }
+            }
+        }
         self.msgs.push(m);
     }
 
@@ -1586,4 +1600,10 @@ impl<S: Storage> Raft<S> {
     pub fn applied_to(&mut self, index: u64) {
         self.raft_log.applied_to(index);
     }
+}
+
+/// An accepted append's acknowledgement: a plain statement that the sender holds the log up
+/// to `index`, which a later one to the same leader in the same term supersedes.
+fn is_plain_ack(m: &Message) -> bool {
+    m.kind == MessageKind::AppendResponse && !m.reject && !m.request_snapshot
 }
