@@ -241,6 +241,11 @@ pub enum MessageKind {
     /// node message. Handled by the node's cluster component, never by a region or the
     /// raft core.
     Node,
+    /// Leader → follower: you may commit up to `commit` (the follower holds the log that
+    /// far). Sent instead of an empty `Append` to a follower that acknowledged everything
+    /// committed and has nothing in flight; nothing answers it (a lost one is made good by
+    /// the next append or heartbeat).
+    Commit,
 }
 
 /// A raft message between two peers of one group.

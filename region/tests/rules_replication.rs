@@ -522,8 +522,14 @@ fn progress_probe_then_replicate_then_probe_on_reject() {
     );
     assert_eq!(net.raft(1).progress(2).unwrap().next_idx, 3);
 
-    // The next append to 2 (the new commit index, after index 2) cannot be placed: refused,
-    // and the leader goes back to probing from 2's match point.
+    // Nothing is sent to 2 for the commit: its append of "a" is still unacknowledged (the
+    // commit is announced at that acknowledgement). The next heartbeat's answer shows 2
+    // behind; the append that follows (after index 2) cannot be placed: refused, and the
+    // leader goes back to probing from 2's match point.
+    assert!(net.take_where(|m| m.to == 2).is_empty());
+    net.tick_n(1, HEARTBEAT_TICK);
+    net.deliver_where(|m| m.to == 2 && m.kind == MessageKind::Heartbeat);
+    net.deliver_where(|m| m.from == 2 && m.kind == MessageKind::HeartbeatResponse);
     net.deliver_where(|m| m.to == 2 && m.kind == MessageKind::Append);
     let refusals =
         net.deliver_where(|m| m.from == 2 && m.kind == MessageKind::AppendResponse && m.reject);
@@ -645,6 +651,83 @@ fn a_commit_rides_on_the_next_append_to_a_follower_with_entries_in_flight() {
             "peer {id}"
         );
     }
+}
+
+/// At low load a commit costs each follower one unanswered `Commit` instead of an empty
+/// append and its answer: a write is two appends, two acknowledgements and two commits. A
+/// follower whose acknowledgement is still on its way is told at that acknowledgement.
+#[test]
+fn a_follower_that_holds_everything_committed_is_told_the_commit_without_an_answer() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    let start = net.sent.len();
+    let a = net.propose(1, "a");
+    let kinds: Vec<(MessageKind, u64)> = net.sent[start..]
+        .iter()
+        .map(|m| (m.kind, m.from.max(m.to)))
+        .collect();
+    let count = |k: MessageKind| kinds.iter().filter(|(kind, _)| *kind == k).count();
+    assert_eq!(count(MessageKind::Append), 2, "{kinds:?}");
+    assert_eq!(count(MessageKind::AppendResponse), 2, "{kinds:?}");
+    assert_eq!(count(MessageKind::Commit), 2, "{kinds:?}");
+    assert_eq!(kinds.len(), 6, "{kinds:?}");
+    for id in [2, 3] {
+        assert_eq!(net.raft(id).commit_index(), a, "peer {id}");
+        assert_eq!(net.peer(id).applied_data(), vec!["a"], "peer {id}");
+    }
+
+    // 3's acknowledgement is late: 2's commits the entry, and 3 learns the commit only
+    // when its own acknowledgement arrives.
+    let b = net.node(1).propose(b"b".to_vec()).unwrap();
+    net.deliver_where(|m| m.kind == MessageKind::Append);
+    let late = net.take_where(|m| m.kind == MessageKind::AppendResponse && m.from == 3);
+    assert_eq!(late.len(), 1);
+    net.deliver_where(|m| m.from == 2);
+    assert_eq!(net.raft(1).commit_index(), b);
+    assert!(
+        net.take_where(|m| m.to == 3).is_empty(),
+        "3's append is unacknowledged: nothing for it yet"
+    );
+    net.send(late[0].clone());
+    net.stabilize();
+    assert_eq!(net.raft(3).commit_index(), b);
+    assert_eq!(net.peer(3).applied_data(), vec!["a", "b"]);
+}
+
+/// A `Commit` is a leader's message like an append: from a stale leader it is answered with
+/// the newer term (so that leader steps down); it makes a candidate of its term a follower;
+/// and a leader that receives one in its own term refuses it.
+#[test]
+fn a_commit_message_obeys_the_term_rules_of_a_leaders_message() {
+    // No leader lease, so that 2 can take over from a live 1.
+    let mut net = Network::with(&[1, 2, 3], &[], |c| c.check_quorum = false);
+    net.elect(1);
+    net.elect(2);
+    let term = net.term(2);
+    assert_eq!(net.role(1), Role::Follower);
+
+    let mut stale = msg(MessageKind::Commit, 1, 3, term - 1);
+    stale.commit = 1;
+    net.node(3).step(stale).unwrap();
+    net.flush(3);
+    let answers = append_responses(&net, 3);
+    assert_eq!(answers.len(), 1);
+    assert_eq!((answers[0].to, answers[0].term), (1, term));
+    net.take_where(|_| true);
+
+    net.node(3).campaign().unwrap();
+    net.flush(3);
+    net.take_where(|_| true);
+    assert_eq!(net.role(3), Role::PreCandidate);
+    let mut commit = msg(MessageKind::Commit, 2, 3, net.term(3));
+    commit.commit = 1;
+    net.node(3).step(commit).unwrap();
+    assert_eq!(net.role(3), Role::Follower);
+    assert_eq!(net.raft(3).leader_id(), 2);
+
+    let mut twin = msg(MessageKind::Commit, 1, 2, term);
+    twin.commit = 1;
+    assert!(net.node(2).step(twin).is_err(), "two leaders in one term");
 }
 
 /// Acknowledgements are cumulative: a follower that takes two appends before its next Ready

@@ -17,7 +17,8 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"FLT1");
 /// 3: `MessageKind::Propose` (commands a follower forwards to its leader).
 /// 4: `MessageKind::PeerRemoved` (a member tells a removed replica it is gone).
 /// 5: `MessageKind::Node` (node-level messages of the cluster layer: gossip).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 6: `MessageKind::Commit` (a leader's commit index, unanswered).
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Bytes before the payload.
 pub const FRAME_HEADER_BYTES: usize = 14;
 

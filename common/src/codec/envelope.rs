@@ -53,7 +53,7 @@ const FLAG_REJECT: u8 = 1;
 const FLAG_REQUEST_SNAPSHOT: u8 = 2;
 
 /// Every `MessageKind`, by its byte on the wire (its declaration order).
-const MESSAGE_KINDS: [MessageKind; 16] = [
+const MESSAGE_KINDS: [MessageKind; 17] = [
     MessageKind::Append,
     MessageKind::AppendResponse,
     MessageKind::RequestVote,
@@ -70,6 +70,7 @@ const MESSAGE_KINDS: [MessageKind; 16] = [
     MessageKind::Propose,
     MessageKind::PeerRemoved,
     MessageKind::Node,
+    MessageKind::Commit,
 ];
 
 fn message_kind_byte(kind: MessageKind) -> u8 {
@@ -91,6 +92,7 @@ fn message_kind_byte(kind: MessageKind) -> u8 {
         MessageKind::Propose => 13,
         MessageKind::PeerRemoved => 14,
         MessageKind::Node => 15,
+        MessageKind::Commit => 16,
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Progress {
     pub lease_ack_tick: u64,
     /// Appends in flight.
     pub ins: Inflights,
+    /// The highest commit index this leader told the follower it may commit (in an
+    /// append, or a `Commit`): a `Commit` is sent only past it. Reset with the state.
+    pub commit_sent: u64,
 }
 
 impl Progress {
@@ -51,12 +54,14 @@ impl Progress {
             recent_active: false,
             lease_ack_tick: 0,
             ins: Inflights::new(ins_cap),
+            commit_sent: 0,
         }
     }
 
     fn reset_state(&mut self, state: ProgressState) {
         self.probe_sent = false;
         self.pending_snapshot = 0;
+        self.commit_sent = 0;
         self.state = state;
         self.ins.reset();
     }

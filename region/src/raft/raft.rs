@@ -578,16 +578,17 @@ impl<S: Storage> Raft<S> {
                 // (the pre-candidate bumps its term once it has a quorum).
                 MessageKind::RequestPreVote => {}
                 MessageKind::RequestPreVoteResponse if !m.reject => {}
-                MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
-                    self.become_follower(m.term, m.from)
-                }
+                MessageKind::Append
+                | MessageKind::Heartbeat
+                | MessageKind::Snapshot
+                | MessageKind::Commit => self.become_follower(m.term, m.from),
                 _ => self.become_follower(m.term, 0),
             }
         } else if m.term < self.term {
             match m.kind {
                 // A stale leader (or one cut off while we moved on) learns our term, so it
                 // steps down even if check quorum keeps us from advancing through votes.
-                MessageKind::Append | MessageKind::Heartbeat
+                MessageKind::Append | MessageKind::Heartbeat | MessageKind::Commit
                     if self.check_quorum || self.pre_vote =>
                 {
                     self.send(Message::new(
@@ -668,6 +669,11 @@ impl<S: Storage> Raft<S> {
                 self.handle_heartbeat(m);
                 Ok(())
             }
+            MessageKind::Commit => {
+                self.become_follower(m.term, m.from);
+                self.raft_log.commit_to(m.commit);
+                Ok(())
+            }
             MessageKind::Snapshot => {
                 self.become_follower(m.term, m.from);
                 self.handle_snapshot(m)
@@ -717,6 +723,14 @@ impl<S: Storage> Raft<S> {
                 self.election_elapsed = 0;
                 self.leader_id = m.from;
                 self.handle_heartbeat(m);
+                Ok(())
+            }
+            MessageKind::Commit => {
+                // Like a heartbeat's commit: the leader sends no more than this follower
+                // acknowledged in its term, so the entries up to it match the leader's.
+                self.election_elapsed = 0;
+                self.leader_id = m.from;
+                self.raft_log.commit_to(m.commit);
                 Ok(())
             }
             MessageKind::Snapshot => {
@@ -775,7 +789,10 @@ impl<S: Storage> Raft<S> {
             }
             MessageKind::TransferLeader => self.handle_transfer_leader(m.index),
             MessageKind::Propose => self.handle_forwarded_proposal(m),
-            MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
+            MessageKind::Append
+            | MessageKind::Heartbeat
+            | MessageKind::Snapshot
+            | MessageKind::Commit => {
                 // Two leaders in one term would break election safety: refuse loudly.
                 warn!(
                     id = self.id,
@@ -1012,6 +1029,8 @@ impl<S: Storage> Raft<S> {
                 m.entries = ents;
                 if let Some(pr) = self.tracker.progress.get_mut(&to) {
                     pr.sent_entries(last, n);
+                    // The follower commits no further than the entries it holds.
+                    pr.commit_sent = pr.commit_sent.max(m.commit.min(last));
                 }
                 self.send(m);
                 true
@@ -1066,29 +1085,61 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// Tells the followers that the commit index moved: an append to each, empty when it
-    /// has nothing new to send — except to a follower in replicate state that has entries
-    /// past the new commit index in flight. That one learns the index from the next append
-    /// this leader sends it (a busy leader sends one in the same round, with the proposals
-    /// the round appends), and when the entries in flight commit, this runs again and
-    /// reaches it. Under load a commit then costs no message of its own, nor a response
-    /// to one (each was a quarter of a busy region's raft messages); a leader that stops
-    /// writing still tells every follower its last commit at once.
+    /// Tells the followers that the commit index moved. etcd and raft-rs send each an
+    /// append, empty when there is nothing new, and each is answered; here a follower in
+    /// replicate state learns it at the lowest cost that still tells it soon
+    /// ([`Raft::announce_commit`]). Other followers get the append as in etcd.
     fn bcast_commit(&mut self) {
-        let committed = self.raft_log.committed;
-        let ids: Vec<u64> = self
+        let followers: Vec<(u64, ProgressState)> = self
             .tracker
             .progress
             .iter()
-            .filter(|&(&id, pr)| {
-                id != self.id
-                    && !(pr.state == ProgressState::Replicate && pr.next_idx > committed + 1)
-            })
-            .map(|(&id, _)| id)
+            .filter(|&(&id, _)| id != self.id)
+            .map(|(&id, pr)| (id, pr.state))
             .collect();
-        for id in ids {
-            self.maybe_send_append(id, true);
+        for (id, state) in followers {
+            if state == ProgressState::Replicate {
+                self.announce_commit(id);
+            } else {
+                self.maybe_send_append(id, true);
+            }
         }
+    }
+
+    /// Tells follower `to` (in replicate state) the commit index, if it may not know it:
+    /// - it has entries past the commit index in flight: nothing now — the next append
+    ///   carries the index (a busy leader sends one in the same round, with the round's
+    ///   proposals), and when those entries are acknowledged this runs again;
+    /// - it has entries to be sent: they are, and their append carries the index;
+    /// - entries up to the commit index are still in flight: nothing now — this runs
+    ///   again at their acknowledgement;
+    /// - it acknowledged everything committed: a `Commit`, which nothing answers.
+    ///
+    /// So under load a commit costs no message of its own, and at low load one unanswered
+    /// message per follower instead of an append and its answer. A lost `Commit` is made
+    /// good by the next append or heartbeat.
+    fn announce_commit(&mut self, to: u64) {
+        let committed = self.raft_log.committed;
+        let last = self.raft_log.last_index();
+        let Some(pr) = self.tracker.progress.get(&to) else {
+            return;
+        };
+        if pr.state != ProgressState::Replicate || pr.next_idx > committed + 1 {
+            return;
+        }
+        if pr.next_idx <= last {
+            while self.maybe_send_append(to, false) {}
+            return;
+        }
+        if pr.matched < committed || pr.commit_sent >= committed {
+            return;
+        }
+        let mut m = Message::new(MessageKind::Commit, self.id, to, self.term);
+        m.commit = committed;
+        if let Some(pr) = self.tracker.progress.get_mut(&to) {
+            pr.commit_sent = committed;
+        }
+        self.send(m);
     }
 
     fn bcast_heartbeat(&mut self) {
@@ -1180,6 +1231,8 @@ impl<S: Storage> Raft<S> {
         }
         // Pipeline: keep sending while there are entries and room in the window.
         while self.maybe_send_append(m.from, false) {}
+        // The follower caught up with the commit index and may not know it.
+        self.announce_commit(m.from);
         if self.lead_transferee == Some(m.from)
             && self
                 .tracker
