@@ -43,6 +43,18 @@ fn append_responses(net: &Network, from: u64) -> Vec<Message> {
         .collect()
 }
 
+/// A group led by 1 whose proposals `a` and `b` went out in two appends to each follower,
+/// all still on the wire; returns their indexes.
+fn two_appends_on_the_wire() -> (Network, u64, u64) {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    let a = net.node(1).propose(b"a".to_vec()).unwrap();
+    net.flush(1);
+    let b = net.node(1).propose(b"b".to_vec()).unwrap();
+    net.flush(1);
+    (net, a, b)
+}
+
 /// §5.4.2 and §8: a new leader appends an entry of its own term at once (an empty no-op);
 /// it replicates and commits everywhere, and the application sees no command for it.
 #[test]
@@ -598,12 +610,7 @@ fn inflight_window_bounds_unacknowledged_appends() {
 /// last commit at once, without waiting for a heartbeat.
 #[test]
 fn a_commit_rides_on_the_next_append_to_a_follower_with_entries_in_flight() {
-    let mut net = Network::new(&[1, 2, 3]);
-    net.elect(1);
-    let a = net.node(1).propose(b"a".to_vec()).unwrap();
-    net.flush(1);
-    let b = net.node(1).propose(b"b".to_vec()).unwrap();
-    net.flush(1);
+    let (mut net, a, b) = two_appends_on_the_wire();
     // Follower 2 takes both appends, one after the other; only its acknowledgement of `a`
     // reaches the leader.
     let is_ack_from_2 = |m: &Message| m.kind == MessageKind::AppendResponse && m.from == 2;
@@ -735,12 +742,7 @@ fn a_commit_message_obeys_the_term_rules_of_a_leaders_message() {
 /// refusal is never folded into an acknowledgement.
 #[test]
 fn a_follower_answers_appends_taken_together_with_one_acknowledgement() {
-    let mut net = Network::new(&[1, 2, 3]);
-    net.elect(1);
-    let a = net.node(1).propose(b"a".to_vec()).unwrap();
-    net.flush(1);
-    let b = net.node(1).propose(b"b".to_vec()).unwrap();
-    net.flush(1);
+    let (mut net, a, b) = two_appends_on_the_wire();
     let to_2 = net.take_where(|m| m.kind == MessageKind::Append && m.to == 2);
     assert_eq!(to_2.len(), 2);
     for m in to_2 {
