@@ -671,7 +671,7 @@ impl<S: Storage> Raft<S> {
             }
             MessageKind::Commit => {
                 self.become_follower(m.term, m.from);
-                self.raft_log.commit_to(m.commit);
+                self.handle_commit(&m);
                 Ok(())
             }
             MessageKind::Snapshot => {
@@ -726,11 +726,9 @@ impl<S: Storage> Raft<S> {
                 Ok(())
             }
             MessageKind::Commit => {
-                // Like a heartbeat's commit: the leader sends no more than this follower
-                // acknowledged in its term, so the entries up to it match the leader's.
                 self.election_elapsed = 0;
                 self.leader_id = m.from;
-                self.raft_log.commit_to(m.commit);
+                self.handle_commit(&m);
                 Ok(())
             }
             MessageKind::Snapshot => {
@@ -870,6 +868,12 @@ impl<S: Storage> Raft<S> {
         r.context = m.context;
         r.index = m.index;
         self.send(r);
+    }
+
+    /// Like a heartbeat's commit, unanswered: the leader sends no more than this follower
+    /// acknowledged in its term, so the entries up to it match the leader's.
+    fn handle_commit(&mut self, m: &Message) {
+        self.raft_log.commit_to(m.commit);
     }
 
     fn handle_snapshot(&mut self, m: Message) -> Result<()> {
