@@ -4,6 +4,8 @@
 //!
 //! - [`run`]: `flotilla-bench run` — start the systems, sweep workloads × regions × value
 //!   sizes × connections × pipeline depth × offered load, write a JSON file per run.
+//! - [`compare`]: `flotilla-bench compare` — builds (or settings) of Flotilla on one sweep,
+//!   alternated run by run, with medians and ratios.
 //! - [`report`]: `flotilla-bench report` — the JSON files as markdown tables and SVG plots.
 //! - [`driver`]: the connections that send operations and time them, closed or open loop.
 //! - [`latency`]: HdrHistogram recording without coordinated omission.
@@ -16,6 +18,7 @@
 //! benchmark in `engine-bench`, the transport's in `transport/benches/throughput.rs`.
 #![deny(missing_docs)]
 
+pub mod compare;
 pub mod driver;
 pub mod keys;
 pub mod latency;

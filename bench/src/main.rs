@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flotilla_bench::{report, run};
+use flotilla_bench::{compare, report, run};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +21,9 @@ struct Cli {
 enum Cmd {
     /// Start the systems (or use --target), run the sweep, write a JSON file per run.
     Run(Box<run::RunArgs>),
+    /// Run the same sweep on two or more Flotilla builds (or settings), alternated, and
+    /// print each cell's runs, medians and ratios.
+    Compare(Box<compare::CompareArgs>),
     /// Turn the JSON files into markdown tables (in the doc) and SVG plots.
     Report {
         /// Directory of run files.
@@ -46,18 +49,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("flotilla-bench: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
             };
-            let command = std::env::args().collect::<Vec<_>>().join(" ");
-            match runtime.block_on(run::run(&plan, command)) {
+            match runtime.block_on(run::run(&plan, command_line())) {
                 Ok((result, path)) => {
                     run::print_summary(&result, &path);
                     if plan.config.quick {
@@ -67,6 +62,30 @@ fn main() -> ExitCode {
                         eprintln!("flotilla-bench: no cell was measured (see the reasons above)");
                         return ExitCode::FAILURE;
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flotilla-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Compare(args) => {
+            let comparison = match compare::Comparison::new(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("flotilla-bench: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match runtime.block_on(compare::compare(&comparison, &command_line())) {
+                Ok((table, path)) => {
+                    println!();
+                    print!("{table}");
+                    println!("summary: {}", path.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -90,4 +109,23 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The async runtime the runs use; `None` (said on stderr) if it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("flotilla-bench: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// This program's command line, as the result files record it.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
 }
