@@ -186,6 +186,9 @@ pub struct Sample {
     pub ops_per_sec: f64,
     /// 99th percentile latency.
     pub p99_ms: f64,
+    /// CPU of the server processes per operation, in µs (the measure of a build's cost
+    /// when the load is offered at a fixed rate, or does not use every core).
+    pub server_us_per_op: Option<f64>,
 }
 
 /// A cell's name in the table: workload, regions, value size, connections × pipeline, and
@@ -215,6 +218,10 @@ pub fn samples_of(run: &RunFile, variant: usize) -> Vec<Sample> {
                 cell: cell_name(c),
                 ops_per_sec: m.ops_per_sec,
                 p99_ms: m.latency.p99_ms,
+                server_us_per_op: m
+                    .server_cores
+                    .filter(|_| m.ops_per_sec > 0.0)
+                    .map(|cores| cores / m.ops_per_sec * 1e6),
             })
         })
         .collect()
@@ -240,7 +247,8 @@ fn kilo(ops: f64) -> String {
 }
 
 /// The summary: one row per cell (in the order first measured), one column per variant
-/// with its runs in run order, the median in bold and the median p99, then each later
+/// with its runs in run order, the median in bold, the median p99 and the median server CPU
+/// per operation (when the runs measured it), then each later
 /// variant's median over the first's, marked "ranges overlap" when neither variant's runs
 /// all lie above the other's.
 pub fn summarize(labels: &[String], samples: &[Sample]) -> String {
@@ -280,11 +288,13 @@ pub fn summarize(labels: &[String], samples: &[Sample]) -> String {
                 (Some(runs), Some((med, _, _))) => {
                     let list: Vec<String> = runs.iter().map(|s| kilo(s.ops_per_sec)).collect();
                     let p99: Vec<f64> = runs.iter().map(|s| s.p99_ms).collect();
+                    let cpu: Vec<f64> = runs.iter().filter_map(|s| s.server_us_per_op).collect();
                     out.push_str(&format!(
-                        " {} K (**{} K**), p99 {:.1} ms |",
+                        " {} K (**{} K**), p99 {:.1} ms{} |",
                         list.join(" / "),
                         kilo(*med),
-                        median(&p99).unwrap_or(0.0)
+                        median(&p99).unwrap_or(0.0),
+                        median(&cpu).map_or(String::new(), |us| format!(", {us:.1} µs CPU/op"))
                     ));
                 }
                 _ => out.push_str(" - |"),
@@ -333,10 +343,12 @@ pub async fn compare(cmp: &Comparison, command: &str) -> Result<(String, PathBuf
         let got = samples_of(&result, v);
         for s in &got {
             println!(
-                "  {}: {:.0} ops/s, p99 {:.1} ms ({})",
+                "  {}: {:.0} ops/s, p99 {:.1} ms, {} µs of server CPU per op ({})",
                 s.cell,
                 s.ops_per_sec,
                 s.p99_ms,
+                s.server_us_per_op
+                    .map_or("?".into(), |us| format!("{us:.1}")),
                 path.display()
             );
         }
@@ -537,6 +549,7 @@ mod tests {
             cell: cell.into(),
             ops_per_sec: ops,
             p99_ms: ops / 1000.0,
+            server_us_per_op: (variant != 2).then(|| 2.0e6 / ops),
         }
     }
 
@@ -562,14 +575,14 @@ mod tests {
         // Ranges 20–22 K and 24–26 K are apart: the ratio stands alone.
         assert_eq!(
             lines[2],
-            "| write regions=64 | 20.0 / 21.0 / 22.0 K (**21.0 K**), p99 21.0 ms | \
-             25.0 / 24.0 / 26.0 K (**25.0 K**), p99 25.0 ms | 1.19 |"
+            "| write regions=64 | 20.0 / 21.0 / 22.0 K (**21.0 K**), p99 21.0 ms, 95.2 µs CPU/op | \
+             25.0 / 24.0 / 26.0 K (**25.0 K**), p99 25.0 ms, 80.0 µs CPU/op | 1.19 |"
         );
         // 30–35 K and 29–31 K overlap.
         assert_eq!(
             lines[3],
-            "| write regions=1 | 30.0 / 35.0 K (**32.5 K**), p99 32.5 ms | \
-             29.0 / 31.0 K (**30.0 K**), p99 30.0 ms | 0.92, ranges overlap |"
+            "| write regions=1 | 30.0 / 35.0 K (**32.5 K**), p99 32.5 ms, 61.9 µs CPU/op | \
+             29.0 / 31.0 K (**30.0 K**), p99 30.0 ms, 66.7 µs CPU/op | 0.92, ranges overlap |"
         );
         assert_eq!(lines.len(), 4);
     }
@@ -582,7 +595,7 @@ mod tests {
         assert_eq!(lines[0], "| cell | a | b | c | b / a | c / a |");
         assert_eq!(
             lines[2],
-            "| x | 1.0 K (**1.0 K**), p99 1.0 ms | - | 3.0 K (**3.0 K**), p99 3.0 ms | - | 3.00 |"
+            "| x | 1.0 K (**1.0 K**), p99 1.0 ms, 2000.0 µs CPU/op | - | 3.0 K (**3.0 K**), p99 3.0 ms | - | 3.00 |"
         );
     }
 }
