@@ -29,6 +29,10 @@ pub const SHUTDOWN_TRANSFER_WAIT: Duration = Duration::from_secs(3);
 /// smallest link a cluster is likely to run on, while a region at the snapshot size limit
 /// (128 MiB) still goes in about 1.3 s. Set 0 on faster links to send at full speed.
 pub const SNAPSHOT_MAX_BYTES_PER_SEC_DEFAULT: u64 = 100 << 20;
+/// Default of `io_threads`.
+pub const IO_THREADS_DEFAULT: usize = 2;
+/// Default of `client_threads`.
+pub const CLIENT_THREADS_DEFAULT: usize = 2;
 
 /// `flotilla server` flags.
 #[derive(Debug, Clone, Args)]
@@ -111,6 +115,10 @@ pub struct ServerConfig {
     pub region_merge_bytes: u64,
     /// Sending rate of each snapshot stream, in bytes per second (0: unlimited).
     pub snapshot_max_bytes_per_sec: u64,
+    /// Threads of the transport's runtime (reading and writing raft connections).
+    pub io_threads: usize,
+    /// Threads of the runtime that serves clients (RESP, HTTP) and the node's own tasks.
+    pub client_threads: usize,
     /// The storage engine.
     pub engine: EngineConfig,
 }
@@ -138,8 +146,23 @@ impl Default for ServerConfig {
             replicas: BalancerConfig::default().replicas,
             region_merge_bytes: store.region_merge_bytes,
             snapshot_max_bytes_per_sec: SNAPSHOT_MAX_BYTES_PER_SEC_DEFAULT,
+            io_threads: IO_THREADS_DEFAULT,
+            client_threads: CLIENT_THREADS_DEFAULT,
             engine: EngineConfig::default(),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Refuses settings no node can run with, before anything starts.
+    pub fn check(&self) -> Result<(), String> {
+        if self.io_threads == 0 {
+            return Err("io_threads must be at least 1".into());
+        }
+        if self.client_threads == 0 {
+            return Err("client_threads must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -181,6 +204,7 @@ pub fn transport_config(
     let mut tcfg = TransportConfig::new(cfg.cluster_id, node_id, raft_addr);
     tcfg.secret = cfg.secret.clone().into_bytes();
     tcfg.snapshot_bytes_per_sec_max = cfg.snapshot_max_bytes_per_sec;
+    tcfg.io_threads = cfg.io_threads;
     tcfg
 }
 
@@ -202,8 +226,9 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
         client_addr: Some(client_addr),
         status_addr: Some(status_addr),
     };
+    cfg.check()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(cfg.client_threads)
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
@@ -419,6 +444,29 @@ mod tests {
             transport_config(&slow, 1, addr).snapshot_bytes_per_sec_max,
             1 << 20
         );
+    }
+
+    /// The thread counts reach the transport, and a runtime without threads is refused
+    /// before anything starts.
+    #[test]
+    fn thread_counts_reach_their_runtimes() {
+        let addr: SocketAddr = "127.0.0.1:7101".parse().expect("address");
+        let default = ServerConfig::default();
+        assert_eq!(
+            transport_config(&default, 1, addr).io_threads,
+            IO_THREADS_DEFAULT
+        );
+        assert_eq!(default.client_threads, CLIENT_THREADS_DEFAULT);
+        let one: ServerConfig =
+            toml::from_str("io_threads = 1\nclient_threads = 1\n").expect("parses");
+        assert_eq!(transport_config(&one, 1, addr).io_threads, 1);
+        assert_eq!(one.client_threads, 1);
+        assert!(one.check().is_ok());
+        for text in ["client_threads = 0\n", "io_threads = 0\n"] {
+            let none: ServerConfig = toml::from_str(text).expect("parses");
+            let err = none.check().expect_err(text);
+            assert!(err.contains("at least 1"), "{text}: {err}");
+        }
     }
 
     /// An engine setting reaches the engine; a misspelt one, at any depth, is an error that
