@@ -62,6 +62,12 @@ struct Args {
     /// Seconds of writes before the first phase, not measured (they fill the key space).
     #[arg(long, default_value_t = 10)]
     warmup_seconds: u64,
+    /// Turn the nodes' leader balancing off: the new regions stay led where the split
+    /// left them (by the old region's leader). The three nodes share this machine's cores,
+    /// so spreading leaders over them adds no CPU; this isolates what the splits cost from
+    /// what spreading their leaders costs (docs/benchmarks.md, session 12).
+    #[arg(long)]
+    keep_leaders: bool,
 }
 
 const NODES: u64 = 3;
@@ -152,6 +158,7 @@ async fn main() -> Result<(), String> {
         let cfg = NodeConfig {
             store: StoreConfig {
                 node_id: id,
+                balance_leaders: !args.keep_leaders,
                 ..Default::default()
             },
             data_dir: dir.path().join(format!("n{id}")),
@@ -343,9 +350,19 @@ async fn main() -> Result<(), String> {
             );
         }
     }
+    let routes = handles[0].regions().all();
+    let led = |node: u64| {
+        routes
+            .iter()
+            .filter(|r| r.leader_node == Some(node))
+            .count()
+    };
     println!(
-        "regions now: {}, failed writes: {}",
-        handles[0].regions().all().len(),
+        "regions now: {}, led by nodes 1, 2, 3: {}, {}, {}; failed writes: {}",
+        routes.len(),
+        led(1),
+        led(2),
+        led(3),
         failed.load(Ordering::Relaxed)
     );
     for n in nodes {
