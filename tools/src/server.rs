@@ -15,7 +15,7 @@ use flotilla_region::node::{
     BalancerConfig, ClusterConfig, Node, NodeAddresses, NodeConfig, NodeEntry, NodeHandle,
     StoreConfig, DIRECTORY_FILE,
 };
-use flotilla_transport::{TcpTransport, TransportConfig};
+use flotilla_transport::{TcpTransport, TransportConfig, IO_THREADS_DEFAULT};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -29,8 +29,6 @@ pub const SHUTDOWN_TRANSFER_WAIT: Duration = Duration::from_secs(3);
 /// smallest link a cluster is likely to run on, while a region at the snapshot size limit
 /// (128 MiB) still goes in about 1.3 s. Set 0 on faster links to send at full speed.
 pub const SNAPSHOT_MAX_BYTES_PER_SEC_DEFAULT: u64 = 100 << 20;
-/// Default of `io_threads`.
-pub const IO_THREADS_DEFAULT: usize = 2;
 /// Default of `client_threads`.
 pub const CLIENT_THREADS_DEFAULT: usize = 2;
 
@@ -154,11 +152,9 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Refuses settings no node can run with, before anything starts.
+    /// Refuses settings no node can run with, before anything starts (the transport's,
+    /// `io_threads` among them, are checked by [`TransportConfig::validate`]).
     pub fn check(&self) -> Result<(), String> {
-        if self.io_threads == 0 {
-            return Err("io_threads must be at least 1".into());
-        }
         if self.client_threads == 0 {
             return Err("client_threads must be at least 1".into());
         }
@@ -218,6 +214,7 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
         }
     };
+    cfg.check()?;
     let raft_addr = resolve(&args.raft_addr)?;
     let client_addr = resolve(&args.client_addr)?;
     let status_addr = resolve(&args.status_addr)?;
@@ -226,7 +223,6 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
         client_addr: Some(client_addr),
         status_addr: Some(status_addr),
     };
-    cfg.check()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.client_threads)
         .enable_all()
@@ -446,8 +442,9 @@ mod tests {
         );
     }
 
-    /// The thread counts reach the transport, and a runtime without threads is refused
-    /// before anything starts.
+    /// The thread counts reach their runtimes' settings, and a runtime without threads is
+    /// refused: the client runtime's by `ServerConfig::check`, the transport's by its own
+    /// validation.
     #[test]
     fn thread_counts_reach_their_runtimes() {
         let addr: SocketAddr = "127.0.0.1:7101".parse().expect("address");
@@ -462,11 +459,11 @@ mod tests {
         assert_eq!(transport_config(&one, 1, addr).io_threads, 1);
         assert_eq!(one.client_threads, 1);
         assert!(one.check().is_ok());
-        for text in ["client_threads = 0\n", "io_threads = 0\n"] {
-            let none: ServerConfig = toml::from_str(text).expect("parses");
-            let err = none.check().expect_err(text);
-            assert!(err.contains("at least 1"), "{text}: {err}");
-        }
+        let no_client: ServerConfig = toml::from_str("client_threads = 0\n").expect("parses");
+        let err = no_client.check().expect_err("client_threads = 0");
+        assert!(err.contains("at least 1"), "{err}");
+        let no_io: ServerConfig = toml::from_str("io_threads = 0\n").expect("parses");
+        assert!(transport_config(&no_io, 1, addr).validate().is_err());
     }
 
     /// An engine setting reaches the engine; a misspelt one, at any depth, is an error that

@@ -68,6 +68,8 @@ pub struct TransportConfig {
 /// Frame payload bound for the handshake: nothing is allocated for an unauthenticated
 /// connection beyond this.
 pub const HANDSHAKE_FRAME_BYTES_MAX: usize = 4096;
+/// Default of [`TransportConfig::io_threads`].
+pub const IO_THREADS_DEFAULT: usize = 2;
 
 impl TransportConfig {
     /// Defaults for a node of `cluster_id` with id `node_id` listening on `listen_addr`.
@@ -94,7 +96,7 @@ impl TransportConfig {
             snapshots_in_flight_max: 4,
             snapshot_idle_timeout: Duration::from_secs(10),
             snapshot_bytes_per_sec_max: 0,
-            io_threads: 2,
+            io_threads: IO_THREADS_DEFAULT,
         }
     }
 

@@ -50,7 +50,7 @@ mod tcp;
 mod transport;
 mod wire;
 
-pub use config::{TransportConfig, HANDSHAKE_FRAME_BYTES_MAX};
+pub use config::{TransportConfig, HANDSHAKE_FRAME_BYTES_MAX, IO_THREADS_DEFAULT};
 pub use error::{FrameError, HandshakeError, SendError, TransportError};
 pub use flotilla_common::RaftEnvelope;
 pub use handshake::{Handshake, HandshakeReply, StreamKind};
